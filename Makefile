@@ -1,0 +1,42 @@
+# wmdetect: `make run` (the main job) and `make test` are all a user needs on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export GIT_PYTHON_REFRESH := quiet
+
+.PHONY: setup run test lint ui bench soak clean
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+	@test -d .git || (git init -q && git add -A && git -c user.name=wmdetect -c user.email=wm@localhost commit -qm "initial import")
+	@test -d .dvc || $(BIN)/dvc init -q
+	@$(BIN)/dvc config core.analytics false
+	@mkdir -p $(PREFECT_HOME)
+
+run: setup
+	$(BIN)/wm run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+
+clean:
+	rm -rf results .cache .prefect mlflow.db mlartifacts

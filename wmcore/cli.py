@@ -1,0 +1,135 @@
+"""The `wm` command line: one subcommand per pipeline step, each a thin call into wmcore.
+
+DVC stage commands and Prefect tasks call the same `wmcore` functions as these
+subcommands. Configuration errors and user errors end with one clear line and
+exit code 2; skipped inputs end with exit code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from wmcore.config import ConfigError, Params, load_params
+from wmcore.errors import WmError
+
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+log = logging.getLogger("wmdetect")
+
+
+def _load(args: argparse.Namespace) -> Params:
+    return load_params(args.params, overrides=args.set, extra_files=args.params_extra)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from wmcore.data.prepare import run_prepare
+
+    stats = run_prepare(_load(args))
+    print(json.dumps({k: stats[k] for k in ("counts", "backgrounds_used", "backgrounds_skipped") if k in stats}))
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from wmcore.model import build_model, count_flops, count_parameters
+
+    p = _load(args)
+    model = build_model(**p.model.model_dump())
+    size = args.size
+    flops = count_flops(model, size, size, p.model.in_channels)
+    print(f"UNet depth={p.model.depth} base_width={p.model.base_width}")
+    print(f"parameters: {count_parameters(model):,}")
+    print(f"GFLOPs per {size}x{size} image: {flops / 1e9:.2f}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from wmcore.train.loop import run_training
+
+    summary = run_training(_load(args), resume=args.resume)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from wmcore.evaluate.run import run_evaluation
+
+    metrics = run_evaluation(_load(args), backend=args.backend, checkpoint=args.model)
+    print(json.dumps(metrics.get("test", metrics), default=str))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from wmcore.infer.folder import predict_inputs
+
+    p = _load(args)
+    out = args.out or p.paths.predict_dir
+    summary = predict_inputs(p, args.inputs or [p.paths.inbox], out, model=args.model, force=args.force)
+    return EXIT_PARTIAL if summary.get("skipped", 0) else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_pipeline_cli
+
+    return run_pipeline_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wm", description="wmdetect: find text watermarks in images.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--params-extra", action="append", default=[], metavar="FILE", help="override params file, merged in order"
+    )
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. train.epochs=3"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("prepare", help="generate/import the versioned dataset").set_defaults(func=cmd_prepare)
+    mi = sub.add_parser("model-info", help="parameter count and FLOPs per image")
+    mi.add_argument("--size", type=int, default=256, help="image side for the FLOPs figure, px")
+    mi.set_defaults(func=cmd_model_info)
+    tr = sub.add_parser("train", help="train the UNet (optimizations switched in params.yaml)")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint of train_dir")
+    tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("evaluate", help="metrics, curves and overlays on the test split")
+    ev.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default=None, help="inference backend")
+    ev.add_argument("--model", default=None, help="checkpoint to evaluate (default: best of train_dir)")
+    ev.set_defaults(func=cmd_evaluate)
+    pr = sub.add_parser("predict", help="batched inference over files, folders and globs")
+    pr.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs (default: paths.inbox)")
+    pr.add_argument("--out", default=None, help="output folder (default: paths.predict_dir)")
+    pr.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS")
+    pr.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
+    pr.set_defaults(func=cmd_predict)
+    run = sub.add_parser("run", help="the whole pipeline (the main job of `make run`)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, WmError) as exc:
+        print(f"wm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"wm {args.command}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

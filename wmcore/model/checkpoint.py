@@ -1,0 +1,61 @@
+"""Checkpoints: atomic save, safe load (no pickled code), model reconstruction.
+
+A checkpoint is a dict of tensors and plain Python values, so it loads with
+`torch.load(weights_only=True)`: a tampered file cannot run code, it is refused
+with a message naming the file. Keys (training checkpoints carry all, exported
+weights only the first three):
+
+    model        state_dict of the UNet
+    model_args   {"in_channels", "base_width", "depth"}
+    meta         {"threshold": calibrated pixel threshold or None,
+                  "image_threshold": calibrated image score threshold or None, ...}
+    optimizer, scheduler, scaler, epoch, step, best_f1, rng, config  (training state)
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wmcore.errors import WmError
+from wmcore.model.unet import UNet
+from wmcore.runtime.atomic import write_bytes
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Serialise `payload` and write it atomically (temp file + rename)."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without executing pickled code; clear WmError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise WmError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise WmError(f"{path}: refused: checkpoint holds objects that are not plain weights ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WmError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise WmError(f"{path}: not a wmdetect checkpoint (needs 'model' and 'model_args')")
+    return ckpt
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
+    """Rebuild the UNet from a checkpoint; returns (model in eval mode, checkpoint dict)."""
+    ckpt = load_checkpoint(path, map_location)
+    try:
+        model = UNet(**ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError) as exc:
+        raise WmError(f"{path}: weights do not match the stored model_args: {exc}") from None
+    return model.eval(), ckpt

@@ -1,0 +1,1 @@
+"""Runtime support: device and thread selection, memory monitoring, atomic file output, progress."""
