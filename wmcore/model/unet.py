@@ -72,7 +72,7 @@ class UNet(nn.Module):
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))
         y = skips.pop()
-        for up, dec in zip(self.up, self.dec):
+        for up, dec in zip(self.up, self.dec, strict=True):
             y = dec(torch.cat([up(y), skips.pop()], dim=1))
         return self.head(y)[..., :h, :w]
 
