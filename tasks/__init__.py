@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over wmcore, one per pipeline step or I/O action."""
