@@ -230,6 +230,23 @@ class TrackingParams(_Group):
     system_metrics: bool = Field(True, description="Log CPU/memory (and GPU where present) system metrics.")
 
 
+class ScheduleParams(_Group):
+    retrain_cron: str = Field("0 2 * * *", description="Cron of the nightly retrain deployment (server time zone).")
+    screening_cron: str = Field("*/15 * * * *", description="Cron of the periodic inbox screening deployment.")
+    screening_model: str = Field(
+        "models:/wmdetect@champion", description="Model the screening uses: MLflow URI or checkpoint path."
+    )
+    screening_out: str = Field("results/screening", description="Output folder of the inbox screening.")
+    screening_chunk: int = Field(64, ge=1, le=100000, description="Images per screening task (a unit of work).")
+
+    @model_validator(mode="after")
+    def _crons(self) -> ScheduleParams:
+        for name in ("retrain_cron", "screening_cron"):
+            if len(getattr(self, name).split()) != 5:
+                raise ValueError(f"{name} must be a 5-field cron expression, got {getattr(self, name)!r}")
+        return self
+
+
 class Params(_Group):
     base: BaseParams = Field(default_factory=BaseParams)
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -240,6 +257,7 @@ class Params(_Group):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     predict: PredictParams = Field(default_factory=PredictParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
 
     def flat(self) -> dict[str, Any]:
         """All parameters as a flat {"group.key": value} dict (for MLflow)."""
