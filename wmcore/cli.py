@@ -77,6 +77,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_pipeline_cli(args)
 
 
+def cmd_params_doc(args: argparse.Namespace) -> int:
+    from wmcore.paramsdoc import params_reference
+    from wmcore.runtime.atomic import write_text
+
+    write_text(args.out, params_reference())
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wm", description="wmdetect: find text watermarks in images.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -106,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS")
     pr.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     pr.set_defaults(func=cmd_predict)
+    pd = sub.add_parser("params-doc", help="write the params reference generated from the typed config")
+    pd.add_argument("--out", default="docs/params.md", help="output markdown file")
+    pd.set_defaults(func=cmd_params_doc)
     run = sub.add_parser("run", help="the whole pipeline (the main job of `make run`)")
     run.set_defaults(func=cmd_run)
     return parser
