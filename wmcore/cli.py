@@ -86,6 +86,18 @@ def cmd_params_doc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import register_deployments, serve_deployments
+
+    p = _load(args)
+    if args.register_only:
+        for dep_id in register_deployments(p, args.params):
+            print(dep_id)
+        return 0
+    serve_deployments(p, args.params)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wm", description="wmdetect: find text watermarks in images.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -118,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("params-doc", help="write the params reference generated from the typed config")
     pd.add_argument("--out", default="docs/params.md", help="output markdown file")
     pd.set_defaults(func=cmd_params_doc)
+    sv = sub.add_parser("serve", help="serve the scheduled deployments (nightly retrain, inbox screening)")
+    sv.add_argument("--register-only", action="store_true", help="register with PREFECT_API_URL and exit")
+    sv.set_defaults(func=cmd_serve)
     run = sub.add_parser("run", help="the whole pipeline (the main job of `make run`)")
     run.set_defaults(func=cmd_run)
     return parser

@@ -1,0 +1,25 @@
+"""Prefect tasks of the inbox screening: discover, claim a chunk, screen it."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from wmcore.config import Params
+from wmcore.infer.inputs import InputImage
+from wmcore.infer.screening import ProcessedManifest, discover_inbox, screen_chunk
+
+
+@task(name="discover-inbox", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def discover_task(inbox: str, out_dir: str) -> list[InputImage]:
+    return discover_inbox(inbox, out_dir)
+
+
+@task(name="claim-chunk", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def claim_task(out_dir: str, items: list[InputImage], limit: int) -> list[InputImage]:
+    return ProcessedManifest(out_dir).claim(items, limit)
+
+
+@task(name="screen-chunk", task_run_name="screen-{out_dir}-{chunk_id}", cache_policy=NO_CACHE)
+def screen_chunk_task(params: Params, out_dir: str, items: list[InputImage], model: str | None, chunk_id: int) -> list:
+    return screen_chunk(params, out_dir, items, model)
