@@ -39,4 +39,4 @@ ui: setup
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
-	rm -rf results .cache .prefect mlflow.db mlartifacts
+	rm -rf results .cache .prefect mlflow.db mlartifacts mlruns

@@ -47,17 +47,20 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from wmcore.tracking.mlflow_run import step_run
     from wmcore.train.loop import run_training
 
-    summary = run_training(_load(args), resume=args.resume)
+    params = _load(args)
+    with step_run("train", params) as run_logger:
+        summary = run_training(params, resume=args.resume, run_logger=run_logger)
     print(json.dumps(summary, default=str))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from wmcore.evaluate.run import run_evaluation
+    from wmcore.evaluate.run import evaluate_tracked
 
-    metrics = run_evaluation(_load(args), backend=args.backend, checkpoint=args.model)
+    metrics = evaluate_tracked(_load(args), backend=args.backend, checkpoint=args.model)
     print(json.dumps(metrics.get("test", metrics), default=str))
     return 0
 

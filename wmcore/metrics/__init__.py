@@ -1,21 +1,31 @@
 """Metrics as pure functions shared by training, evaluation and benchmarks."""
 
-from wmcore.metrics.image import average_precision, image_score, roc_auc
+from wmcore.metrics.image import average_precision, best_image_threshold, decision_scores, image_score, roc_auc
 from wmcore.metrics.pixel import (
     best_threshold,
     confusion_counts,
+    counts_at,
     counts_at_thresholds,
+    positive_fraction,
+    precision_recall_curve,
     scores_from_counts,
     threshold_histograms,
+    threshold_index,
 )
 
 __all__ = [
     "average_precision",
+    "best_image_threshold",
     "best_threshold",
     "confusion_counts",
+    "counts_at",
     "counts_at_thresholds",
+    "decision_scores",
     "image_score",
+    "positive_fraction",
+    "precision_recall_curve",
     "roc_auc",
     "scores_from_counts",
     "threshold_histograms",
+    "threshold_index",
 ]

@@ -57,10 +57,13 @@ def scores_from_counts(counts: torch.Tensor, empty_is_perfect: bool = True) -> d
 def threshold_histograms(probs: torch.Tensor, target: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Histograms of probabilities of watermark (row 0) and clean (row 1) pixels: (2, bins).
 
-    Accumulating these over a split gives confusion counts at every threshold in one pass.
+    Bin k holds probabilities in [k/(bins-1), (k+1)/(bins-1)) (bin bins-1 holds exactly 1.0), so
+    "bin >= k" is exactly "prob >= k/(bins-1)": the counts of `counts_at_thresholds` are those of
+    thresholding at the grid values, not an approximation. Accumulating these over a split gives
+    confusion counts at every grid threshold in one pass.
     """
     _check(probs, target)
-    idx = (probs.detach().float().clamp(0, 1) * (bins - 1)).round().long().flatten()
+    idx = (probs.detach().double().clamp(0, 1) * (bins - 1)).floor().long().flatten()
     t = target.bool().flatten()
     out = torch.zeros(2, bins, dtype=torch.long, device=probs.device)
     out[0].index_add_(0, idx[t], torch.ones_like(idx[t]))
@@ -69,20 +72,67 @@ def threshold_histograms(probs: torch.Tensor, target: torch.Tensor, bins: int = 
 
 
 def counts_at_thresholds(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """From (2, bins) histograms: thresholds (bins,) and counts (bins, 4) for `prob >= threshold`."""
-    bins = hist.shape[1]
-    pos, neg = hist[0].double(), hist[1].double()
-    tp = pos.flip(0).cumsum(0).flip(0)  # pixels with bin >= k
-    fp = neg.flip(0).cumsum(0).flip(0)
-    fn = pos.sum() - tp
-    tn = neg.sum() - fp
+    """Confusion counts at every grid threshold, for `prob >= threshold`.
+
+    Args:
+        hist: (..., 2, bins) histograms from `threshold_histograms` (leading dims e.g. one per image).
+    Returns: thresholds (bins,) = k/(bins-1), and counts (..., bins, 4) as [tp, fp, fn, tn].
+    """
+    bins = hist.shape[-1]
+    pos, neg = hist[..., 0, :].double(), hist[..., 1, :].double()
+    tp = pos.flip(-1).cumsum(-1).flip(-1)  # pixels with bin >= k
+    fp = neg.flip(-1).cumsum(-1).flip(-1)
+    fn = pos.sum(-1, keepdim=True) - tp
+    tn = neg.sum(-1, keepdim=True) - fp
     thresholds = torch.arange(bins, dtype=torch.float64, device=hist.device) / (bins - 1)
     return thresholds, torch.stack([tp, fp, fn, tn], dim=-1)
 
 
-def best_threshold(hist: torch.Tensor) -> tuple[float, float]:
-    """Threshold maximising pixel F1 over the histogram's split; returns (threshold, f1)."""
+def threshold_index(threshold: float, bins: int) -> int:
+    """Index k of the grid threshold k/(bins-1) nearest to `threshold` (0..bins-1)."""
+    return int(min(bins - 1, max(0, round(float(threshold) * (bins - 1)))))
+
+
+def counts_at(hist: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Counts (..., 4) at the grid threshold nearest `threshold`, from (..., 2, bins) histograms."""
+    _, counts = counts_at_thresholds(hist)
+    return counts[..., threshold_index(threshold, hist.shape[-1]), :]
+
+
+def best_threshold(hist: torch.Tensor, interior: bool = False) -> tuple[float, float]:
+    """Threshold maximising pixel F1 over the (2, bins) histogram of a split; returns (threshold, f1).
+
+    With `interior`, the ends 0.0 (everything is watermark) and 1.0 (almost nothing is) are not
+    candidates: a deployable threshold lies strictly between. Ties go to the lowest threshold.
+    Without any watermark pixel F1 is 0 everywhere and the answer is meaningless: callers check
+    `hist[0].sum() > 0` first.
+    """
     thresholds, counts = counts_at_thresholds(hist)
     f1 = scores_from_counts(counts, empty_is_perfect=False)["f1"]
+    if interior and len(f1) > 2:
+        f1 = f1.clone()
+        f1[0] = f1[-1] = -1.0
     k = int(torch.argmax(f1))
     return float(thresholds[k]), float(f1[k])
+
+
+def precision_recall_curve(hist: torch.Tensor) -> list[dict[str, float]]:
+    """PR curve of a split from its (2, bins) histogram, one point per grid threshold.
+
+    Returns: [{"threshold", "precision", "recall"}] by rising threshold; thresholds at which
+    nothing is predicted positive (precision undefined) are left out.
+    """
+    thresholds, counts = counts_at_thresholds(hist)
+    scores = scores_from_counts(counts, empty_is_perfect=False)
+    predicted = counts[:, 0] + counts[:, 1]
+    return [
+        {"threshold": round(float(t), 6), "precision": round(float(p), 6), "recall": round(float(r), 6)}
+        for t, p, r, n in zip(thresholds, scores["precision"], scores["recall"], predicted, strict=True)
+        if n > 0
+    ]
+
+
+def positive_fraction(counts: torch.Tensor) -> torch.Tensor:
+    """Share of pixels predicted positive, (tp + fp) / all, from counts (..., 4); 0 for no pixels."""
+    total = counts.sum(-1).double()
+    return (counts[..., 0] + counts[..., 1]).double() / total.clamp_min(1)

@@ -1,0 +1,437 @@
+"""MLflow tracking of the pipeline: one run per step, nested under the pipeline's parent run.
+
+- `step_run(step, params)`: a run for one step (params flattened, tags, system metrics), nested
+  under the run named by env WMDETECT_PARENT_RUN_ID when `parent_run` (the flow) opened one,
+  even from another process.
+- `parent_run(params, name)`: the pipeline's parent run; sets WMDETECT_PARENT_RUN_ID while open.
+- `log_and_register_model(...)`: logs the evaluated model, registers a version and moves the
+  `champion` alias to it only when its test F1 beats the current champion's.
+
+Tracking never stops a step. Off (`tracking.enabled: false`) -> NullLogger. A store that cannot be
+reached (probed once, no retries, `tracking.probe_timeout_s`) or that fails mid-run -> one warning
+naming the local JSONL file (`tracking.jsonl` in the step's output folder) that gets the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from wmcore.config import Params
+from wmcore.tracking.sink import NullLogger, RunLogger
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "WMDETECT_PARENT_RUN_ID"
+CHAMPION_ALIAS = "champion"
+CHAMPION_METRIC = "test_f1"  # run metric compared to decide the champion (logged by evaluation)
+FALLBACK_FILE = "tracking.jsonl"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+# Where each step's fallback records go. `prepare` writes to the cache, not into the DVC-hashed dataset.
+STEP_OUTPUT_KEYS = {"train": "train_dir", "evaluate": "evaluate_dir", "predict": "predict_dir"}
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    """Warn the first time for `key` in this process; later the same news is only logged at INFO."""
+    if key in _warned:
+        log.info(message, *args)
+        return
+    _warned.add(key)
+    log.warning(message, *args)
+
+
+def tracking_uri(params: Params) -> str:
+    """The tracking URI: env MLFLOW_TRACKING_URI wins, else tracking.uri."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+
+
+def step_output_dir(step: str, params: Params) -> Path:
+    """The folder a step writes to (its fallback tracking.jsonl goes there)."""
+    key = STEP_OUTPUT_KEYS.get(step)
+    return Path(getattr(params.paths, key)) if key else Path(params.paths.cache_dir) / "tracking" / step
+
+
+def git_tags(cwd: str | Path = ".") -> dict[str, str]:
+    """{"git_commit", "git_dirty"} of the working tree at `cwd`; {} outside git or without git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        status = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if commit.returncode != 0:
+        return {}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(status.stdout.strip())).lower()}
+
+
+# --------------------------------------------------------------------------- loggers
+
+
+class JsonlRunLogger:
+    """RunLogger writing one JSON line per call to a local file (when MLflow cannot be reached).
+
+    Lines: {"time": ISO-8601 UTC, "kind": "params" | "metrics" | "artifact" | "tags", "data": {...},
+    "step": int | None}. Artifacts are recorded by path (the file itself is already local).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _write(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
+        line = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "kind": kind, "step": step, "data": data}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One append of one whole line: concurrent writers and crashes leave whole lines.
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._write("params", params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._write("metrics", {k: v for k, v in metrics.items() if v is not None}, step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._write("artifact", {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._write("tags", tags)
+
+
+class MlflowRunLogger:
+    """RunLogger of one MLflow run; on the first failed call it warns and continues in a JSONL file."""
+
+    def __init__(self, client: MlflowClient, run_id: str, fallback_path: str | Path) -> None:
+        self.client, self.run_id = client, run_id
+        self.fallback_path = Path(fallback_path)
+        self._fallback: JsonlRunLogger | None = None
+
+    @property
+    def is_tracking(self) -> bool:
+        """True while calls still reach MLflow (False after a failure switched to the JSONL file)."""
+        return self._fallback is None
+
+    def _call(self, send: Callable[[], Any], replay: Callable[[JsonlRunLogger], None]) -> None:
+        if self._fallback is None:
+            try:
+                send()
+                return
+            except Exception as exc:  # any failure of the store must not stop the step
+                log.warning("MLflow logging failed (%s); run %s continues in %s", exc, self.run_id, self.fallback_path)
+                self._fallback = JsonlRunLogger(self.fallback_path)
+        replay(self._fallback)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        batch = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        self._call(lambda: self.client.log_batch(self.run_id, params=batch), lambda f: f.log_params(params))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        self._call(lambda: self.client.log_batch(self.run_id, metrics=batch), lambda f: f.log_metrics(metrics, step))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call(
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+            lambda f: f.log_artifact(path, artifact_path),
+        )
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call(lambda: self.client.log_batch(self.run_id, tags=batch), lambda f: f.set_tags(tags))
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+@contextlib.contextmanager
+def _no_retry_env(timeout_s: int) -> Iterator[None]:
+    """MLflow HTTP calls fail fast inside this block (MLflow's defaults retry for minutes)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created meanwhile by another step
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        log.info("MLflow experiment %r was deleted; restoring it", name)
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def connect(params: Params) -> tuple[MlflowClient, str] | str:
+    """(client, experiment id) of the configured store, or the reason it cannot be used.
+
+    The store is probed once, without retries and with `tracking.probe_timeout_s`, so an
+    unreachable server costs seconds, not the minutes of MLflow's default retry policy.
+    """
+    uri = tracking_uri(params)
+    with _no_retry_env(params.tracking.probe_timeout_s):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            return client, _experiment_id(client, params.tracking.experiment)
+        except Exception as exc:  # unreachable server, bad URI, unwritable sqlite file, ...
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"MLflow tracking store {uri} cannot be used ({first_line[:200]})"
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _parent_of_new_run(client: MlflowClient) -> tuple[str | None, str | None]:
+    """(parent run id, its experiment id) from env WMDETECT_PARENT_RUN_ID; (None, None) if unset or gone."""
+    parent_id = os.environ.get(PARENT_RUN_ENV)
+    if not parent_id:
+        return None, None
+    try:
+        return parent_id, client.get_run(parent_id).info.experiment_id
+    except MlflowException as exc:
+        _warn_once(f"parent:{parent_id}", "%s=%s is not a run of this store (%s); runs are not nested", PARENT_RUN_ENV, parent_id, exc)
+        return None, None
+
+
+def _start_step_run(client: MlflowClient, experiment_id: str, step: str, params: Params) -> str:
+    """Start the fluent MLflow run of `step` (fluent, so MLflow's system-metrics monitor can attach)."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    system_metrics = params.tracking.system_metrics
+    if system_metrics and importlib.util.find_spec("psutil") is None:
+        _warn_once("psutil", "tracking.system_metrics is on but psutil is not installed; system metrics are off")
+        system_metrics = False
+    active = mlflow.active_run()
+    parent_id, parent_experiment = (None, None) if active else _parent_of_new_run(client)
+    run = mlflow.start_run(
+        experiment_id=active.info.experiment_id if active else parent_experiment or experiment_id,
+        run_name=step,
+        nested=active is not None,  # a step inside a step (same thread) nests under it
+        parent_run_id=parent_id,
+        tags={"step": step, **git_tags()},
+        log_system_metrics=system_metrics,
+    )
+    return run.info.run_id
+
+
+def _end_step_run(run_id: str, status: str) -> None:
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:  # the store went away: the step's own outputs are complete
+        log.warning("could not close MLflow run %s (%s)", run_id, exc)
+
+
+@contextlib.contextmanager
+def step_run(step: str, params: Params, out_dir: str | Path | None = None) -> Iterator[RunLogger]:
+    """Open the tracking run of one pipeline step and yield its RunLogger.
+
+    Args:
+        step: step name ("train", "evaluate", ...): the run name and the `step` tag.
+        params: logged flattened (`params.flat()`); `tracking` settings decide where and whether.
+        out_dir: folder of the JSONL fallback file; None = the step's output folder.
+    Yields: MlflowRunLogger, NullLogger (tracking off) or JsonlRunLogger (store unreachable).
+    The run ends FINISHED, FAILED (exception) or KILLED (Ctrl-C); exceptions propagate.
+    """
+    if not params.tracking.enabled:
+        yield NullLogger()
+        return
+    fallback = Path(out_dir) if out_dir is not None else step_output_dir(step, params)
+    fallback = fallback / FALLBACK_FILE
+    connection = connect(params)
+    run_id = None
+    if not isinstance(connection, str):
+        try:
+            run_id = _start_step_run(*connection, step, params)
+        except Exception as exc:  # e.g. the server went away after the probe
+            connection = f"MLflow run of step {step!r} could not start ({exc})"
+    if run_id is None:
+        _warn_once(f"fallback:{connection}", "%s; step %s logs to %s instead", connection, step, fallback)
+        local = JsonlRunLogger(fallback)
+        local.log_params(params.flat())
+        yield local
+        return
+    run_logger = MlflowRunLogger(connection[0], run_id, fallback)
+    run_logger.log_params(params.flat())
+    status = "FINISHED"
+    try:
+        yield run_logger
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        _end_step_run(run_id, status)
+
+
+@contextlib.contextmanager
+def parent_run(params: Params, name: str) -> Iterator[str | None]:
+    """The pipeline flow's parent run: yields its id (None when tracking is off or unreachable).
+
+    While open, env WMDETECT_PARENT_RUN_ID holds the id, so `step_run` in this process or in
+    child processes (DVC stages, workers) nests under it. The previous value is restored on exit.
+    """
+    connection = connect(params) if params.tracking.enabled else "tracking.enabled is false"
+    if isinstance(connection, str):
+        if params.tracking.enabled:
+            _warn_once(f"parent:{connection}", "%s; pipeline %s is not tracked", connection, name)
+        yield None
+        return
+    client, experiment_id = connection
+    run_id = client.create_run(experiment_id, run_name=name, tags={"step": "pipeline", **git_tags()}).info.run_id
+    MlflowRunLogger(client, run_id, step_output_dir("pipeline", params) / FALLBACK_FILE).log_params(params.flat())
+    previous = os.environ.get(PARENT_RUN_ENV)
+    os.environ[PARENT_RUN_ENV] = run_id
+    status = "FINISHED"
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_RUN_ENV, None)
+        else:
+            os.environ[PARENT_RUN_ENV] = previous
+        with contextlib.suppress(Exception):  # an unreachable store must not mask the flow's own result
+            client.set_terminated(run_id, status)
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+def _log_model(model_path: Path, run_logger: MlflowRunLogger) -> Any:
+    """Log the UNet of `model_path` to the run (pytorch flavour); returns MLflow's ModelInfo.
+
+    MLflow 3 stores it as a torch.export graph (pt2: no pickled code), taking float32 input
+    (N, 3, H, W) in [0, 1] with H and W multiples of 2**depth, and returning logits (N, 1, H, W).
+    The example has batch 2 and those dimensions are -1 in the signature, so the graph keeps
+    them dynamic (a size-1 example dimension would be frozen). The safe weights file itself,
+    with the calibrated thresholds in meta, rides along as an extra file: `wm predict --model
+    models:/NAME@champion` loads that one, at any image size.
+    """
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from wmcore.model.checkpoint import load_model
+
+    model, ckpt = load_model(model_path)
+    side = 4 * model.multiple
+    example = np.linspace(0.0, 1.0, 2 * 3 * side * side, dtype=np.float32).reshape(2, 3, side, side)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.in_channels, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
+    )
+    meta = {k: v for k, v in (ckpt.get("meta") or {}).items() if isinstance(v, str | int | float | bool)}
+    return mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        # Given explicitly: inferring requirements imports and probes the environment (slow).
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+        extra_files=[str(model_path)],
+        metadata=meta,
+        run_id=run_logger.run_id,
+    )
+
+
+def champion_f1(client: MlflowClient, name: str) -> tuple[str, float | None] | None:
+    """(version, test F1) of the registered model's champion; None without a champion.
+
+    The F1 is the champion run's `test_f1` metric, else the version's `test_f1` tag, else None.
+    """
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    value = None
+    if version.run_id:
+        value = client.get_run(version.run_id).data.metrics.get(CHAMPION_METRIC)
+    if value is None and CHAMPION_METRIC in (version.tags or {}):
+        with contextlib.suppress(ValueError):
+            value = float(version.tags[CHAMPION_METRIC])
+    return version.version, value
+
+
+def promote_if_better(client: MlflowClient, name: str, version: str, test_f1: float | None) -> bool:
+    """Move the champion alias to `version` only if its test F1 beats the champion's; True if moved."""
+    current = champion_f1(client, name)
+    better = test_f1 is not None and (current is None or current[1] is None or test_f1 > current[1])
+    if better:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    previous = "none" if current is None else f"version {current[0]}, test F1 {current[1]}"
+    log.info(
+        "model %s version %s (test F1 %s) %s %s (previous champion: %s)",
+        name, version, test_f1, "is now" if better else "is not", CHAMPION_ALIAS, previous,
+    )  # fmt: skip
+    return better
+
+
+def log_and_register_model(
+    model_path: str | Path, test_f1: float | None, params: Params, run_logger: RunLogger
+) -> bool:
+    """Log the evaluated model to the step's run, register it, and crown it if it is better.
+
+    Args:
+        model_path: deployable weights written by evaluation (<evaluate_dir>/model.pt).
+        test_f1: its test pixel F1 (None or NaN: registered, never champion).
+        params: tracking.registered_model names the registered model; tracking.log_model switches this off.
+        run_logger: the open step run (from `step_run`); anything but a live MLflow run skips this.
+    Returns: True when the new version became `champion`.
+    """
+    if not params.tracking.log_model or not isinstance(run_logger, MlflowRunLogger) or not run_logger.is_tracking:
+        log.info("model not registered (tracking off, unreachable, or tracking.log_model false)")
+        return False
+    name = params.tracking.registered_model
+    test_f1 = None if test_f1 is None or not math.isfinite(test_f1) else float(test_f1)
+    client = run_logger.client
+    try:
+        info = _log_model(Path(model_path), run_logger)
+        if test_f1 is not None and CHAMPION_METRIC not in client.get_run(run_logger.run_id).data.metrics:
+            client.log_metric(run_logger.run_id, CHAMPION_METRIC, test_f1)
+        mlflow.set_tracking_uri(client.tracking_uri)  # register_model uses the global URI
+        tags = {CHAMPION_METRIC: str(test_f1), "source": str(model_path)}
+        version = mlflow.register_model(info.model_uri, name, tags=tags).version
+        return promote_if_better(client, name, str(version), test_f1)
+    except (MlflowException, OSError) as exc:
+        log.warning("model %s not logged/registered in MLflow (%s); the file itself is unaffected", model_path, exc)
+        return False
