@@ -51,6 +51,15 @@ class PathsParams(_Group):
     cache_dir: str = Field(".cache/wmdetect", description="Local cache: decoded images, tuned batch sizes.")
 
 
+WatermarkStyle = Literal[
+    "centered", "corner", "corner_label", "tiled", "grid", "logo", "hollow", "stamp", "badge", "emboss", "multiline"
+]
+DEFAULT_STYLE_WEIGHTS: dict[str, float] = {
+    "centered": 1.5, "corner": 1.5, "corner_label": 1.0, "tiled": 1.2, "grid": 0.6, "logo": 1.0,
+    "hollow": 0.6, "stamp": 0.7, "badge": 0.7, "emboss": 0.6, "multiline": 0.8,
+}
+
+
 class PrepareParams(_Group):
     n_train: int = Field(480, ge=1, description="Number of generated training samples.")
     n_val: int = Field(64, ge=1, description="Number of generated validation samples.")
@@ -61,7 +70,7 @@ class PrepareParams(_Group):
         2048, ge=64, le=8192, description="Backgrounds larger than this are downscaled once at load, px."
     )
     background_sources: list[Literal["skimage", "matplotlib", "sklearn", "system", "procedural", "user"]] = Field(
-        default_factory=lambda: ["skimage", "matplotlib", "system", "procedural", "user"],
+        default_factory=lambda: ["skimage", "matplotlib", "sklearn", "system", "procedural", "user"],
         description="Background sources; missing optional ones are skipped and counted in stats.json.",
     )
     user_backgrounds: str | None = Field(None, description="Folder of the user's own background photos (recursive).")
@@ -89,6 +98,26 @@ class PrepareParams(_Group):
     import_val_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of imported pairs sent to val.")
     import_test_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of imported pairs sent to test.")
     workers: int = Field(0, ge=0, le=64, description="Generator processes; 0 = in process (deterministic either way).")
+    min_background_side: int = Field(
+        128, ge=16, le=4096, description="Background photos with a shorter side are skipped as too small, px."
+    )
+    style_weights: dict[WatermarkStyle, float] = Field(
+        default_factory=lambda: dict(DEFAULT_STYLE_WEIGHTS),
+        description="Relative frequency of each watermark style (missing or 0 = never drawn); see wmcore/data/render.py.",
+    )
+    multi_mark_share: float = Field(
+        0.2, ge=0.0, le=1.0, description="Share of watermarked samples that also get a second, small mark."
+    )
+    blur_share: float = Field(0.2, ge=0.0, le=1.0, description="Share of marks slightly Gaussian-blurred.")
+    min_contrast: float = Field(
+        0.04,
+        ge=0.0,
+        le=1.0,
+        description="Least mean colour change a mark makes on its mask pixels (0..1); fainter marks are strengthened.",
+    )
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="zlib level of the stored PNGs; 1 measured ~5x faster to write than 6, ~10% larger."
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> PrepareParams:
@@ -98,6 +127,8 @@ class PrepareParams(_Group):
             raise ValueError(f"opacity_min ({self.opacity_min}) must be <= opacity_max ({self.opacity_max})")
         if self.jpeg_quality_min > self.jpeg_quality_max:
             raise ValueError("jpeg_quality_min must be <= jpeg_quality_max")
+        if any(w < 0 for w in self.style_weights.values()) or not any(w > 0 for w in self.style_weights.values()):
+            raise ValueError(f"style_weights must be >= 0 with at least one > 0, got {self.style_weights}")
         return self
 
 
@@ -148,6 +179,9 @@ class LossParams(_Group):
     bce_weight: float = Field(1.0, ge=0.0, description="Weight of BCE-with-logits.")
     dice_weight: float = Field(1.0, ge=0.0, description="Weight of soft Dice loss (imbalance-robust).")
     pos_weight: float = Field(3.0, gt=0.0, le=1000.0, description="BCE weight of watermark pixels (they are rare).")
+    dice_smooth: float = Field(
+        1.0, gt=0.0, le=1000.0, description="Soft Dice smoothing, px; keeps clean images (empty masks) well defined."
+    )
 
 
 class TrainParams(_Group):
@@ -163,6 +197,9 @@ class TrainParams(_Group):
     )
     multiscale_share: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of crops taken from a randomly downscaled view of the image."
+    )
+    multiscale_min_scale: float = Field(
+        0.5, gt=0.0, le=1.0, description="Smallest downscale factor of a multiscale view (1 = full resolution)."
     )
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step.")
     grad_clip: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 = no clipping.")
@@ -180,7 +217,17 @@ class TrainParams(_Group):
     warm_start: str | None = Field(None, description="Checkpoint or weights file to initialise the model from.")
     max_nonfinite_steps: int = Field(5, ge=1, description="Stop after this many consecutive non-finite losses.")
     log_every: int = Field(10, ge=1, description="Log step metrics every N optimizer steps.")
+    memory_cleanup_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="Collect garbage / empty the CUDA cache only above this memory-use fraction."
+    )
     naive: bool = Field(False, description="Turn every optimization off (benchmark baseline), same code path.")
+
+    @model_validator(mode="after")
+    def _stages(self) -> TrainParams:
+        ends = [s.until_epoch for s in self.progressive]
+        if any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
+            raise ValueError(f"progressive: until_epoch must increase from stage to stage, got {ends}")
+        return self
 
 
 class EvaluateParams(_Group):
@@ -189,6 +236,10 @@ class EvaluateParams(_Group):
     crop: int = Field(0, ge=0, le=8192, description="Centre crop for evaluation, px; 0 = whole image (tiled).")
     n_overlay: int = Field(12, ge=0, le=256, description="Test predictions shown in the overlay grid.")
     backend: Literal["torch", "onnx", "onnx-int8"] = Field("torch", description="Inference backend evaluated.")
+    image_objective: Literal["balanced_accuracy", "f1"] = Field(
+        "balanced_accuracy", description="What the has-watermark score threshold maximises on validation."
+    )
+    overlay_side: int = Field(160, ge=32, le=1024, description="Long side of each picture in overlays.png, px.")
 
 
 class PredictParams(_Group):
@@ -212,6 +263,13 @@ class PredictParams(_Group):
     loader_workers: int = Field(0, ge=0, le=64, description="Image-decoding worker processes.")
     save_overlay: bool = Field(False, description="Also write an overlay JPEG per image.")
     model: str | None = Field(None, description="Checkpoint path or MLflow models:/ URI; None = training output.")
+    max_image_megapixels: float = Field(
+        200.0, gt=0.0, le=2000.0, description="Decompression-bomb cap: larger images are skipped, megapixels."
+    )
+    min_region_pixels: int = Field(16, ge=1, description="Mask regions smaller than this are not reported, px.")
+    max_regions: int = Field(50, ge=0, le=100000, description="Most region boxes reported per image (largest first).")
+    calibration_images: int = Field(16, ge=1, le=1024, description="Images used to calibrate onnx-int8 ranges.")
+    queue_size: int = Field(8, ge=1, le=1024, description="Decoded images waiting for the model (bounds memory).")
 
     @model_validator(mode="after")
     def _bounds(self) -> PredictParams:
@@ -228,6 +286,10 @@ class TrackingParams(_Group):
     experiment: str = Field("wmdetect", description="MLflow experiment name.")
     registered_model: str = Field("wmdetect", description="Registered model name in the MLflow registry.")
     system_metrics: bool = Field(True, description="Log CPU/memory (and GPU where present) system metrics.")
+    probe_timeout_s: int = Field(
+        3, ge=1, le=120, description="Timeout of the one reachability probe of an HTTP tracking server, s (no retries)."
+    )
+    log_model: bool = Field(True, description="Log the evaluated model to MLflow and register it (champion alias).")
 
 
 class ScheduleParams(_Group):
