@@ -82,7 +82,12 @@ def _write_sample(root: Path, split: str, sample_id: str, rng: np.random.Generat
 
 
 def make_tiny_prepared(
-    root: str | Path, n_train: int = 8, n_val: int = 4, n_test: int = 4, size: tuple[int, int] = (96, 128), seed: int = 0
+    root: str | Path,
+    n_train: int = 8,
+    n_val: int = 4,
+    n_test: int = 4,
+    size: tuple[int, int] = (96, 128),
+    seed: int = 0,
 ) -> Path:
     """Write a tiny prepared dataset under `root` and return `root`.
 

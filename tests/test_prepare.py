@@ -24,8 +24,9 @@ from wmcore.errors import WmError
 
 
 def tiny_params(root: Path, **prepare) -> Params:
-    """Params for a fast run: 8/2/2 samples of 64..128 px, written to root/prepared."""
-    group = {"n_train": 8, "n_val": 2, "n_test": 2, "min_side": 64, "max_side": 128,
+    """Params for a fast run: 8/2/2 samples of 64..128 px, written to root/prepared (no held-out split:
+    tests/test_heldout.py covers it)."""
+    group = {"n_train": 8, "n_val": 2, "n_test": 2, "n_test_heldout": 0, "min_side": 64, "max_side": 128,
              "background_sources": ["skimage", "procedural"], **prepare}
     return validate({"paths": {"prepared": str(root / "prepared")}, "prepare": group})
 

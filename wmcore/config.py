@@ -90,7 +90,13 @@ class PrepareParams(_Group):
     jpeg_quality_max: int = Field(95, ge=1, le=100, description="Highest JPEG quality of the re-compression.")
     jpeg_share: float = Field(0.7, ge=0.0, le=1.0, description="Share of samples JPEG re-compressed after compositing.")
     heldout_style_share: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of fonts/phrases/styles kept out of train for a held-out split."
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Share of fonts, phrase kinds, styles and backgrounds kept out of train/val/test for test_heldout.",
+    )
+    n_test_heldout: int = Field(
+        64, ge=0, le=100000, description="Samples of the style-held-out split test_heldout; 0 = no such split."
     )
     import_dir: str | None = Field(
         None, description="Existing dataset with images/ + masks/ (CLWD/LVW layout) imported into train/val/test."
@@ -257,8 +263,10 @@ class PredictParams(_Group):
     amp: bool = Field(False, description="Mixed precision inference (CUDA fp16/bf16; off on CPU: measured slower).")
     channels_last: bool = Field(True, description="NHWC memory format for inference.")
     non_blocking: bool = Field(True, description="Pinned host batches and non_blocking copies on CUDA.")
-    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for images larger than it, px.")
-    tile_overlap: int = Field(64, ge=0, le=4096, description="Overlap between neighbouring tiles, px.")
+    tile_size: int = Field(
+        512, ge=32, le=8192, description="Largest tile side, px; larger images get the fewest tiles, sized evenly."
+    )
+    tile_overlap: int = Field(64, ge=0, le=4096, description="Least overlap between neighbouring tiles, px.")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Pixel threshold when no calibrated one is stored.")
     loader_workers: int = Field(0, ge=0, le=64, description="Image-decoding worker processes.")
     save_overlay: bool = Field(False, description="Also write an overlay JPEG per image.")

@@ -43,6 +43,8 @@ EXCLUDED = {
 }
 # Photos that hold ordinary text of their own: never mirrored, and flagged as scene text.
 TEXT_PHOTOS = {"skimage:page", "skimage:text"}
+# Backgrounds that are pages of ordinary text (printed or handwritten): the manifest's background_kind "page".
+PAGE_BACKGROUNDS = frozenset(TEXT_PHOTOS | {"procedural:page"})
 LICENSES = {
     "skimage": "scikit-image sample data (BSD-3-Clause package); images public domain / CC0 per skimage.data "
     "docstrings (astronaut, hubble: NASA public domain; coffee, chelsea, camera, clock, cell: CC0; "
@@ -213,6 +215,13 @@ def discover_backgrounds(p: PrepareParams) -> BackgroundCatalog:
             f"searched: {', '.join(searched) or 'nothing (no such source installed)'}; add 'procedural' or a user folder"
         )
     return catalog
+
+
+def background_kind(source: str) -> str:
+    """"page" (a document / text page), "procedural" (another generated picture) or "photo", from a source id."""
+    if source in PAGE_BACKGROUNDS:
+        return "page"
+    return "procedural" if source.startswith("procedural:") else "photo"
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -1,15 +1,25 @@
 """Font registry for watermark and scene text: the DejaVu family matplotlib ships and Noto Sans CJK.
 
 Every face has a stable name (e.g. "dejavu-sans-bold", "noto-cjk-sc") and the scripts it can
-draw, so phrases are only drawn in faces that have their glyphs, and a later "style-held-out"
-split can keep some faces out of training by name. Faces whose file is missing are left out of
-the registry (the generator still runs on what is installed); `available_faces()` says which.
+draw, so phrases are only drawn in faces that have their glyphs, and the style-held-out split can
+keep some faces out of training by name. Faces whose file is missing are left out of the registry
+(the generator still runs on what is installed); `available_faces()` says which.
+
+`face_scope(held_out, prefer_held_out)` is how the generator applies a held-out choice to ALL text of
+a sample: watermarks (render.py) and also scene text and document pages (compose.py, procedural.py),
+which pick faces through `faces_for` deep inside helpers that have no context argument. Inside the
+scope `faces_for` filters by it, and `load_font` records every face drawn (the manifest lists them).
+The scope is a ContextVar, so it is per thread / task and reset on exit; outside any scope nothing
+is filtered or recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import ImageFont
@@ -83,15 +93,54 @@ def available_faces() -> tuple[FontFace, ...]:
     return tuple(faces)
 
 
+@dataclass
+class FaceScope:
+    """The held-out rule of one sample and the names of the faces drawn under it."""
+
+    held_out: frozenset[str]
+    prefer_held_out: bool  # False: never offer held-out faces; True: offer only them, per script, where any exist
+    used: set[str] = field(default_factory=set)
+
+    def allowed(self, faces: list[FontFace]) -> list[FontFace]:
+        """The faces of one script this scope offers (may be empty for a script no seen face covers)."""
+        if self.prefer_held_out:
+            return [f for f in faces if f.name in self.held_out] or faces
+        return [f for f in faces if f.name not in self.held_out]
+
+
+_SCOPE: ContextVar[FaceScope | None] = ContextVar("wmdetect_face_scope", default=None)
+
+
+@contextlib.contextmanager
+def face_scope(held_out: frozenset[str] = frozenset(), prefer_held_out: bool = False) -> Iterator[set[str]]:
+    """Within the block `faces_for` applies the held-out rule and drawn face names collect in the yielded set."""
+    scope = FaceScope(frozenset(held_out), prefer_held_out)
+    token = _SCOPE.set(scope)
+    try:
+        yield scope.used
+    finally:
+        _SCOPE.reset(token)
+
+
 def faces_for(script: str, bold_only: bool = False) -> list[FontFace]:
-    """Faces able to draw `script`; bold ones only if `bold_only` and any exist."""
+    """Faces able to draw `script` (within the active `face_scope`); bold ones only if `bold_only` and any exist."""
     faces = [f for f in available_faces() if script in f.scripts]
+    scope = _SCOPE.get()
+    if scope is not None:
+        faces = scope.allowed(faces)
     if bold_only and any(f.bold for f in faces):
         faces = [f for f in faces if f.bold]
     return faces
 
 
-@functools.lru_cache(maxsize=512)
 def load_font(face: FontFace, size: int) -> ImageFont.FreeTypeFont:
-    """The face at `size` px (em size), cached per process."""
-    return ImageFont.truetype(face.path, max(4, int(size)), index=face.index)
+    """The face at `size` px (em size), cached per process; recorded in the active `face_scope`."""
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.used.add(face.name)
+    return _cached_font(face, max(4, int(size)))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_font(face: FontFace, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(face.path, size, index=face.index)

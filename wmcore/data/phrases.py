@@ -2,14 +2,15 @@
 
 A phrase kind (brand, copyright, url, stock word, CJK notice, AI label, ...) has a stable name and
 a script ("latin", "sc", "tc", "jp", "kr": see `fonts.SCRIPTS`), so the renderer picks a face that
-has the glyphs and a later "style-held-out" split can keep kinds out of training by name.
-Phrases are drawn from word lists with the caller's numpy Generator, so they are deterministic.
+has the glyphs and the style-held-out split can keep kinds of `PHRASE_KINDS` out of training by name
+(a `PhrasePolicy`). Phrases are drawn from word lists with the caller's numpy Generator, so they are
+deterministic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,11 +49,19 @@ _SCENE_WORDS = (
 
 @dataclass(frozen=True)
 class Phrase:
-    """A phrase to draw: its text (may contain newlines), the script it needs, the kind that made it."""
+    """A phrase to draw: its text (may contain newlines), the script it needs, the kind that made it.
+
+    `part_kinds`: for a multi-line block, the kinds of its lines (its own kind is "block").
+    """
 
     text: str
     script: str
     kind: str
+    part_kinds: tuple[str, ...] = ()
+
+    def kinds(self) -> list[str]:
+        """The kind and the kinds of its parts, e.g. ["block", "url", "copyright"]."""
+        return [self.kind, *self.part_kinds]
 
 
 def _pick(rng: np.random.Generator, items: tuple[str, ...]) -> str:
@@ -129,12 +138,42 @@ def _script_of(text: str, declared: str) -> str:
     return "sc" if declared == "latin" and any(ord(c) > 0x2E80 for c in text) else declared
 
 
-def make_phrase(rng: np.random.Generator, kind: str | None = None) -> Phrase:
-    """A random watermark phrase; `kind` forces one of PHRASE_KINDS (else drawn by frequency)."""
-    if kind is None:
+@dataclass(frozen=True)
+class PhrasePolicy:
+    """Which kinds of PHRASE_KINDS a draw may use under a held-out choice.
+
+    Train, val and test never get a `held_out` kind; the held-out split (`prefer_held_out`) gets only
+    held-out kinds, where any are held out. The default (nothing held out) changes no draw.
+    """
+
+    held_out: frozenset[str] = field(default_factory=frozenset)
+    prefer_held_out: bool = False
+
+    def allowed(self) -> list[str]:
+        """Kind names a draw may use, in `_KIND_WEIGHTS` order (never empty for a plan that keeps one kind)."""
         names = list(_KIND_WEIGHTS)
+        if self.prefer_held_out:
+            return [n for n in names if n in self.held_out] or names
+        return [n for n in names if n not in self.held_out]
+
+    def kind(self, rng: np.random.Generator, wanted: str | None) -> str:
+        """`wanted` when allowed (no random draw, so a policy that allows it changes nothing), else one drawn by frequency."""
+        names = self.allowed()
+        if wanted in names:
+            return wanted
         weights = np.array([_KIND_WEIGHTS[n] for n in names])
-        kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+NO_HOLDOUT = PhrasePolicy()
+
+
+def make_phrase(rng: np.random.Generator, kind: str | None = None, policy: PhrasePolicy = NO_HOLDOUT) -> Phrase:
+    """A random watermark phrase; `kind` asks for one of PHRASE_KINDS (else drawn by frequency).
+
+    A kind the policy does not allow is replaced by an allowed one (any kind fits any style).
+    """
+    kind = policy.kind(rng, kind)
     script, maker = PHRASE_KINDS[kind]
     text = maker(rng)
     return Phrase(text, _script_of(text, script), kind)
@@ -154,15 +193,15 @@ def make_stamp_phrase(rng: np.random.Generator) -> Phrase:
     return Phrase(_pick(rng, _STAMP_WORDS), "latin", "stamp")
 
 
-def make_block(rng: np.random.Generator, lines: int) -> Phrase:
+def make_block(rng: np.random.Generator, lines: int, policy: PhrasePolicy = NO_HOLDOUT) -> Phrase:
     """A multi-line block (`lines` lines, e.g. "© 2026 Name" / "www.site.com" / "All rights reserved")."""
     kinds = ("copyright", "url", "brand", "handle", "date", "cjk_sc")
-    parts = [make_phrase(rng, _pick(rng, kinds)) for _ in range(lines)]
+    parts = [make_phrase(rng, _pick(rng, kinds), policy) for _ in range(lines)]
     if rng.random() < 0.3:
-        parts[-1] = Phrase(_pick(rng, ("All rights reserved", "版权所有 盗用必究", "Licensed image")), "latin", "block")
+        parts[-1] = Phrase(_pick(rng, ("All rights reserved", "版权所有 盗用必究", "Licensed image")), "latin", "footer")
     text = "\n".join(p.text for p in parts)
     cjk = [p.script for p in parts if p.script != "latin"]
-    return Phrase(text, _script_of(text, cjk[0] if cjk else "latin"), "block")
+    return Phrase(text, _script_of(text, cjk[0] if cjk else "latin"), "block", tuple(p.kind for p in parts))
 
 
 def make_scene_phrase(rng: np.random.Generator) -> Phrase:

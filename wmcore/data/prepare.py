@@ -5,11 +5,15 @@
     <split>/images/<id>.png   RGB 8-bit, after the optional JPEG re-compression (stored lossless)
     <split>/masks/<id>.png    L 0/255: 255 exactly where alpha / 255 > prepare.mask_alpha_threshold
     <split>/alpha/<id>.png    L 0..255: the watermark's own alpha, round(alpha * 255)
-    manifest.jsonl            one JSON object per sample (split, id, paths, sha256, size, wm_fraction, ...)
-    stats.json                counts, style/source histograms, backgrounds used/skipped, licenses, timings
+    manifest.jsonl            one JSON object per sample (split, id, paths, sha256, size, wm_fraction,
+                              styles, source, background_kind, fonts, phrase_kinds, ...)
+    stats.json                counts, style/source histograms, backgrounds used/skipped, licenses,
+                              the held-out names ("heldout"), timings
     contact_sheet.png         16 varied samples beside their masks
 
-for split in train / val / test. Everything is built in a hidden folder beside the target and
+for split in train / val / test, plus test_heldout (`prepare.n_test_heldout` samples drawn only from
+the fonts, phrase kinds, styles and backgrounds that `prepare.heldout_style_share` keeps out of the
+other three; see generator.py) when both are > 0. Everything is built in a hidden folder beside the target and
 renamed into place at the end: an interrupted run never leaves a half dataset. That folder is named
 after a fingerprint of the prepare params, seed and generator code, so a rerun with the same
 inputs resumes it (finished samples are kept). Same params -> byte-identical images, masks,
@@ -37,13 +41,13 @@ from wmcore.config import Params
 from wmcore.data.backgrounds import BackgroundCatalog, discover_backgrounds
 from wmcore.data.contact_sheet import write_contact_sheet
 from wmcore.data.fonts import FONT_LICENSES
-from wmcore.data.generator import GeneratorContext, generate_sample
+from wmcore.data.generator import HELDOUT_SPLIT, GeneratorContext, HeldoutPlan, generate_sample, plan_heldout
 from wmcore.data.importer import import_dataset, import_folders
 from wmcore.runtime.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", HELDOUT_SPLIT)
 SAMPLE_FOLDERS = ("images", "masks", "alpha")
 PARTIAL_MARK = ".partial-"
 # The modules whose code decides the dataset's bytes (their source is part of the resume fingerprint).
@@ -84,6 +88,10 @@ def write_sample_files(
         "sha256": hashlib.sha256(image_png).hexdigest(), "width": int(image.shape[1]), "height": int(image.shape[0]),
         "wm_fraction": round(fraction, 6), "has_watermark": fraction > 0, "styles": facts["styles"],
         "source": facts["source"], "scene_text": bool(facts["scene_text"]),
+        # Generated samples only (imported ones have none): what it was drawn from, for held-out checks and
+        # for evaluation's false-positive area on clean pages vs photos.
+        "background_kind": facts.get("background_kind"), "fonts": facts.get("fonts", []),
+        "phrase_kinds": facts.get("phrase_kinds", []),
     }
 
 
@@ -108,16 +116,24 @@ def _make_one(task: tuple[str, int]) -> dict:
         except json.JSONDecodeError:  # killed while writing the row: make the sample again
             pass
     sample = generate_sample(ctx, split, index)
-    facts = {"styles": sample.styles, "source": sample.source, "scene_text": sample.scene_text}
+    facts = {"styles": sample.styles, "source": sample.source, "scene_text": sample.scene_text,
+             "background_kind": sample.background_kind, "fonts": sample.fonts, "phrase_kinds": sample.phrase_kinds}
     level = ctx.prepare.png_compress_level
     row = write_sample_files(work, split, sid, sample.image, sample.alpha, sample.mask, facts, level)
     done.write_text(json.dumps(row, sort_keys=True), encoding="utf-8")  # last: a row file means all three PNGs are complete
     return row
 
 
+def split_counts(ctx: GeneratorContext) -> dict[str, int]:
+    """Samples to generate per split; test_heldout only when a held-out plan exists."""
+    p = ctx.prepare
+    heldout = p.n_test_heldout if ctx.heldout.active() else 0
+    return {"train": p.n_train, "val": p.n_val, "test": p.n_test, HELDOUT_SPLIT: heldout}
+
+
 def generate_all(ctx: GeneratorContext, work: Path, workers: int) -> list[dict]:
     """Make every sample of every split (in a pool when workers > 0), with a progress bar; rows in manifest order."""
-    counts = {"train": ctx.prepare.n_train, "val": ctx.prepare.n_val, "test": ctx.prepare.n_test}
+    counts = split_counts(ctx)
     tasks = [(split, i) for split in SPLITS for i in range(counts[split])]
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", mininterval=1.0, dynamic_ncols=True)
     try:
@@ -151,8 +167,11 @@ def fingerprint(params: Params) -> str:
     return h.hexdigest()[:12]
 
 
-def open_work_dir(target: Path, fp: str) -> tuple[Path, bool]:
-    """The hidden folder the dataset is built in (resumed if it exists); stale folders of other params are removed."""
+def open_work_dir(target: Path, fp: str, splits: list[str]) -> tuple[Path, bool]:
+    """The hidden folder the dataset is built in (resumed if it exists), with sample folders for `splits`.
+
+    Stale folders of other params are removed.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.with_name(f".{target.name}{PARTIAL_MARK}{fp}")
     for stale in target.parent.glob(f".{target.name}{PARTIAL_MARK}*"):
@@ -160,7 +179,7 @@ def open_work_dir(target: Path, fp: str) -> tuple[Path, bool]:
             log.info("removing the unfinished build of other params: %s", stale)
             shutil.rmtree(stale)
     resumed = work.is_dir()
-    for folder in ["rows", *(f"{split}/{kind}" for split in SPLITS for kind in SAMPLE_FOLDERS)]:
+    for folder in ["rows", *(f"{split}/{kind}" for split in splits for kind in SAMPLE_FOLDERS)]:
         (work / folder).mkdir(parents=True, exist_ok=True)
     return work, resumed
 
@@ -184,18 +203,32 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def build_stats(rows: list[dict], catalog: BackgroundCatalog, import_report: dict | None, params: Params) -> dict:
-    """The stats.json content (timings are added by the caller)."""
-    counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+def heldout_report(plan: HeldoutPlan, params: Params, n_samples: int) -> dict:
+    """stats.json "heldout": the share, the split's size and the held-out names per registry."""
+    return {
+        "share": params.prepare.heldout_style_share, "split": HELDOUT_SPLIT, "samples": n_samples,
+        "fonts": list(plan.fonts), "phrase_kinds": list(plan.phrase_kinds), "styles": list(plan.styles),
+        "photos": list(plan.photos), "procedural": list(plan.procedural),
+    }
+
+
+def build_stats(
+    rows: list[dict], catalog: BackgroundCatalog, import_report: dict | None, params: Params, plan: HeldoutPlan
+) -> dict:
+    """The stats.json content (timings are added by the caller); test_heldout appears only when it has samples."""
+    splits = [s for s in SPLITS if s != HELDOUT_SPLIT or any(r["split"] == s for r in rows)]
+    counts = {s: sum(r["split"] == s for r in rows) for s in splits}
     generated = [r for r in rows if not r["source"].startswith("import:")]
     used = Counter(ref.source for ref in catalog.photos)
     if catalog.procedural:
         used["procedural"] = len(catalog.procedural)
     return {
         "counts": {**counts, "total": len(rows)},
-        "watermarked": {s: sum(r["split"] == s and r["has_watermark"] for r in rows) for s in SPLITS},
-        "clean": {s: sum(r["split"] == s and not r["has_watermark"] for r in rows) for s in SPLITS},
-        "scene_text": {s: sum(r["split"] == s and r["scene_text"] for r in rows) for s in SPLITS},
+        "watermarked": {s: sum(r["split"] == s and r["has_watermark"] for r in rows) for s in splits},
+        "clean": {s: sum(r["split"] == s and not r["has_watermark"] for r in rows) for s in splits},
+        "scene_text": {s: sum(r["split"] == s and r["scene_text"] for r in rows) for s in splits},
+        "background_kinds": {s: dict(Counter(r.get("background_kind") or "imported" for r in rows if r["split"] == s))
+                             for s in splits},
         "mean_wm_fraction": round(float(np.mean([r["wm_fraction"] for r in rows])) if rows else 0.0, 6),
         "primary_styles": dict(Counter(r["styles"][0] for r in generated).most_common()),
         "style_tags": dict(Counter(t for r in generated for t in r["styles"]).most_common()),
@@ -207,15 +240,16 @@ def build_stats(rows: list[dict], catalog: BackgroundCatalog, import_report: dic
         "licenses": {**{s: v["license"] for s, v in catalog.sources.items()}, **{f"font:{k}": v for k, v in FONT_LICENSES.items()}},
         "import": import_report,
         "mask_alpha_threshold": params.prepare.mask_alpha_threshold,
+        "heldout": heldout_report(plan, params, counts.get(HELDOUT_SPLIT, 0)),
         "fingerprint": fingerprint(params),
     }
 
 
 def summary_table(stats: dict) -> str:
     """A short plain-text table of the prepared dataset for the log."""
-    lines = [f"{'split':<6} {'samples':>8} {'watermarked':>12} {'clean':>6} {'scene_text':>11}"]
-    for s in SPLITS:
-        lines.append(f"{s:<6} {stats['counts'][s]:>8} {stats['watermarked'][s]:>12} {stats['clean'][s]:>6} {stats['scene_text'][s]:>11}")
+    lines = [f"{'split':<12} {'samples':>8} {'watermarked':>12} {'clean':>6} {'scene_text':>11}"]
+    for s in (s for s in SPLITS if s in stats["counts"]):
+        lines.append(f"{s:<12} {stats['counts'][s]:>8} {stats['watermarked'][s]:>12} {stats['clean'][s]:>6} {stats['scene_text'][s]:>11}")
     top = ", ".join(f"{k} {v}" for k, v in list(stats["primary_styles"].items())[:6])
     groups = ", ".join(f"{k} {v}" for k, v in stats["source_groups"].items())
     t = stats["timings_s"]
@@ -237,16 +271,16 @@ def run_prepare(params: Params) -> dict:
     t0 = time.perf_counter()
     if p.import_dir:
         import_folders(p)  # fail on a wrong import_dir before minutes of generation
-    if p.heldout_style_share > 0:
-        # The registries (render.STYLES, phrases.PHRASE_KINDS, fonts, icons) are keyed by stable names for it.
-        log.warning("prepare.heldout_style_share=%s: the style-held-out split is not implemented yet; "
-                    "every split uses every style", p.heldout_style_share)
     catalog = discover_backgrounds(p)
+    plan = plan_heldout(p, params.base.seed, catalog)
+    if (p.heldout_style_share > 0) != (p.n_test_heldout > 0):
+        log.info("no %s split: it needs prepare.heldout_style_share > 0 and prepare.n_test_heldout > 0", HELDOUT_SPLIT)
     t_discover = time.perf_counter() - t0
-    work, resumed = open_work_dir(target, fingerprint(params))
+    ctx = GeneratorContext(p, params.base.seed, catalog, plan)
+    counts = split_counts(ctx)
+    work, resumed = open_work_dir(target, fingerprint(params), [s for s in SPLITS if counts[s]])
     if resumed:
         log.info("resuming the unfinished build in %s", work)
-    ctx = GeneratorContext(p, params.base.seed, catalog)
     rows = generate_all(ctx, work, p.workers)
     t_generate = time.perf_counter() - t0 - t_discover
     n_resumed = sum(bool(r.get("_resumed")) for r in rows)
@@ -259,9 +293,9 @@ def run_prepare(params: Params) -> dict:
     t_import = time.perf_counter() - t0 - t_discover - t_generate
     write_manifest(work / "manifest.jsonl", rows)
     shown = write_contact_sheet(work, rows, work / "contact_sheet.png", p.png_compress_level)
-    stats = build_stats(rows, catalog, import_report, params)
+    stats = build_stats(rows, catalog, import_report, params, plan)
     total = time.perf_counter() - t0
-    fresh = max(1, p.n_train + p.n_val + p.n_test - n_resumed)
+    fresh = max(1, sum(counts.values()) - n_resumed)
     stats["contact_sheet_ids"] = shown
     stats["resumed"] = n_resumed
     stats["timings_s"] = {

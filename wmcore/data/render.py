@@ -1,8 +1,8 @@
 """Watermark styles: each draws one kind of visible text mark into a full-image `MarkLayer`.
 
 `STYLES` maps a stable style name to its drawing function; `prepare.style_weights` sets how often
-each is drawn, and a later "style-held-out" split can keep styles, phrase kinds
-(`phrases.PHRASE_KINDS`), fonts (`fonts.available_faces`) and icons (`icons.ICONS`) out of training
+each is drawn, and the style-held-out split (see generator.py) keeps styles, phrase kinds
+(`phrases.PHRASE_KINDS`, through `MarkContext.phrases`) and fonts (`fonts.face_scope`) out of training
 by name. A style function draws with `MarkContext` (random generator, layer, opacity range, colour
 choice, size helpers) and returns its tags (style name first, then modifiers such as "rotated",
 "outline", "shadow", "blur", the colour and the script), which the manifest records.
@@ -33,7 +33,15 @@ from wmcore.data.layer import (
     subtract,
     text_coverage,
 )
-from wmcore.data.phrases import Phrase, make_ai_label, make_block, make_phrase, make_stamp_phrase
+from wmcore.data.phrases import (
+    NO_HOLDOUT,
+    Phrase,
+    PhrasePolicy,
+    make_ai_label,
+    make_block,
+    make_phrase,
+    make_stamp_phrase,
+)
 from wmcore.data.procedural import fractal_noise
 
 MIN_FONT_PX = 9  # below this FreeType text is an unreadable smudge: no real watermark is that small
@@ -52,6 +60,8 @@ class MarkContext:
     bg_luma: float  # mean luminance of the background, 0..1 (light marks are less likely on bright images)
     invert: bool = False  # second try after a too-faint mark: pick the colour against the background
     tags: list[str] = field(default_factory=list)
+    phrases: PhrasePolicy = NO_HOLDOUT  # which phrase kinds this split may draw (held-out split rule)
+    drawn: list[Phrase] = field(default_factory=list)  # every phrase drawn into the layer (for the manifest)
 
     @property
     def short(self) -> int:
@@ -88,6 +98,16 @@ class MarkContext:
             g = self.uniform(0.45, 0.8)
             return (g, g, g)
         return _saturated(self.rng)
+
+    def phrase(self, kinds: tuple[str, ...] = ()) -> Phrase:
+        """A watermark phrase of one of `kinds` (uniform; none = any kind by frequency) within `phrases`; recorded."""
+        wanted = str(self.rng.choice(list(kinds))) if kinds else None
+        return self.keep(make_phrase(self.rng, wanted, self.phrases))
+
+    def keep(self, phrase: Phrase) -> Phrase:
+        """Record `phrase` as drawn into this layer and return it."""
+        self.drawn.append(phrase)
+        return phrase
 
     def angle(self, p_rotated: float, lo: float, hi: float) -> float:
         """0 degrees, or with probability `p_rotated` a signed angle of lo..hi degrees (tagged "rotated")."""
@@ -195,7 +215,7 @@ def near_center(ctx: MarkContext, jitter: float = 0.15) -> tuple[float, float]:
 
 def style_centered(ctx: MarkContext) -> None:
     """One large phrase near the centre, often rotated (the classic "SAMPLE" / "© Name" mark)."""
-    phrase = make_phrase(ctx.rng)
+    phrase = ctx.phrase()
     face = pick_face(ctx, phrase)
     px = font_for_width(face, phrase.text, ctx.layer.width * ctx.uniform(0.3, 0.9), ctx.short * 0.35)
     element = decorated_text(ctx, phrase.text, px, face, ctx.colour())
@@ -204,7 +224,7 @@ def style_centered(ctx: MarkContext) -> None:
 
 def style_corner(ctx: MarkContext) -> None:
     """A small phrase (copyright, URL, handle, brand) in a corner."""
-    phrase = make_phrase(ctx.rng, str(ctx.rng.choice(["copyright", "url", "handle", "brand", "date", "cjk_sc"])))
+    phrase = ctx.phrase(("copyright", "url", "handle", "brand", "date", "cjk_sc"))
     face = pick_face(ctx, phrase)
     px = relative_px(ctx, face, phrase.text, 0.025, 0.07, max_width=0.8)
     element = decorated_text(ctx, phrase.text, px, face, ctx.colour())
@@ -213,7 +233,7 @@ def style_corner(ctx: MarkContext) -> None:
 
 def style_corner_label(ctx: MarkContext) -> None:
     """A small AI-content label ("AI生成", "XX AI生成"), plain or in a rounded pill."""
-    phrase = make_ai_label(ctx.rng)
+    phrase = ctx.keep(make_ai_label(ctx.rng))
     face = pick_face(ctx, phrase, bold=0.3)
     px = relative_px(ctx, face, phrase.text, 0.028, 0.06, max_width=0.7)
     if not ctx.chance(0.5):
@@ -245,7 +265,7 @@ def _tiled(element: Element, side: int, step: tuple[int, int], stagger: float) -
 
 def style_tiled(ctx: MarkContext) -> None:
     """A phrase repeated in staggered diagonal rows over the whole image (stock-photo protection)."""
-    phrase = make_phrase(ctx.rng)
+    phrase = ctx.phrase()
     face = pick_face(ctx, phrase)
     px = relative_px(ctx, face, phrase.text, 0.035, 0.1, max_width=0.7)
     element = decorated_text(ctx, phrase.text, px, face, ctx.colour())
@@ -260,7 +280,7 @@ def style_tiled(ctx: MarkContext) -> None:
 def style_grid(ctx: MarkContext) -> None:
     """Stock-photo grid: thin crossing lines with a small brand repeated in the cells, maybe a big centre brand."""
     rgb = ctx.colour()
-    phrase = make_phrase(ctx.rng, str(ctx.rng.choice(["brand", "url", "stock_word", "cjk_sc"])))
+    phrase = ctx.phrase(("brand", "url", "stock_word", "cjk_sc"))
     face = pick_face(ctx, phrase, bold=0.7)
     px = relative_px(ctx, face, phrase.text, 0.025, 0.05, max_width=0.4)
     word = text_coverage(phrase.text, load_font(face, px))
@@ -288,7 +308,7 @@ def style_grid(ctx: MarkContext) -> None:
 
 def style_logo(ctx: MarkContext) -> None:
     """A simple icon (circle, camera, shield, star, ...) beside or above a brand, large centred or small in a corner."""
-    phrase = make_phrase(ctx.rng, str(ctx.rng.choice(["brand", "url", "cjk_sc", "handle"])))
+    phrase = ctx.phrase(("brand", "url", "cjk_sc", "handle"))
     face = pick_face(ctx, phrase, bold=0.6)
     small = ctx.chance(0.5)
     px = relative_px(ctx, face, phrase.text, *((0.03, 0.06) if small else (0.06, 0.14)), max_width=0.65)
@@ -323,7 +343,7 @@ def _with_shadow(ctx: MarkContext, coverage: Image.Image, rgb: RGB, font_px: int
 
 def style_hollow(ctx: MarkContext) -> None:
     """Outline-only (hollow) letters, large, often diagonal."""
-    phrase = make_phrase(ctx.rng, str(ctx.rng.choice(["stock_word", "brand", "cjk_sc", "copyright"])))
+    phrase = ctx.phrase(("stock_word", "brand", "cjk_sc", "copyright"))
     face = pick_face(ctx, phrase, bold=0.8)
     px = font_for_width(face, phrase.text, ctx.layer.width * ctx.uniform(0.4, 0.9), ctx.short * 0.4)
     element = decorated_text(ctx, phrase.text, px, face, ctx.colour(), hollow=True)
@@ -339,7 +359,7 @@ def _ink_texture(ctx: MarkContext, size: tuple[int, int]) -> np.ndarray:
 
 def style_stamp(ctx: MarkContext) -> None:
     """A bordered rubber stamp ("CONFIDENTIAL", "DO NOT COPY", "机密"), often hollow, tilted, uneven ink."""
-    phrase = make_stamp_phrase(ctx.rng)
+    phrase = ctx.keep(make_stamp_phrase(ctx.rng))
     face = pick_face(ctx, phrase, bold=0.9)
     px = font_for_width(face, phrase.text, ctx.layer.width * ctx.uniform(0.25, 0.6), ctx.short * 0.25)
     hollow = ctx.chance(0.3)
@@ -363,7 +383,7 @@ def style_stamp(ctx: MarkContext) -> None:
 
 def style_badge(ctx: MarkContext) -> None:
     """A coloured badge (pill, box or corner ribbon) with the word knocked out or in white on it."""
-    phrase = make_phrase(ctx.rng, str(ctx.rng.choice(["stock_word", "brand", "cjk_sc", "cjk_jp"])))
+    phrase = ctx.phrase(("stock_word", "brand", "cjk_sc", "cjk_jp"))
     face = pick_face(ctx, phrase, bold=0.9)
     px = relative_px(ctx, face, phrase.text, 0.035, 0.08, max_width=0.7)
     text = text_coverage(phrase.text, load_font(face, px))
@@ -395,7 +415,7 @@ def style_badge(ctx: MarkContext) -> None:
 
 def style_emboss(ctx: MarkContext) -> None:
     """Embossed / bevelled text: a light edge up-left, a dark edge down-right, a faint fill."""
-    phrase = make_phrase(ctx.rng)
+    phrase = ctx.phrase()
     face = pick_face(ctx, phrase, bold=0.9)
     px = font_for_width(face, phrase.text, ctx.layer.width * ctx.uniform(0.35, 0.9), ctx.short * 0.35)
     d = max(1, round(px * ctx.uniform(0.025, 0.05)))
@@ -413,7 +433,7 @@ def style_emboss(ctx: MarkContext) -> None:
 
 def style_multiline(ctx: MarkContext) -> None:
     """A 2-4 line block ("© 2026 Name" / "www.site.com" / ...), centred or small in a corner."""
-    block = make_block(ctx.rng, int(ctx.rng.integers(2, 5)))
+    block = ctx.keep(make_block(ctx.rng, int(ctx.rng.integers(2, 5)), ctx.phrases))
     face = pick_face(ctx, block)
     small = ctx.chance(0.5)
     if small:

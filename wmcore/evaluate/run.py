@@ -6,8 +6,11 @@ is a few hundred bytes per image, yet gives exact pixel counts at every grid thr
 
 1. val: the pixel threshold maximising pixel F1 and the image-score threshold maximising
    `evaluate.image_objective` are chosen;
-2. test: both thresholds are applied unchanged; micro and per-image pixel metrics, image-level
-   AUROC/AP/decisions and false-positive area on clean images come from the same histograms.
+2. test, and test_heldout when `wm prepare` made it (fonts, phrase kinds, styles and backgrounds
+   training never saw): both thresholds are applied unchanged; micro and per-image pixel metrics,
+   image-level AUROC/AP/decisions and the false-positive area on clean images come from the same
+   histograms. The false-positive area is reported over all clean images, clean text pages
+   (manifest background_kind "page"), clean photos and clean images with scene text separately.
 
 Outputs in `paths.evaluate_dir` (all atomic): metrics.json, pr_curve.json, pr_curve.png,
 training_curves.png (when history.json exists), overlays.png and model.pt, the deployable
@@ -32,7 +35,7 @@ from tqdm import tqdm
 from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.evaluate.plots import OverlayRow, pick_overlay_rows, plot_overlays, plot_pr_curves, plot_training_curves
-from wmcore.evaluate.samples import EvalSample, SampleError, load_split, read_sample
+from wmcore.evaluate.samples import HELDOUT_SPLIT, EvalSample, SampleError, load_split, read_sample
 from wmcore.metrics import (
     average_precision,
     best_image_threshold,
@@ -92,6 +95,10 @@ class SplitScores:
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
         """(has_watermark, scene_text) boolean arrays (N,)."""
         return np.array(self.has_watermark, bool), np.array([s.scene_text for s in self.samples], bool)
+
+    def background_is(self, kind: str) -> np.ndarray:
+        """(N,) bool: the image's manifest background_kind is `kind` ("page", "photo", "procedural")."""
+        return np.array([s.background_kind == kind for s in self.samples], bool)
 
 
 def _readable_batches(samples: list[EvalSample], crop: int, batch_size: int, result: SplitScores) -> Iterator[list]:
@@ -186,12 +193,19 @@ def split_metrics(split: SplitScores, threshold: float, image_threshold: float, 
         "ap": average_precision(scores, has_watermark),
         **{f"image_{k}": v for k, v in decisions.items()},
         "clean_fp_area": _fp_area(counts, ~has_watermark),
+        "clean_page_fp_area": _fp_area(counts, ~has_watermark & split.background_is("page")),
+        "clean_photo_fp_area": _fp_area(counts, ~has_watermark & split.background_is("photo")),
         "clean_scene_text_fp_area": _fp_area(counts, ~has_watermark & scene_text),
         "threshold": threshold,
         "image_threshold": image_threshold,
     }
     metrics = {k: _number(v) for k, v in raw.items()}
-    metrics.update(n_images=len(counts), n_clean=int((~has_watermark).sum()), n_skipped=len(split.skipped))
+    metrics.update(
+        n_images=len(counts), n_clean=int((~has_watermark).sum()), n_skipped=len(split.skipped),
+        # how many images each clean false-positive area rests on (clean pages are rare: ~2% of samples)
+        n_clean_page=int((~has_watermark & split.background_is("page")).sum()),
+        n_clean_photo=int((~has_watermark & split.background_is("photo")).sum()),
+    )
     return metrics
 
 
@@ -245,12 +259,13 @@ def load_history(train_dir: Path) -> dict[str, Any] | None:
     return history if isinstance(history, dict) else None
 
 
-def write_reports(
-    out_dir: Path, metrics: dict[str, Any], val: SplitScores, test: SplitScores, params: Params
-) -> list[Path]:
-    """Write metrics.json, pr_curve.json and the PNGs into `out_dir`; returns the files written."""
-    bins, threshold = params.evaluate.threshold_grid, metrics["test"]["threshold"]
-    curves = {name: precision_recall_curve(s.stacked_hists(bins).sum(0)) for name, s in (("val", val), ("test", test))}
+def write_reports(out_dir: Path, metrics: dict[str, Any], scored: dict[str, SplitScores], params: Params) -> list[Path]:
+    """Write metrics.json, pr_curve.json (test) and the PNGs into `out_dir`; returns the files written.
+
+    `scored`: split name -> its scores ("val", "test", and "test_heldout" when present; one PR curve each).
+    """
+    bins, threshold, test = params.evaluate.threshold_grid, metrics["test"]["threshold"], scored["test"]
+    curves = {name: precision_recall_curve(s.stacked_hists(bins).sum(0)) for name, s in scored.items()}
     test_m = metrics["test"]
     written = [out_dir / "metrics.json", out_dir / "pr_curve.json"]
     write_json(written[0], metrics)
@@ -279,6 +294,7 @@ def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str
         "test_f1": test["f1"],
         "test_iou": test["iou"],
         "test_auroc": test["auroc"],
+        "test_heldout_f1": metrics.get(HELDOUT_SPLIT, {}).get("f1"),
         "backend_evaluated": backend,
         "source_checkpoint": str(source),
         "source_epoch": ckpt.get("epoch"),
@@ -295,7 +311,8 @@ def log_to_run(run_logger: RunLogger, metrics: dict[str, Any], files: list[Path]
     """Metrics as `<split>_<name>` (numbers only) and the report files as artifacts under evaluate/."""
     flat = {
         f"{split}_{key}": float(value)
-        for split in ("val", "test")
+        for split in ("val", "test", HELDOUT_SPLIT)
+        if split in metrics
         for key, value in metrics[split].items()
         if isinstance(value, int | float)
     }
@@ -306,12 +323,29 @@ def log_to_run(run_logger: RunLogger, metrics: dict[str, Any], files: list[Path]
 
 
 def _summary_table(metrics: dict[str, Any]) -> str:
-    keys = ("f1", "precision", "recall", "iou", "mean_image_f1", "auroc", "ap", "clean_fp_area", "n_images")
-    lines = [f"{'metric':<16}{'val':>10}{'test':>10}"]
+    keys = ("f1", "precision", "recall", "iou", "mean_image_f1", "auroc", "ap", "clean_fp_area", "clean_page_fp_area",
+            "clean_photo_fp_area", "n_images")
+    splits = [s for s in ("val", "test", HELDOUT_SPLIT) if s in metrics]
+    lines = [f"{'metric':<20}" + "".join(f"{s:>14}" for s in splits)]
     for key in keys:
-        cells = [metrics[s].get(key) for s in ("val", "test")]
-        lines.append(f"{key:<16}" + "".join(f"{'-' if c is None else format(c, '.4g'):>10}" for c in cells))
+        cells = [metrics[s].get(key) for s in splits]
+        lines.append(f"{key:<20}" + "".join(f"{'-' if c is None else format(c, '.4g'):>14}" for c in cells))
     return "\n".join(lines)
+
+
+def score_heldout(params: Params, predict: ProbabilityFn) -> SplitScores | None:
+    """Scores of the style-held-out split, or None when the prepared dataset has none (or none is readable)."""
+    ev = params.evaluate
+    samples = load_split(params.paths.prepared, HELDOUT_SPLIT, required=False)
+    if not samples:
+        log.info("no %s split in %s: only the ordinary test split is reported", HELDOUT_SPLIT, params.paths.prepared)
+        return None
+    scored = score_split(samples, predict, ev.threshold_grid, ev.batch_size, ev.crop, name=HELDOUT_SPLIT)
+    if not scored.samples:
+        log.warning("%s: no readable %s image (%d skipped); not reported", params.paths.prepared, HELDOUT_SPLIT,
+                    len(scored.skipped))
+        return None
+    return scored
 
 
 def run_evaluation(
@@ -324,7 +358,8 @@ def run_evaluation(
         backend: "torch", "onnx" or "onnx-int8"; None = evaluate.backend.
         checkpoint: checkpoint file to evaluate; None = <paths.train_dir>/best.pt.
         run_logger: where metrics and report files are logged (MLflow run); None = nowhere.
-    Returns: the metrics.json content {"val": {...}, "test": {...}, "backend": str}.
+    Returns: the metrics.json content {"val": {...}, "test": {...}, "backend": str}, plus
+        "test_heldout": {...} (same keys, thresholds from val) when the prepared dataset has that split.
     """
     backend = backend or params.evaluate.backend
     source = Path(checkpoint) if checkpoint else Path(params.paths.train_dir) / "best.pt"
@@ -342,13 +377,14 @@ def run_evaluation(
     test = score_split(test_samples, predict, bins, ev.batch_size, ev.crop, thumb_side, name="test")
     if not test.samples:
         raise WmError(f"{params.paths.prepared}: no readable test image")
-    metrics = {
-        "val": split_metrics(val, threshold, image_threshold, bins),
-        "test": split_metrics(test, threshold, image_threshold, bins),
-        "backend": backend,
-    }
+    scored = {"val": val, "test": test}
+    heldout = score_heldout(params, predict)
+    if heldout is not None:
+        scored[HELDOUT_SPLIT] = heldout
+    metrics: dict[str, Any] = {name: split_metrics(s, threshold, image_threshold, bins) for name, s in scored.items()}
+    metrics["backend"] = backend
     out_dir = Path(params.paths.evaluate_dir)
-    files = write_reports(out_dir, metrics, val, test, params)
+    files = write_reports(out_dir, metrics, scored, params)
     export_model(source, out_dir / "model.pt", metrics, backend)
     log_to_run(run_logger or NullLogger(), metrics, files)
     log.info("evaluation of %s (%s) -> %s\n%s", source, backend, out_dir, _summary_table(metrics))

@@ -3,7 +3,8 @@
 The prepared layout (written by `wm prepare`) is
 
     <prepared>/manifest.jsonl                 one JSON line per sample: split, id, image, mask,
-                                              has_watermark, scene_text, ... (paths relative to <prepared>)
+                                              has_watermark, scene_text, background_kind, ...
+                                              (paths relative to <prepared>)
     <prepared>/<split>/images/<id>.png        RGB
     <prepared>/<split>/masks/<id>.png         L, 0 = clean, 255 = watermark
 
@@ -27,6 +28,9 @@ from wmcore.errors import WmError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The style-held-out split `wm prepare` writes (same name as wmcore.data.generator.HELDOUT_SPLIT; kept
+# here so evaluation does not import the synthetic generator). Optional: absent when it was not made.
+HELDOUT_SPLIT = "test_heldout"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class EvalSample:
     mask: Path
     has_watermark: bool | None = None  # None: not in a manifest, taken from the mask
     scene_text: bool = False  # opaque scene text (not a watermark) drawn on the image
+    background_kind: str | None = None  # "photo", "page" (text page) or "procedural"; None: unknown (imported)
 
 
 class SampleError(Exception):
@@ -70,6 +75,7 @@ def _from_manifest(prepared: Path, rows: list[dict]) -> list[EvalSample]:
             mask=prepared / row["mask"],
             has_watermark=None if row.get("has_watermark") is None else bool(row["has_watermark"]),
             scene_text=bool(row.get("scene_text")),
+            background_kind=row.get("background_kind") if isinstance(row.get("background_kind"), str) else None,
         )
         for row in rows
     ]
@@ -80,10 +86,11 @@ def _from_folder(split_dir: Path) -> list[EvalSample]:
     return [EvalSample(id=p.stem, image=p, mask=split_dir / "masks" / f"{p.stem}.png") for p in images]
 
 
-def load_split(prepared: str | Path, split: str) -> list[EvalSample]:
-    """Samples of `split` ("val" or "test") of the prepared dataset at `prepared`, in manifest order.
+def load_split(prepared: str | Path, split: str, required: bool = True) -> list[EvalSample]:
+    """Samples of `split` ("val", "test" or "test_heldout") of the prepared dataset at `prepared`, in manifest order.
 
-    Raises WmError naming the folder when the dataset or the split is missing or empty.
+    Raises WmError naming the folder when the dataset is missing, or the split is missing or empty and
+    `required` (an optional split that is absent gives []).
     """
     prepared = Path(prepared)
     if not prepared.is_dir():
@@ -91,7 +98,7 @@ def load_split(prepared: str | Path, split: str) -> list[EvalSample]:
     manifest = prepared / "manifest.jsonl"
     rows = _manifest_rows(manifest, split) if manifest.is_file() else []
     samples = _from_manifest(prepared, rows) if rows else _from_folder(prepared / split)
-    if not samples:
+    if not samples and required:
         raise WmError(
             f"{prepared}: no '{split}' samples (no '{split}' lines in manifest.jsonl and no images in "
             f"{prepared / split / 'images'}); run `wm prepare` or check paths.prepared"
