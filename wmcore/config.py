@@ -196,7 +196,7 @@ class TrainParams(_Group):
         0.0, ge=0.0, description="Wall-clock budget for training, min; 0 = no budget. Schedule is sized to it."
     )
     steps_per_epoch: int = Field(0, ge=0, description="Optimizer steps per epoch; 0 = one pass over the train split.")
-    batch_size: int = Field(8, ge=1, le=4096, description="Micro-batch size when no progressive stage applies.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch size when no progressive stage applies.")
     crop: int = Field(256, ge=32, le=4096, description="Training crop side when no progressive stage applies, px.")
     progressive: list[ProgressiveStage] = Field(
         default_factory=list, description="Crop-size schedule, small crops first; empty = fixed crop/batch."

@@ -35,10 +35,12 @@ def _fmt(value: Any) -> str:
 def summary_rows(results: dict[str, Any], timings: dict[str, float], extra: dict[str, str]) -> list[tuple[str, str]]:
     """(name, value) rows: key metrics, performance, stage timings and where things are."""
     rows: list[tuple[str, str]] = []
-    test = results.get("evaluate", {}).get("test", {})
-    for key in ("f1", "precision", "recall", "iou", "auroc", "ap", "clean_fp_area", "threshold"):
-        if key in test:
-            rows.append((f"test {key}", _fmt(test[key])))
+    evaluate = results.get("evaluate", {})
+    for split in ("test", "test_heldout"):
+        block = evaluate.get(split, {})
+        for key in ("f1", "precision", "recall", "iou", "auroc", "ap", "clean_fp_area", "clean_page_fp_area"):
+            if block.get(key) is not None:
+                rows.append((f"{split} {key}", _fmt(block[key])))
     train = results.get("train", {})
     for key in ("best_val_f1", "epochs", "steps", "images_per_s", "mem_peak_mb", "seconds"):
         if key in train:

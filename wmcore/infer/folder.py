@@ -1,0 +1,312 @@
+"""`wm predict`: stream images from files/folders/globs through the predictor and write results.
+
+Decoding runs in DataLoader workers (predict.loader_workers; 0 = in this
+process) with a bounded prefetch (predict.queue_size), so memory stays flat in
+the number of images. Images that fit one tile are batched together; larger
+ones go alone (their tiles are batched). Each finished image writes, atomically:
+`<name>.mask.png` (0/255), `<name>.prob.png` (probability x 255) and optionally
+`<name>.overlay.jpg`, then its row in the results table. A rerun skips images
+whose row says ok and whose files exist (`force` redoes them); unreadable
+inputs become `skipped` rows with the reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from wmcore.config import Params
+from wmcore.errors import WmError
+from wmcore.infer.images import ImageSkip, load_rgb, set_pixel_cap
+from wmcore.infer.inputs import InputImage, discover_inputs, output_paths
+from wmcore.infer.predictor import Predictor, get_predictor
+from wmcore.infer.results_table import ResultsTable
+from wmcore.infer.sinks import MaskSummary
+from wmcore.runtime.atomic import save_image, write_json
+from wmcore.runtime.report import console_table
+
+log = logging.getLogger(__name__)
+
+OVERLAY_COLOUR = np.array([255, 0, 0], dtype=np.uint16)
+
+
+@dataclass
+class Decoded:
+    """A decoded input (image None when it was skipped, with the reason)."""
+
+    index: int
+    image: np.ndarray | None
+    reason: str | None
+    seconds: float
+
+
+@dataclass
+class RunCounts:
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    with_watermark: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class DecodeDataset(torch.utils.data.Dataset):
+    """Decodes input files by index (runs inside DataLoader workers)."""
+
+    def __init__(self, items: list[InputImage], max_megapixels: float) -> None:
+        self.items, self.max_megapixels = items, max_megapixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Decoded:
+        set_pixel_cap(self.max_megapixels)  # workers are fresh processes: set PIL's cap there too
+        start = time.perf_counter()
+        try:
+            image = load_rgb(self.items[index].path, self.max_megapixels)
+            return Decoded(index, image, None, time.perf_counter() - start)
+        except ImageSkip as skip:
+            return Decoded(index, None, skip.reason, time.perf_counter() - start)
+
+
+def _keep_as_is(item: Decoded) -> Decoded:
+    return item
+
+
+def decode_stream(items: list[InputImage], params: Params) -> Iterator[Decoded]:
+    """Decoded inputs in order; at most ~queue_size images wait in memory."""
+    pp = params.predict
+    workers = min(pp.loader_workers, len(items))
+    loader = torch.utils.data.DataLoader(
+        DecodeDataset(items, pp.max_image_megapixels),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep_as_is,
+        prefetch_factor=max(1, pp.queue_size // workers) if workers else None,
+    )
+    yield from loader
+
+
+def predict_inputs(
+    params: Params, inputs: list[str], out_dir: str, model: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Predict every image of `inputs` into `out_dir`; returns (and writes summary.json) the run summary.
+
+    Summary keys: processed, skipped (inputs not processed: unreadable, missing, or failed), failed
+    (the subset that failed during inference), up_to_date (complete from an earlier run), total,
+    with_watermark, images_per_s, seconds, batch_size_final, batch_success_rate, backend, model.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WmError(f"--out {out}: exists and is not a folder")
+    set_pixel_cap(params.predict.max_image_megapixels)
+    images, missing = discover_inputs(inputs, exclude=out)
+    if not images and missing and all(m.reason == "not found" for m in missing):
+        raise WmError(f"nothing to predict: {', '.join(m.arg for m in missing)} not found")
+    table = ResultsTable(out)
+    todo = images if force else _still_to_do(images, table, out, params.predict.save_overlay)
+    predictor = get_predictor(model, params, calibration=[i.path for i in todo[: params.predict.calibration_images]])
+    predictor.sizer.reset_stats()  # the cached predictor may have served earlier runs
+    run = FolderRun(params, predictor, table, out, todo)
+    for m in missing:
+        run.skip(InputImage(Path(m.arg), m.arg), m.reason, 0.0)
+    start = time.perf_counter()
+    try:
+        run.process()
+    finally:
+        table.compact()  # also after Ctrl-C: the table on disk always has one row per image
+    seconds = time.perf_counter() - start
+    summary = run.summary(len(images) - len(todo), len(images) + len(missing), seconds)
+    write_json(out / "summary.json", summary)
+    print(console_table(run.summary_rows(summary)))
+    return summary
+
+
+def predict_images(
+    params: Params, items: list[InputImage], out_dir: str | Path, model: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Predict exactly `items` into `out_dir` (no discovery, no resume check: the caller chose them).
+
+    Used by the inbox screening (wmcore.infer.screening), whose manifest decides what is new.
+    Writes the same outputs and table rows as `predict_inputs`; safe to run concurrently on one
+    out_dir (threads or processes). Returns this run's rows by image name.
+    """
+    out = Path(out_dir)
+    table = ResultsTable(out)
+    set_pixel_cap(params.predict.max_image_megapixels)
+    predictor = get_predictor(model, params, calibration=[i.path for i in items[: params.predict.calibration_images]])
+    run = FolderRun(params, predictor, table, out, list(items), keep_rows=True)
+    try:
+        run.process()
+    finally:
+        table.compact()
+    return run.rows
+
+
+def _still_to_do(images: list[InputImage], table: ResultsTable, out: Path, overlay: bool) -> list[InputImage]:
+    """Images whose row is not ok or whose output files are not all there."""
+    rows = table.load()
+
+    def complete(im: InputImage) -> bool:
+        if rows.get(im.name, {}).get("status") != "ok":
+            return False
+        try:
+            return all(p.is_file() for p in output_paths(out, im.name, overlay).values())
+        except ValueError:
+            return False
+
+    return [im for im in images if not complete(im)]
+
+
+class FolderRun:
+    """One pass over the images still to do: decode, batch, predict, write, record."""
+
+    def __init__(
+        self,
+        params: Params,
+        predictor: Predictor,
+        table: ResultsTable,
+        out: Path,
+        todo: list[InputImage],
+        keep_rows: bool = False,
+    ) -> None:
+        self.params, self.predictor, self.table, self.out, self.todo = params, predictor, table, out, todo
+        self.counts = RunCounts()
+        self.bar: tqdm | None = None
+        # Rows by name for callers that want them (screening chunks); off for whole folders,
+        # whose memory must stay flat in the number of images.
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.keep_rows = keep_rows
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.table.append(row)
+        if self.keep_rows:
+            self.rows[row["name"]] = row
+
+    def process(self) -> None:
+        tile = self.params.predict.tile_size
+        pending: list[Decoded] = []
+        bar = tqdm(total=len(self.todo), unit="img", desc="predict", dynamic_ncols=True)
+        with logging_redirect_tqdm(), bar as self.bar:  # skip warnings print above the bar, not through it
+            for item in decode_stream(self.todo, self.params):
+                if item.image is None:
+                    self.skip(self.todo[item.index], item.reason or "unreadable", item.seconds)
+                    continue
+                pending.append(item)
+                large = max(item.image.shape[:2]) > tile
+                if large or len(pending) >= self.predictor.sizer.size:
+                    self.flush(pending)
+            self.flush(pending)
+
+    def flush(self, pending: list[Decoded]) -> None:
+        """Predict the pending images together, write their outputs and rows, empty `pending`."""
+        if not pending:
+            return
+        start = time.perf_counter()
+        try:
+            results = self.predictor.predict_masks([d.image for d in pending])
+        except WmError as exc:  # out of memory even at the smallest batch: these fail, the rest go on
+            for d in pending:
+                self.counts.failed += 1
+                self.skip(self.todo[d.index], f"inference failed: {exc}", d.seconds)
+            pending.clear()
+            return
+        share = (time.perf_counter() - start) / len(pending)
+        for d, result in zip(pending, results, strict=True):
+            self.finish(self.todo[d.index], d, result, share)
+        if self.bar is not None:
+            self.bar.set_postfix(skipped=self.counts.skipped, batch=self.predictor.sizer.size, refresh=False)
+        pending.clear()
+
+    def finish(self, item: InputImage, decoded: Decoded, result: MaskSummary, infer_seconds: float) -> None:
+        """Write one image's outputs, then its row (so a row 'ok' implies complete files)."""
+        start = time.perf_counter()
+        try:
+            files = output_paths(self.out, item.name, self.params.predict.save_overlay)
+        except ValueError as exc:
+            self.skip(item, str(exc), decoded.seconds)
+            return
+        write_outputs(files, decoded.image, result)
+        has_mark = result.score >= self.predictor.image_threshold
+        self._record({
+            "name": item.name,
+            "path": str(item.path),
+            "status": "ok",
+            "reason": "",
+            "score": round(result.score, 6),
+            "has_watermark": has_mark,
+            "area_fraction": round(result.area_fraction, 6),
+            "n_regions": len(result.regions),
+            "boxes": [r.as_list() for r in result.regions],
+            "width": int(result.mask.shape[1]),
+            "height": int(result.mask.shape[0]),
+            "seconds": round(decoded.seconds + infer_seconds + time.perf_counter() - start, 4),
+        })  # fmt: skip
+        self.counts.processed += 1
+        self.counts.with_watermark += int(has_mark)
+        self._tick()
+
+    def skip(self, item: InputImage, reason: str, seconds: float) -> None:
+        """Record an input that was not processed, with the reason."""
+        log.warning("skipped %s: %s", item.path, reason)
+        self._record({"name": item.name, "path": str(item.path), "status": "skipped", "reason": reason,
+                      "boxes": [], "seconds": round(seconds, 4)})  # fmt: skip
+        self.counts.skipped += 1
+        kind = reason.split(":")[0]
+        self.counts.reasons[kind] = self.counts.reasons.get(kind, 0) + 1
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def summary(self, up_to_date: int, total: int, seconds: float) -> dict[str, Any]:
+        c, p = self.counts, self.predictor
+        return {
+            "processed": c.processed,
+            "skipped": c.skipped,
+            "failed": c.failed,
+            "up_to_date": up_to_date,
+            "total": total,
+            "with_watermark": c.with_watermark,
+            "images_per_s": round(c.processed / seconds, 3) if seconds > 0 else 0.0,
+            "seconds": round(seconds, 3),
+            **p.stats(),
+            "backend": p.backend.name,
+            "model": p.identity,
+            "threshold": p.threshold,
+            "image_threshold": p.image_threshold,
+            "skip_reasons": dict(c.reasons),
+        }
+
+    def summary_rows(self, summary: dict[str, Any]) -> list[tuple[str, str]]:
+        keys = ("processed", "with_watermark", "skipped", "failed", "up_to_date", "images_per_s",
+                "batch_size_final", "batch_success_rate", "backend")  # fmt: skip
+        rows = [(k, str(summary[k])) for k in keys]
+        return rows + [(f"skipped: {reason}", str(n)) for reason, n in sorted(self.counts.reasons.items())]
+
+
+def write_outputs(files: dict[str, Path], image: np.ndarray, result: MaskSummary) -> None:
+    """Write mask, probability and (if asked) overlay images atomically."""
+    save_image(files["mask"], Image.fromarray(result.mask.view(np.uint8) * np.uint8(255), mode="L"))
+    save_image(files["prob"], Image.fromarray(result.prob_u8, mode="L"))
+    if "overlay" in files:
+        save_image(files["overlay"], Image.fromarray(overlay_image(image, result.mask)), quality=90)
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, rows: int = 512) -> np.ndarray:
+    """uint8 (H, W, 3) copy of `image` with mask pixels blended 50% towards red (strip by strip)."""
+    out = image.copy()
+    for y in range(0, image.shape[0], rows):
+        strip, sel = out[y : y + rows], mask[y : y + rows]
+        strip[sel] = ((strip[sel].astype(np.uint16) + OVERLAY_COLOUR) // 2).astype(np.uint8)
+    return out

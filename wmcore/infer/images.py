@@ -1,0 +1,104 @@
+"""Robust image loading for inference: any common file and mode -> uint8 RGB (H, W, 3).
+
+Handles JPEG/PNG/WebP/BMP/TIFF/GIF (first frame); modes RGB, RGBA/LA and
+transparent palettes (composited over white, the colour a viewer shows),
+grey, palette, 16-bit and 32-bit integer grey (scaled to 8 bits), float,
+CMYK; honours the EXIF orientation. The decompression-bomb cap is explicit:
+images over `max_megapixels` are refused from their header, before decoding.
+Anything unreadable (zero-byte, truncated, not an image) raises `ImageSkip`
+with the reason, which the caller logs and records.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+DEFAULT_MAX_MEGAPIXELS = 200.0
+
+# Truncated files are skipped, not half-decoded into grey garbage.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageSkip(Exception):
+    """An input that cannot be used; `reason` is the short text recorded in the results table."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def set_pixel_cap(max_megapixels: float) -> None:
+    """Make PIL's own bomb check agree with our cap (it errors at twice MAX_IMAGE_PIXELS)."""
+    Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6)
+
+
+def load_rgb(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
+    """Decode `path` to uint8 (H, W, 3) RGB, upright per EXIF. Raises ImageSkip with the reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageSkip(path, f"unreadable: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageSkip(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap below decides
+            with Image.open(path) as im:
+                megapixels = im.width * im.height / 1e6
+                if megapixels > max_megapixels:
+                    raise ImageSkip(
+                        path, f"too large: {megapixels:.1f} MP > predict.max_image_megapixels={max_megapixels:g}"
+                    )
+                im.load()
+                return to_rgb_array(_upright(im))
+    except ImageSkip:
+        raise
+    except UnidentifiedImageError:
+        raise ImageSkip(path, "not an image (format not recognised)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageSkip(path, f"too large: {exc}") from None
+    # Decoders signal corrupt data with many exception types (OSError, SyntaxError, ValueError,
+    # struct.error, EOFError, ...); any of them means this one file is unusable, not a bug here.
+    except Exception as exc:
+        raise ImageSkip(path, f"corrupt or truncated: {type(exc).__name__}: {exc}") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a damaged EXIF block must not cost the image: keep it as stored
+        return im
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 (H, W, 3) (may be read-only). High bit depths scaled, transparency on white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(im)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    # asarray already copies PIL's buffer (read-only result); a second copy would cost 3 bytes/px more.
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _high_depth_to_rgb(im: Image.Image) -> np.ndarray:
+    """16-bit (I;16*, or I holding 16-bit data) and float grey -> uint8 grey repeated to 3 channels."""
+    values = np.asarray(im)
+    if im.mode == "F":
+        scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0
+        grey = np.nan_to_num(values.astype(np.float32) * scale)
+    else:
+        # 16-bit files are stored full range: 65535 -> 255 (divide by 257 maps range exactly).
+        grey = values.astype(np.float32) / 257.0
+    grey8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    return np.repeat(grey8[:, :, None], 3, axis=2)

@@ -1,0 +1,166 @@
+"""Which files `wm predict` reads and where each one's outputs go.
+
+Inputs are files, folders (walked recursively, following symlinks but never
+entering a folder twice, so symlink loops end) and glob patterns. Each image
+gets a safe output name: its path relative to the input root it was found
+under, with `..`, absolute anchors and control characters removed, so nothing
+can be written outside the output folder. Names keep the original suffix
+(`a.jpg` and `a.png` do not collide) and clashes between roots get `~2`, `~3`.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from wmcore.infer.images import IMAGE_SUFFIXES
+from wmcore.runtime.atomic import is_temp_file
+
+log = logging.getLogger(__name__)
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\:]")
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to predict: the file, and its output name (POSIX, relative to the output folder)."""
+
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class MissingInput:
+    """An input argument that matched nothing usable, and why."""
+
+    arg: str
+    reason: str
+
+
+def safe_name(relative: str | os.PathLike[str]) -> str:
+    """A relative POSIX name that stays inside any folder it is joined to ('x' if nothing is left)."""
+    parts = []
+    for part in PurePosixPath(str(relative).replace("\\", "/")).parts:
+        part = UNSAFE_CHARS.sub("_", part).strip()
+        if part in ("", ".", "..", "/") or set(part) == {"."}:
+            continue
+        parts.append(part)
+    return "/".join(parts) or "x"
+
+
+def discover_inputs(args: list[str], exclude: Path | None = None) -> tuple[list[InputImage], list[MissingInput]]:
+    """Expand files, folders and globs into images with unique safe names, in a stable order.
+
+    Args:
+        args: the command-line inputs.
+        exclude: a folder never read (the output folder, when it lies inside an input folder).
+    Returns: (images, inputs that are missing or globs that matched nothing; an empty folder is
+        not an error: an inbox may be empty).
+    """
+    found: list[tuple[Path, str]] = []
+    missing: list[MissingInput] = []
+    skip_dir = exclude.resolve() if exclude is not None else None
+    for arg in args:
+        matches = _expand(arg, skip_dir)
+        if matches is None:
+            missing.append(MissingInput(arg, "not found"))
+        elif not matches and Path(arg).is_dir():
+            log.warning("%s: folder holds no images (%s)", arg, " ".join(sorted(IMAGE_SUFFIXES)))
+        elif not matches:
+            missing.append(MissingInput(arg, "no images matched"))
+        found.extend(matches or [])
+    return _unique(found), missing
+
+
+def _expand(arg: str, skip_dir: Path | None) -> list[tuple[Path, str]] | None:
+    """(file, relative name) pairs for one argument; None when it names nothing."""
+    path = Path(arg)
+    if GLOB_CHARS.search(arg):
+        root = _glob_root(arg)
+        out: list[tuple[Path, str]] = []
+        for hit in sorted(glob.glob(arg, recursive=True)):
+            p = Path(hit)
+            if p.is_dir():
+                out.extend((f, f"{_rel(p, root)}/{rel}") for f, rel in _walk(p, skip_dir))
+            elif p.is_file() and not is_temp_file(p):
+                out.append((p, _rel(p, root)))
+        return out
+    if path.is_dir():
+        return _walk(path, skip_dir)
+    if path.is_file():
+        return [(path, path.name)]
+    return None
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard component."""
+    parts = Path(pattern).parts
+    first_wild = next(i for i, p in enumerate(parts) if GLOB_CHARS.search(p))
+    return Path(*parts[:first_wild]) if first_wild else Path(".")
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _walk(folder: Path, skip_dir: Path | None) -> list[tuple[Path, str]]:
+    """Image files under `folder` (recursive, symlinks followed once), with names relative to it."""
+    out: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        try:
+            st = here.stat()
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen or (skip_dir is not None and here.resolve() == skip_dir):
+            dirnames[:] = []  # a symlink loop or the output folder: do not descend
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for name in sorted(filenames):
+            f = here / name
+            if f.suffix.lower() in IMAGE_SUFFIXES and not is_temp_file(f) and f.is_file():
+                out.append((f, f.relative_to(folder).as_posix()))
+    return out
+
+
+def _unique(found: list[tuple[Path, str]]) -> list[InputImage]:
+    """Drop repeats of the same file; give clashing names a ~N suffix."""
+    images: list[InputImage] = []
+    files: set[Path] = set()
+    names: set[str] = set()
+    for path, rel in found:
+        real = path.resolve()
+        if real in files:
+            continue
+        files.add(real)
+        base = name = safe_name(rel)
+        n = 1
+        while name in names:
+            n += 1
+            name = f"{base}~{n}"
+        names.add(name)
+        images.append(InputImage(path, name))
+    return images
+
+
+def output_paths(out_dir: Path, name: str, overlay: bool) -> dict[str, Path]:
+    """Output files of one image: mask, prob (and overlay) under out_dir, checked to stay inside it."""
+    files = {"mask": out_dir / f"{name}.mask.png", "prob": out_dir / f"{name}.prob.png"}
+    if overlay:
+        files["overlay"] = out_dir / f"{name}.overlay.jpg"
+    root = out_dir.resolve()
+    for f in files.values():
+        if not f.resolve().is_relative_to(root):
+            raise ValueError(f"output {f} escapes {out_dir}; refusing to write it")
+    return files

@@ -1,0 +1,300 @@
+"""The predictor: a loaded model + backend that turns images of any size into probability maps.
+
+`get_predictor(model_ref, params, backend)` resolves the model (a checkpoint
+path, an MLflow `models:/` or `runs:/` URI, or the training/evaluation output),
+builds the backend (torch, onnx, onnx-int8) and caches the result per process,
+so the CLI, Prefect tasks and Dask workers load a model once.
+
+`Predictor.predict(images)` takes uint8 (H, W, 3) arrays of any sizes and
+returns float32 (H, W) probabilities. Images that fit one tile are batched
+together (grouped by shape); larger images are tiled (see wmcore.infer.tiling)
+and their tiles batched. Batch sizes come from one AdaptiveBatchSizer per
+predictor, so the size learnt on one call carries to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from wmcore.config import Params
+from wmcore.errors import WmError
+from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
+from wmcore.infer.sinks import MaskSummary, MaskSummarySink, ProbabilityMapSink
+from wmcore.infer.tiling import StripSink, predict_tiled
+from wmcore.runtime.device import configure_threads, resolve_device
+from wmcore.runtime.memory import MemoryMonitor
+
+log = logging.getLogger(__name__)
+
+URI_SCHEMES = ("models:/", "runs:/")
+
+
+class Backend(Protocol):
+    """An inference engine: uint8 tiles (N, h, w, 3) -> float32 probabilities (N, h, w)."""
+
+    name: str
+    multiple: int  # the model pads inputs to multiples of this (2**depth)
+
+    def run(self, tiles: np.ndarray) -> np.ndarray: ...
+
+    def estimate_mb(self, n: int, height: int, width: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A checkpoint file on disk and a string that changes whenever its content may have."""
+
+    path: Path
+    identity: str
+
+
+class Predictor:
+    """Loaded model + backend + batch sizer.
+
+    Attributes:
+        threshold: pixel threshold (calibrated in the checkpoint meta, else params.predict.threshold).
+        image_threshold: has-watermark score threshold (calibrated, else 0.5).
+        identity: model identity (path + mtime/size + sha, or URI) used for caches.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        params: Params,
+        threshold: float,
+        image_threshold: float,
+        identity: str,
+        device: torch.device,
+    ) -> None:
+        self.backend, self.params, self.device = backend, params, device
+        self.threshold, self.image_threshold, self.identity = threshold, image_threshold, identity
+        pp = params.predict
+        self._monitor = MemoryMonitor(device, pp.memory_threshold)
+        cache = BatchSizeCache(Path(params.paths.cache_dir) / "batch_sizes.json")
+        key = f"{device}|{identity}|{backend.name}|tile{pp.tile_size}"
+        self.sizer = AdaptiveBatchSizer(
+            pp.batch_size, pp.min_batch_size, pp.max_batch_size, pp.auto_batch, self._memory_ok, cache, key
+        )
+        self._lock = threading.Lock()  # one batch at a time per predictor (threads share the cached one)
+
+    def _memory_ok(self, batch: int) -> bool:
+        pp = self.params.predict
+        if self.device.type == "cpu" and pp.host_memory_budget_mb > 0:
+            tile = pp.tile_size
+            return self.backend.estimate_mb(batch, tile, tile) <= pp.memory_threshold * pp.host_memory_budget_mb
+        return self._monitor.usage_fraction() < pp.memory_threshold
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 (H, W, 3) images of any sizes -> float32 (H, W) probabilities in [0, 1], same order."""
+        sinks = [ProbabilityMapSink(*_check_image(im, i)[:2]) for i, im in enumerate(images)]
+        self._run(images, sinks)
+        return [s.probs for s in sinks]
+
+    def predict_masks(self, images: Sequence[np.ndarray], threshold: float | None = None) -> list[MaskSummary]:
+        """Like predict, but keeps only uint8 maps, binary masks (>= threshold) and their statistics."""
+        thr = self.threshold if threshold is None else threshold
+        pp = self.params.predict
+        sinks = [
+            MaskSummarySink(*_check_image(im, i)[:2], thr, pp.min_region_pixels, pp.max_regions)
+            for i, im in enumerate(images)
+        ]
+        self._run(images, sinks)
+        return [s.finish() for s in sinks]
+
+    def _run(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink]) -> None:
+        tile, overlap = self.params.predict.tile_size, self.params.predict.tile_overlap
+        with self._lock:
+            small: dict[tuple[int, int], list[int]] = {}
+            for i, image in enumerate(images):
+                h, w = image.shape[:2]
+                if h <= tile and w <= tile:
+                    small.setdefault((h, w), []).append(i)
+                else:
+                    run, multiple = self.backend.run, self.backend.multiple
+                    predict_tiled(image, tile, overlap, run, self.sizer.run, sinks[i], multiple)
+            for indices in small.values():
+                self._run_whole(images, indices, sinks)
+            self.sizer.save()
+
+    def _run_whole(self, images: Sequence[np.ndarray], indices: list[int], sinks: Sequence[StripSink]) -> None:
+        """Images that fit one tile: batched whole (same shape), no blending."""
+
+        def run_chunk(chunk: Sequence[int]) -> list[None]:
+            probs = self.backend.run(np.stack([images[i] for i in chunk]))
+            for i, p in zip(chunk, probs, strict=True):
+                sinks[i].consume(0, p)
+            return [None] * len(chunk)
+
+        self.sizer.run(indices, run_chunk)
+
+    def stats(self) -> dict[str, Any]:
+        """Batch sizer report: final size, success rate, attempts, back-offs."""
+        return self.sizer.summary()
+
+
+def _check_image(image: Any, index: int) -> tuple[int, int]:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+        raise WmError(f"image #{index}: expected a uint8 (H, W, 3) RGB array, got {got}; load with wmcore.infer.images")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise WmError(f"image #{index}: empty image of shape {image.shape}")
+    return image.shape[0], image.shape[1]
+
+
+# --------------------------------------------------------------------------- model resolution
+
+
+def resolve_model(model_ref: str | Path | None, params: Params) -> ResolvedModel:
+    """Find the checkpoint: explicit path or URI, else params.predict.model, else the pipeline's outputs."""
+    ref = model_ref if model_ref is not None else params.predict.model
+    if ref is None:
+        candidates = [Path(params.paths.evaluate_dir) / "model.pt", Path(params.paths.train_dir) / "best.pt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise WmError(
+                f"no model found: looked for {candidates[0]} and {candidates[1]}; "
+                "train one with `wm train` or pass --model PATH|models:/NAME@ALIAS"
+            )
+        return _local_model(found)
+    if str(ref).startswith(URI_SCHEMES):
+        return _mlflow_model(str(ref), params)
+    path = Path(ref)
+    if not path.is_file():
+        raise WmError(f"{path}: model checkpoint not found; train one with `wm train` or pass an existing file")
+    return _local_model(path)
+
+
+def _local_model(path: Path) -> ResolvedModel:
+    path = path.resolve()
+    st = path.stat()
+    return ResolvedModel(path, f"{path}@{st.st_mtime_ns}:{st.st_size}")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _mlflow_model(uri: str, params: Params) -> ResolvedModel:
+    """Download a registered/run model with MLflow and return the checkpoint file inside it."""
+    import os
+
+    try:
+        import mlflow
+    except ImportError:
+        raise WmError(f"{uri}: MLflow URIs need the mlflow package (pip install mlflow)") from None
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
+    import shutil
+
+    from filelock import FileLock
+
+    dest = Path(params.paths.cache_dir) / "mlflow" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock", timeout=600):
+        # An alias may now point at another version: never mix its files with the previous download.
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        except Exception as exc:  # mlflow raises many types (MlflowException, OSError, ...) for a bad URI
+            raise WmError(f"{uri}: could not download the model from {params.tracking.uri}: {exc}") from None
+    ckpt = local if local.is_file() else _find_checkpoint(local)
+    if ckpt is None:
+        raise WmError(
+            f"{uri}: downloaded to {local} but it holds no .pt checkpoint; log the checkpoint with the model "
+            "(mlflow.pytorch.log_model(..., extra_files=[checkpoint]) or mlflow.log_artifact(checkpoint))"
+        )
+    return ResolvedModel(ckpt.resolve(), f"{uri}#{file_sha256(ckpt)[:16]}")
+
+
+def _find_checkpoint(folder: Path) -> Path | None:
+    preferred = ("model.pt", "best.pt", "checkpoint.pt")
+    files = sorted(folder.rglob("*.pt"), key=lambda p: (p.name not in preferred, len(p.parts), str(p)))
+    return files[0] if files else None
+
+
+# --------------------------------------------------------------------------- construction and cache
+
+_CACHE: dict[tuple, Predictor] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache_key(model: ResolvedModel, params: Params, backend: str, device: torch.device) -> tuple:
+    pp = params.predict
+    relevant = pp.model_dump(exclude={"model", "save_overlay", "loader_workers", "queue_size"})
+    return (model.identity, backend, str(device), params.base.precision, params.base.threads,
+            params.paths.cache_dir, params.paths.prepared, tuple(sorted(relevant.items())))  # fmt: skip
+
+
+def get_predictor(
+    model_ref: str | Path | None,
+    params: Params,
+    backend: str | None = None,
+    calibration: Sequence[str | Path] | None = None,
+) -> Predictor:
+    """The process-wide Predictor for this model, backend, device and settings (built once).
+
+    Args:
+        model_ref: checkpoint path, models:/NAME@ALIAS or runs:/ URI; None = params.predict.model,
+            else <evaluate_dir>/model.pt, else <train_dir>/best.pt.
+        params: validated parameters.
+        backend: torch | onnx | onnx-int8; None = params.predict.backend.
+        calibration: image files for onnx-int8 calibration when <prepared>/val/images is absent.
+    """
+    backend = backend or params.predict.backend
+    if backend not in ("torch", "onnx", "onnx-int8"):
+        raise WmError(f"backend {backend!r} unknown; use torch, onnx or onnx-int8")
+    model = resolve_model(model_ref, params)
+    device = resolve_device(params.base.device)
+    key = _cache_key(model, params, backend, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _build(model, params, backend, device, calibration)
+        return _CACHE[key]
+
+
+def clear_predictor_cache() -> None:
+    """Forget cached predictors (tests, or after a checkpoint was replaced in place)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _build(
+    model: ResolvedModel, params: Params, backend: str, device: torch.device, calibration: Sequence[str | Path] | None
+) -> Predictor:
+    from wmcore.model.checkpoint import load_model
+
+    threads = configure_threads(params.base.threads)
+    net, ckpt = load_model(model.path, map_location="cpu")
+    meta = ckpt.get("meta") or {}
+    threshold = _meta_float(meta, "threshold", params.predict.threshold)
+    image_threshold = _meta_float(meta, "image_threshold", 0.5)
+    pp = params.predict
+    if backend == "torch":
+        from wmcore.infer.torch_backend import TorchBackend
+
+        engine: Backend = TorchBackend(
+            net, device, pp.channels_last, pp.amp, params.base.precision, pp.non_blocking, pp.host_memory_budget_mb
+        )
+    else:
+        from wmcore.infer.onnx_backend import build_onnx_backend
+
+        engine = build_onnx_backend(net, model.path, params, backend == "onnx-int8", device, threads, calibration)
+    log.info("model %s loaded (%s backend on %s, %d threads)", model.path, backend, device, threads)
+    return Predictor(engine, params, threshold, image_threshold, model.identity, device)
+
+
+def _meta_float(meta: dict[str, Any], key: str, default: float) -> float:
+    value = meta.get(key)
+    return float(value) if isinstance(value, (int, float)) and 0.0 < float(value) < 1.0 else default

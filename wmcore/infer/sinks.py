@@ -1,0 +1,71 @@
+"""What inference keeps of each image's probabilities, fed strip by strip (see tiling.StripSink).
+
+`ProbabilityMapSink` keeps the float32 map (the `Predictor.predict` contract).
+`MaskSummarySink` keeps only what `wm predict` writes: an 8-bit probability
+map, a binary mask, the has-watermark score, the watermark area fraction and
+the regions' boxes, so an 8000x6000 image costs 2 bytes per pixel, not 4+.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wmcore.infer.regions import Region, RegionFinder, TopKMean
+
+
+class ProbabilityMapSink:
+    """Collects strips into one float32 (H, W) probability map (`.probs`)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.probs = np.empty((height, width), dtype=np.float32)
+
+    def consume(self, y0: int, probs: np.ndarray) -> None:
+        self.probs[y0 : y0 + probs.shape[0]] = probs
+
+
+@dataclass
+class MaskSummary:
+    """The outputs of one image.
+
+    prob_u8: uint8 (H, W) probability * 255 (rounded); mask: bool (H, W) probability >= threshold;
+    score: has-watermark score in [0, 1] (wmcore.metrics.image_score of the float probabilities);
+    area_fraction: share of mask pixels; regions: connected mask regions, largest first.
+    """
+
+    prob_u8: np.ndarray
+    mask: np.ndarray
+    score: float
+    area_fraction: float
+    regions: list[Region]
+
+
+class MaskSummarySink:
+    """Turns strips into the uint8 map, the thresholded mask and their statistics."""
+
+    def __init__(self, height: int, width: int, threshold: float, min_region_px: int, max_regions: int) -> None:
+        self.prob_u8 = np.empty((height, width), dtype=np.uint8)
+        self.mask = np.empty((height, width), dtype=bool)
+        self.threshold, self.min_region_px, self.max_regions = threshold, min_region_px, max_regions
+        self._score = TopKMean(height * width)
+        self._regions = RegionFinder()
+        self._positive = 0
+
+    def consume(self, y0: int, probs: np.ndarray) -> None:
+        rows = slice(y0, y0 + probs.shape[0])
+        np.rint(probs * 255.0, out=self.prob_u8[rows], casting="unsafe")
+        mask = probs >= self.threshold
+        self.mask[rows] = mask
+        self._positive += int(mask.sum())
+        self._score.add(probs)
+        self._regions.add(y0, mask)
+
+    def finish(self) -> MaskSummary:
+        return MaskSummary(
+            prob_u8=self.prob_u8,
+            mask=self.mask,
+            score=self._score.value(),
+            area_fraction=self._positive / max(1, self.mask.size),
+            regions=self._regions.regions(self.min_region_px, self.max_regions),
+        )
