@@ -317,6 +317,26 @@ class ScheduleParams(_Group):
         return self
 
 
+class DistributedParams(_Group):
+    runner: Literal["local", "dask"] = Field(
+        "local", description="Task runner of the screening flow: local (threads in this process) or dask."
+    )
+    dask_address: str | None = Field(
+        None, description="Dask scheduler to connect to (tcp://HOST:PORT); None = start a LocalCluster."
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the LocalCluster (no dask_address).")
+    threads_per_worker: int = Field(
+        0, ge=0, le=512, description="Torch threads per Dask worker process; 0 = host cores / its worker processes."
+    )
+
+    @model_validator(mode="after")
+    def _address(self) -> DistributedParams:
+        addr = self.dask_address
+        if addr is not None and (not addr.strip() or any(c.isspace() for c in addr) or ":" not in addr):
+            raise ValueError(f"dask_address must look like tcp://HOST:PORT (or null for a LocalCluster), got {addr!r}")
+        return self
+
+
 class Params(_Group):
     base: BaseParams = Field(default_factory=BaseParams)
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -328,6 +348,7 @@ class Params(_Group):
     predict: PredictParams = Field(default_factory=PredictParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
 
     def flat(self) -> dict[str, Any]:
         """All parameters as a flat {"group.key": value} dict (for MLflow)."""

@@ -1,0 +1,189 @@
+"""Loss, gradient accumulation, clipping, non-finite skips and validation counts on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from wmcore.config import LossParams
+from wmcore.model import UNet
+from wmcore.train.loss import SegmentationLoss, soft_dice_loss
+from wmcore.train.steps import StepTools, accumulate_gradients, clip_gradients, train_step, validation_step
+
+CPU = torch.device("cpu")
+
+
+def _tools(model: nn.Module, loss_fn: nn.Module | None = None, clip: float = 0.0, lr: float = 0.1) -> StepTools:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return StepTools(model, loss_fn or SegmentationLoss(LossParams()), optimizer, scaler, CPU, grad_clip=clip)
+
+
+def _data(n: int = 8, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    y = (torch.rand(n, 1, size, size, generator=g) < 0.2).float()
+    y[1] = 0  # one clean image
+    return x, y
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_dice_known_answers():
+    target = torch.zeros(1, 1, 2, 2)
+    target[..., 0, :] = 1
+    perfect = torch.where(target > 0, 50.0, -50.0)
+    assert float(soft_dice_loss(perfect, target, smooth=1e-6)) == pytest.approx(0.0, abs=1e-5)
+    # probs 0.5 everywhere: 1 - (2 * 1 + 1) / (2 + 2 + 1) = 0.4
+    assert float(soft_dice_loss(torch.zeros(1, 1, 2, 2), target, smooth=1.0)) == pytest.approx(0.4)
+    # clean image, probs 0.5 on 4 px: loss = |P| / (|P| + s) = 2 / 3
+    assert float(soft_dice_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 1.0)) == pytest.approx(2 / 3)
+
+
+def test_loss_weights_combine_terms():
+    logits, target = torch.randn(2, 1, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).float()
+    bce = SegmentationLoss(LossParams(bce_weight=1.0, dice_weight=0.0, pos_weight=1.0))(logits, target)
+    assert float(bce) == pytest.approx(float(nn.functional.binary_cross_entropy_with_logits(logits, target)))
+    both = SegmentationLoss(LossParams(bce_weight=2.0, dice_weight=3.0, pos_weight=1.0))(logits, target)
+    assert float(both) == pytest.approx(2 * float(bce) + 3 * float(soft_dice_loss(logits, target)), rel=1e-6)
+
+
+def test_loss_of_bf16_logits_is_float32():
+    logits = torch.randn(2, 1, 8, 8).bfloat16()
+    assert SegmentationLoss(LossParams())(logits, torch.zeros(2, 1, 8, 8)).dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- accumulation
+
+
+@pytest.mark.parametrize("micro", [1, 2, 4])
+def test_accumulated_micro_batches_equal_one_batch(micro):
+    # BatchNorm in eval mode uses running statistics, so the model's output for an image does not
+    # depend on which other images share its micro-batch; everything else in the loss is a mean
+    # over images, so N micro-batches with loss / N must give the full batch's gradient.
+    torch.manual_seed(0)
+    model = UNet(base_width=4, depth=2).eval()
+    x, y = _data()
+    tools = _tools(model)
+    accumulate_gradients(tools, [(x, y)])
+    full = _grads(model)
+    model.zero_grad(set_to_none=True)
+    loss = accumulate_gradients(tools, list(zip(x.split(micro), y.split(micro), strict=True)))
+    for g_full, g_acc in zip(full, _grads(model), strict=True):
+        torch.testing.assert_close(g_acc, g_full, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        assert float(loss) == pytest.approx(float(tools.loss_fn(model(x), y)), rel=1e-5)
+
+
+def test_training_mode_batchnorm_is_why_eval_mode_is_needed():
+    # With batch statistics the micro-batches see different normalisation: gradients differ.
+    torch.manual_seed(0)
+    model = UNet(base_width=4, depth=2).train()
+    x, y = _data()
+    tools = _tools(model)
+    accumulate_gradients(tools, [(x, y)])
+    full = _grads(model)
+    model.zero_grad(set_to_none=True)
+    accumulate_gradients(tools, list(zip(x.split(2), y.split(2), strict=True)))
+    assert not all(torch.allclose(a, b, rtol=1e-4) for a, b in zip(full, _grads(model), strict=True))
+
+
+# --------------------------------------------------------------------------- clipping and skips
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.05, 1e6])
+def test_clipping_bounds_the_global_norm(max_norm):
+    torch.manual_seed(1)
+    model = UNet(base_width=4, depth=2)
+    tools = _tools(model, clip=max_norm)
+    accumulate_gradients(tools, [_data(4)])
+    before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    reported = clip_gradients(tools)
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert reported == pytest.approx(float(before), rel=1e-5)
+    assert float(after) <= max_norm * (1 + 1e-5)
+    if max_norm > float(before):
+        assert float(after) == pytest.approx(float(before), rel=1e-6)  # nothing to clip
+
+
+def test_no_clipping_when_zero():
+    model = UNet(base_width=4, depth=2)
+    tools = _tools(model, clip=0.0)
+    accumulate_gradients(tools, [_data(2)])
+    assert clip_gradients(tools) is None
+
+
+class _ScaledLoss(nn.Module):
+    """The real loss times a factor (nan/inf make it non-finite)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = SegmentationLoss(LossParams()), factor
+
+    def forward(self, logits, target):
+        return self.inner(logits, target) * self.factor
+
+
+@pytest.mark.parametrize("factor", [math.nan, math.inf])
+def test_non_finite_loss_skips_the_update(factor):
+    torch.manual_seed(2)
+    model = UNet(base_width=4, depth=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(_tools(model, _ScaledLoss(factor), clip=1.0), [_data(2)])
+    assert result["skipped"] and not math.isfinite(result["loss"])
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_finite_step_updates_and_clears_gradients():
+    torch.manual_seed(2)
+    model = UNet(base_width=4, depth=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(_tools(model, clip=1.0), [_data(2), _data(2, seed=1)])
+    assert not result["skipped"] and math.isfinite(result["loss"]) and result["grad_norm"] > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Oracle(nn.Module):
+    """Returns fixed logits whatever the input (a model with known predictions)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.calls = 0
+        self.unused = nn.Parameter(torch.zeros(1))  # an optimizer needs one
+
+    def forward(self, x):
+        out = self.logits[self.calls : self.calls + x.shape[0]]
+        self.calls += x.shape[0]
+        return out
+
+
+def test_validation_counts_known_answer():
+    target = torch.zeros(2, 1, 2, 2)
+    target[0, 0, 0] = 1  # 2 watermark pixels in image 0
+    logits = torch.full((2, 1, 2, 2), -4.0)
+    logits[0, 0, 0, 0] = 4.0  # tp = 1
+    logits[1, 0, 1, 1] = 0.4  # fp at 0.5 (p = 0.6), gone at a higher threshold
+    model = _Oracle(logits)
+    result = validation_step(
+        _tools(model), [(torch.zeros(1, 3, 2, 2), target[:1]), (torch.zeros(1, 3, 2, 2), target[1:])]
+    )
+    # at 0.5: tp 1, fp 1, fn 1 -> F1 = 2/4, IoU = 1/3
+    assert result["val_f1"] == pytest.approx(0.5)
+    assert result["val_iou"] == pytest.approx(1 / 3)
+    assert result["val_f1_best"] == pytest.approx(2 / 3)  # threshold above 0.6: tp 1, fn 1
+    assert 0.59 < result["val_threshold"] <= 0.98
+    assert result["val_images"] == 2

@@ -1,0 +1,54 @@
+"""Segmentation loss: weighted BCE-with-logits plus soft Dice, computed in float32.
+
+Both terms are means over images (BCE: over pixels too), so the loss of a batch equals the
+mean of the losses of equal-sized micro-batches: gradient accumulation of N micro-batches
+with loss / N gives the gradient of the whole batch (tested). That is why Dice is computed
+per image and averaged, not over the batch as one big image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wmcore.config import LossParams
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Mean over images of 1 - (2|P.T| + s) / (|P| + |T| + s), P = sigmoid(logits).
+
+    Args:
+        logits, target: (N, 1, H, W); target 0/1.
+        smooth: s, px. On a clean image (T empty) the loss is |P| / (|P| + s): it still pushes
+            predictions to 0 instead of being undefined.
+    Returns: scalar tensor.
+    """
+    probs = torch.sigmoid(logits)
+    dims = tuple(range(1, logits.dim()))
+    overlap = (probs * target).sum(dims)
+    total = probs.sum(dims) + target.sum(dims)
+    return (1.0 - (2.0 * overlap + smooth) / (total + smooth)).mean()
+
+
+class SegmentationLoss(nn.Module):
+    """bce_weight * BCE(pos_weight) + dice_weight * soft Dice; forward(logits, target) -> scalar.
+
+    Logits are cast to float32 first: under autocast they may be bf16/fp16, whose sums over a
+    whole image lose the precision Dice needs.
+    """
+
+    def __init__(self, params: LossParams) -> None:
+        super().__init__()
+        self.bce_weight, self.dice_weight, self.smooth = params.bce_weight, params.dice_weight, params.dice_smooth
+        self.register_buffer("pos_weight", torch.tensor(params.pos_weight), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        loss = logits.new_zeros(())
+        if self.bce_weight:
+            bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+            loss = loss + self.bce_weight * bce
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
+        return loss
