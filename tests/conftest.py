@@ -13,3 +13,12 @@ from tests.fixtures import make_tiny_prepared
 def tiny_prepared(tmp_path: Path) -> Path:
     """A prepared dataset of 8 train, 4 val, 4 test samples of 96x128 px under tmp_path/prepared."""
     return make_tiny_prepared(tmp_path / "prepared")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness for the whole session (its ephemeral server costs seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
