@@ -11,7 +11,7 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.pipeline import pipeline
-from flows.screening import screening
+from flows.screening import screening_for
 from wmcore.config import Params
 
 RETRAIN = "nightly-retrain"
@@ -27,7 +27,8 @@ def build_deployments(params: Params, params_file: str = "params.yaml") -> list[
         tags=["wmdetect", "retrain"],
         description="Prepare (if changed), train, evaluate and promote the champion if it beats the current one.",
     )
-    screen = screening.to_deployment(
+    # The screening deployment runs on the task runner params.yaml `distributed` names (local or Dask).
+    screen = screening_for(params).to_deployment(
         name=SCREENING,
         cron=s.screening_cron,
         parameters={

@@ -2,7 +2,8 @@
 
 Each stage runs through DVC (`dvc repro <stage>`), so the flow, `dvc repro` and
 `make run` all leave the same `dvc.lock`, and an unchanged stage is skipped.
-Overrides (`train.epochs=3`, ...) become a DVC experiment (`dvc exp run -S`).
+Overrides (`train.epochs=3`, ...) become a DVC experiment (`dvc exp run -S`); `nproc` > 1 is the
+override `train.nproc=N`: the train stage's `wm train` then runs as N torchrun (DDP) processes.
 One MLflow parent run wraps the steps' nested runs.
 """
 
@@ -28,10 +29,16 @@ def _run_name() -> str:
 
 @flow(name="wmdetect-pipeline", flow_run_name="pipeline-{profile}", log_prints=True)
 def pipeline(
-    overrides: list[str] | None = None, params_file: str = "params.yaml", root: str = ".", profile: str = "default"
+    overrides: list[str] | None = None,
+    params_file: str = "params.yaml",
+    root: str = ".",
+    profile: str = "default",
+    nproc: int = 1,
 ) -> dict:
-    """Run every stage; returns {"results", "timings", "mlflow_run_id"}."""
+    """Run every stage (training as `nproc` DDP processes); returns {"results", "timings", "mlflow_run_id"}."""
     overrides = list(overrides or [])
+    if nproc != 1:  # validated with the other params: train.nproc must be >= 1
+        overrides.append(f"train.nproc={nproc}")
     params = load_params_task(params_file, overrides)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()

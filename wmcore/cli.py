@@ -29,7 +29,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from wmcore.data.prepare import run_prepare
 
     stats = run_prepare(_load(args))
-    print(json.dumps({k: stats[k] for k in ("counts", "backgrounds_used", "backgrounds_skipped") if k in stats}))
+    skipped = stats.get("backgrounds_skipped", {}).get("count", 0)
+    print(json.dumps({"counts": stats.get("counts"), "backgrounds_used": stats.get("backgrounds_used")}))
+    if skipped:
+        print(f"{skipped} background files skipped (reasons in stats.json)")
     return 0
 
 
@@ -47,14 +50,38 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from wmcore.tracking.mlflow_run import step_run
-    from wmcore.train.loop import run_training
+    """Train in this process; with train.nproc > 1 (and not yet under torchrun) relaunch as N DDP ranks.
+
+    Under torchrun every rank comes here: the process group opens around the run and only rank 0
+    opens the MLflow run and prints the summary.
+    """
+    from wmcore.train import distributed as ddp
 
     params = _load(args)
-    with step_run("train", params) as run_logger:
+    if params.train.nproc > 1 and not ddp.under_torchrun():
+        ddp.check_local_ranks(params.train.nproc, params.base.device)
+        argv = ddp.train_module_args(args.params, args.params_extra, args.set, args.resume, args.verbose)
+        return ddp.launch_local_ranks(params.train.nproc, argv)
+    from wmcore.train.loop import run_training
+
+    with ddp.distributed_session(params.base.device) as ranks, _rank_tracking(params, ranks.is_main) as run_logger:
         summary = run_training(params, resume=args.resume, run_logger=run_logger)
-    print(json.dumps(summary, default=str))
+    if ranks.is_main:
+        print(json.dumps(summary, default=str))
     return 0
+
+
+def _rank_tracking(params: Params, is_main: bool):
+    """The MLflow step run on rank 0, the only rank that logs (and imports MLflow); NullLogger on the others."""
+    import contextlib
+
+    from wmcore.tracking.sink import NullLogger
+
+    if not is_main:
+        return contextlib.nullcontext(NullLogger())
+    from wmcore.tracking.mlflow_run import step_run
+
+    return step_run("train", params)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -74,9 +101,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if summary.get("skipped", 0) else 0
 
 
+def cmd_screen(args: argparse.Namespace) -> int:
+    from flows.screening import run_screening
+
+    if args.params_extra:
+        raise WmError("wm screen: --params-extra is not supported (the flow reloads --params); use -S KEY=VALUE")
+    _load(args)  # a bad params file or override fails here, before a flow or a cluster starts
+    result = run_screening(
+        args.inbox, args.out, args.model, args.params, runner=args.runner, workers=args.workers,
+        address=args.dask_address, chunk_size=args.chunk, overrides=args.set,
+    )  # fmt: skip
+    skipped = sum(1 for r in result["rows"] if r.get("status") != "ok")
+    print(json.dumps({"screened": result["screened"], "with_watermark": result["with_watermark"], "skipped": skipped}))
+    return EXIT_PARTIAL if skipped else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import run_pipeline_cli
 
+    _load(args)  # a bad params file or override fails here, before a flow run (and its server) starts
     return run_pipeline_cli(args)
 
 
@@ -136,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the scheduled deployments (nightly retrain, inbox screening)")
     sv.add_argument("--register-only", action="store_true", help="register with PREFECT_API_URL and exit")
     sv.set_defaults(func=cmd_serve)
+    sc = sub.add_parser("screen", help="screen the new images of an inbox folder (local threads or a Dask cluster)")
+    sc.add_argument("inbox", nargs="?", default=None, help="inbox folder (default: paths.inbox)")
+    sc.add_argument("--out", default=None, help="output folder (default: schedule.screening_out)")
+    sc.add_argument(
+        "--model", default=None, help="checkpoint path or models:/NAME@ALIAS (default: schedule.screening_model)"
+    )
+    sc.add_argument(
+        "--runner", choices=["local", "dask"], default=None, help="task runner (default: distributed.runner)"
+    )
+    sc.add_argument("--workers", type=int, default=None, help="dask: LocalCluster worker processes")
+    sc.add_argument("--dask-address", default=None, metavar="ADDR", help="dask: running scheduler, tcp://HOST:PORT")
+    sc.add_argument("--chunk", type=int, default=None, help="images per task (default: schedule.screening_chunk)")
+    sc.set_defaults(func=cmd_screen)
     run = sub.add_parser("run", help="the whole pipeline (the main job of `make run`)")
     run.set_defaults(func=cmd_run)
     return parser

@@ -9,6 +9,8 @@ names the dotted key, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,6 +229,18 @@ class TrainParams(_Group):
         0.9, gt=0.0, le=1.0, description="Collect garbage / empty the CUDA cache only above this memory-use fraction."
     )
     naive: bool = Field(False, description="Turn every optimization off (benchmark baseline), same code path.")
+    nproc: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Processes `wm train` starts on this machine through torchrun (DDP); 1 = one plain process. "
+        "Under torchrun its own world size wins.",
+    )
+    sync_batchnorm: bool = Field(
+        True,
+        description="With several processes, BatchNorm uses the statistics of the micro-batches of all ranks "
+        "together (one process's view of the global batch); off = each rank's own.",
+    )
 
     @model_validator(mode="after")
     def _stages(self) -> TrainParams:
@@ -328,6 +342,9 @@ class DistributedParams(_Group):
     threads_per_worker: int = Field(
         0, ge=0, le=512, description="Torch threads per Dask worker process; 0 = host cores / its worker processes."
     )
+    connect_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="How long to try reaching dask_address before giving up, s."
+    )
 
     @model_validator(mode="after")
     def _address(self) -> DistributedParams:
@@ -375,11 +392,28 @@ def _format_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
+            msg = "unknown key (typo?)" + _allowed_keys_hint(e["loc"])
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{source}: {key}: {msg}{got_s}")
     return "\n".join(lines)
+
+
+def _allowed_keys_hint(loc: tuple[str | int, ...]) -> str:
+    """"; did you mean 'x'? allowed: a, b, ..." for an unknown key at `loc` (empty if the group is unknown)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an index into a list of groups (train.progressive.0.crop)
+        field = model.model_fields.get(part)
+        inner = [field.annotation, *typing.get_args(field.annotation)] if field else []
+        groups = [t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not groups:
+            return ""
+        model = groups[0]
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    return (f"; did you mean {close[0]!r}?" if close else "") + f" allowed: {', '.join(allowed)}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
