@@ -13,8 +13,10 @@ inputs become `skipped` rows with the reason, and the run goes on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from wmcore.infer.inputs import InputImage, discover_inputs, output_paths
 from wmcore.infer.predictor import Predictor, get_predictor
 from wmcore.infer.results_table import ResultsTable
 from wmcore.infer.sinks import MaskSummary
-from wmcore.runtime.atomic import save_image, write_json
+from wmcore.runtime.atomic import remove_stale_temp_files, save_image, write_json
 from wmcore.runtime.report import console_table
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ def predict_inputs(
     if not images and missing and all(m.reason == "not found" for m in missing):
         raise WmError(f"nothing to predict: {', '.join(m.arg for m in missing)} not found")
     table = ResultsTable(out)
+    if out.is_dir() and (stale := remove_stale_temp_files(out)):
+        log.info("%s: removed %d temp files left by a killed run", out, stale)
     todo = images if force else _still_to_do(images, table, out, params.predict.save_overlay)
     predictor = get_predictor(model, params, calibration=[i.path for i in todo[: params.predict.calibration_images]])
     predictor.sizer.reset_stats()  # the cached predictor may have served earlier runs
@@ -196,7 +200,10 @@ class FolderRun:
         tile = self.params.predict.tile_size
         pending: list[Decoded] = []
         bar = tqdm(total=len(self.todo), unit="img", desc="predict", dynamic_ncols=True)
-        with logging_redirect_tqdm(), bar as self.bar:  # skip warnings print above the bar, not through it
+        # Skip warnings print above the bar, not through it. The redirect swaps the root logger's
+        # handlers and is not thread-safe, so chunks running in worker threads leave logging alone.
+        redirect = logging_redirect_tqdm() if threading.current_thread() is threading.main_thread() else nullcontext()
+        with redirect, bar as self.bar:
             for item in decode_stream(self.todo, self.params):
                 if item.image is None:
                     self.skip(self.todo[item.index], item.reason or "unreadable", item.seconds)
