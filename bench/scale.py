@@ -16,8 +16,10 @@ One section per kind of work; each writes bench/results/scale_<section>.json and
             chunks, chunks each worker ran, predictors cached per worker (1 = model loaded
             once), and the load average (other work on the machine skews small machines).
     train   `python -m wmcore.train` (what `wm train` runs) for the same optimizer steps of the
-            same global batch, three ways:
+            same global batch, four ways:
               1-proc              one process, micro-batch = the global batch
+              1-proc-accum        one process, 2 micro-batches of half of it accumulated (the
+                                  micro-batch the 2 processes get: separates DDP from batch size)
               2-proc              torchrun --standalone, 2 DDP processes (gloo on CPU, nccl on
                                   GPU) of half the micro-batch each, BatchNorm over both ranks
               2-proc-bn-per-rank  the same with train.sync_batchnorm = false
@@ -205,8 +207,13 @@ def markdown_infer(result: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- training section
 
-# way -> (processes, train.sync_batchnorm); the global batch is the same for every way
-TRAIN_WAYS: dict[str, tuple[int, bool]] = {"1-proc": (1, True), "2-proc": (2, True), "2-proc-bn-per-rank": (2, False)}
+# way -> (processes, micro-batches accumulated, train.sync_batchnorm); the same global batch for every way
+TRAIN_WAYS: dict[str, tuple[int, int, bool]] = {
+    "1-proc": (1, 1, True),
+    "1-proc-accum": (1, 2, True),
+    "2-proc": (2, 1, True),
+    "2-proc-bn-per-rank": (2, 1, False),
+}
 
 
 def train_command(nproc: int, overrides: dict[str, Any]) -> list[str]:
@@ -224,7 +231,8 @@ def train_way(way: str, args: argparse.Namespace, prepared: Path) -> dict[str, A
 
     from wmcore.runtime.device import available_cores, resolve_device
 
-    nproc, sync = TRAIN_WAYS[way]
+    nproc, accum, sync = TRAIN_WAYS[way]
+    micro = args.train_batch // (nproc * accum)
     device = resolve_device(args.train_device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         return {"way": way, "processes": nproc, "skipped": f"needs {nproc} GPUs, {torch.cuda.device_count()} here"}
@@ -234,8 +242,8 @@ def train_way(way: str, args: argparse.Namespace, prepared: Path) -> dict[str, A
         "base.device": args.train_device, "base.threads": 0, "paths.prepared": str(prepared),
         "paths.train_dir": str(out), "paths.cache_dir": str(args.work / "cache"),
         "model.base_width": args.base_width, "model.depth": args.depth, "train.epochs": 1,
-        "train.steps_per_epoch": args.train_steps, "train.batch_size": args.train_batch // nproc,
-        "train.grad_accum_steps": 1, "train.crop": args.train_crop, "train.progressive": [], "train.max_minutes": 0,
+        "train.steps_per_epoch": args.train_steps, "train.batch_size": micro,
+        "train.grad_accum_steps": accum, "train.crop": args.train_crop, "train.progressive": [], "train.max_minutes": 0,
         "train.val_subset": 8, "train.compile": False, "train.sync_batchnorm": sync, "tracking.enabled": False,
     }  # fmt: skip
     # torch threads are set by each rank (cores / local ranks); OMP_NUM_THREADS only for other libraries
@@ -253,7 +261,8 @@ def train_way(way: str, args: argparse.Namespace, prepared: Path) -> dict[str, A
         "processes": nproc,
         "sync_batchnorm": sync,
         "device": summary["device"],
-        "micro_batch": args.train_batch // nproc,
+        "micro_batch": micro,
+        "grad_accum": accum,
         "global_batch": args.train_batch,
         "torch_threads_per_process": summary["torch_threads"],
         "steps": summary["steps"],
@@ -270,8 +279,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """The training section: every way `--repeats` times (interleaved), the median run kept."""
     from bench.train import prepare_data
 
-    if args.train_batch % max(n for n, _ in TRAIN_WAYS.values()):
-        raise SystemExit(f"--train-batch {args.train_batch} must split evenly between 2 processes")
+    if any(args.train_batch % (n * a) for n, a, _ in TRAIN_WAYS.values()):
+        raise SystemExit(f"--train-batch {args.train_batch} must split evenly into 2 processes or 2 micro-batches")
     prepared = prepare_data(args.work, args.train_images, 8)
     runs: dict[str, list[dict[str, Any]]] = {way: [] for way in args.train_ways}
     for _ in range(args.repeats):
@@ -300,7 +309,7 @@ def markdown_train(result: dict[str, Any]) -> str:
         "Torch threads per process: the free cores / processes on the machine (base.threads = 0). images/s: all "
         "ranks together, steady state (first 2 steps left out); wall s: the whole command, start-up included.",
         "",
-        "| way | processes | BatchNorm | micro / global batch | threads / process | img/s | x 1-proc | step s "
+        "| way | processes | BatchNorm | micro x accum x processes | threads / process | img/s | x 1-proc | step s "
         "| wall s | peak MiB (rank 0) | load 1m before |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -310,7 +319,7 @@ def markdown_train(result: dict[str, Any]) -> str:
             continue
         bn = "all ranks" if r["sync_batchnorm"] or r["processes"] == 1 else "per rank"
         lines.append(
-            f"| {r['way']} | {r['processes']} | {bn} | {r['micro_batch']} / {r['global_batch']} "
+            f"| {r['way']} | {r['processes']} | {bn} | {r['micro_batch']} x {r['grad_accum']} x {r['processes']} "
             f"| {r['torch_threads_per_process']} | {r['images_per_s']} | {r.get('speedup_vs_1_proc')} "
             f"| {r['mean_step_s']} | {r['wall_s']} | {r['peak_mem_mb_rank0']} | {r['loadavg_1m_before']} |"
         )

@@ -33,6 +33,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(json.dumps({"counts": stats.get("counts"), "backgrounds_used": stats.get("backgrounds_used")}))
     if skipped:
         print(f"{skipped} background files skipped (reasons in stats.json)")
+    bad_pairs = len((stats.get("import") or {}).get("skipped", []))
+    if bad_pairs:  # still exit 0: a DVC stage must not fail on some unusable pairs of a user's dataset
+        print(f"{bad_pairs} files of prepare.import_dir skipped (reasons in stats.json)")
     return 0
 
 

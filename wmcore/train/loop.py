@@ -19,18 +19,22 @@ it fails), amp (autocast with base.precision; fp16 adds a GradScaler), grad_accu
 progressive stages, multiscale crops, the decoded-image cache (`loader.cache`). `train.naive`
 turns them all off on this same code, for the benchmark; the naive run puts each optimizer
 step's images (batch_size x grad_accum_steps) in one batch, so both paths do the same work.
+Out of memory in a step cuts its micro-batches finer and retries it, keeping the images per
+optimizer step (wmcore.train.oom_backoff).
 
-DDP-ready: rank and world size come from the environment (torchrun); data is sharded by
-rank; gradient accumulation skips the all-reduce on all but the last micro-batch; only rank
-0 writes files and logs. Wrapping the model in DistributedDataParallel is left to the
-caller that initialises the process group.
+DDP (torchrun; see wmcore.train.distributed): rank and world size come from the environment;
+the caller opens the process group (`distributed_session`), the run wraps the model in
+DistributedDataParallel (BatchNorm over all ranks with train.sync_batchnorm), shards training
+and validation data by rank, skips the gradient all-reduce on all but the last micro-batch,
+sums validation counts over ranks and takes rank 0's time-budget clock and stop decision;
+only rank 0 writes files and logs. `train.batch_size` is per process; images/s is global.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +45,25 @@ from tqdm import tqdm
 
 from wmcore.config import Params
 from wmcore.data.dataset import WatermarkDataset
-from wmcore.data.loader import EpochSampler, distributed_rank, make_loader
+from wmcore.data.loader import EpochSampler, make_loader
 from wmcore.errors import WmError
 from wmcore.model import build_model
-from wmcore.runtime.device import configure_threads, resolve_device
+from wmcore.runtime.device import resolve_device
 from wmcore.runtime.memory import MemoryMonitor
 from wmcore.tracking.sink import NullLogger, RunLogger
 from wmcore.train import history as outputs
+from wmcore.train.distributed import (
+    SharedProgress,
+    agree,
+    convert_batchnorm,
+    rank_device,
+    rank_info,
+    require_process_group,
+    threads_per_rank,
+    wrap_ddp,
+)
 from wmcore.train.monitor import StepMonitor
+from wmcore.train.oom_backoff import MicroBatchBackoff
 from wmcore.train.schedule import LRSchedule, RunProgress, Stage
 from wmcore.train.setup import (
     Switches,
@@ -64,7 +79,7 @@ from wmcore.train.setup import (
     steps_in_epoch,
 )
 from wmcore.train.state import TrainState, checkpoint_payload, resume_from, save_training_checkpoint, warm_start
-from wmcore.train.steps import StepTools, train_step, validation_step
+from wmcore.train.steps import StepTools, validation_step
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +99,9 @@ class Run:
     rank: int
     world_size: int
     train_dir: Path
-    eager_model: nn.Module
+    eager_model: nn.Module  # the bare model: checkpoints are its state_dict
+    eager_train_model: nn.Module  # what training falls back to if compile fails: DDP(eager_model) or eager_model
+    eval_model: nn.Module  # what validation runs: never DDP (ranks validate different images)
     tools: StepTools
     schedule: LRSchedule
     progress: RunProgress
@@ -97,6 +114,7 @@ class Run:
     stage: Stage | None = None
     compiled_ok: dict[str, bool] = field(default_factory=lambda: {"train": False, "eval": False})
     nonfinite_in_row: int = 0
+    oom: MicroBatchBackoff = field(default_factory=MicroBatchBackoff)  # finer micro-batches after out of memory
 
     @property
     def is_main(self) -> bool:
@@ -131,17 +149,21 @@ def run_training(params: Params, resume: bool = False, run_logger: RunLogger | N
 
 
 def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run:
-    """Device, threads, seeds, data, model, optimizer, schedule; then resume or warm start."""
+    """Device, threads, seeds, data, model, optimizer, schedule; then resume or warm start; then DDP, compile."""
+    ranks = rank_info()
+    require_process_group(ranks)
     try:
-        device = resolve_device(params.base.device)
+        device = rank_device(resolve_device(params.base.device), ranks)
     except RuntimeError as exc:
         raise WmError(str(exc)) from None
-    configure_threads(params.base.threads)
+    threads_per_rank(params.base.threads, ranks)
     seed_everything(params.base.seed)
-    rank, world_size = distributed_rank()
+    rank, world_size = ranks.rank, ranks.world_size
     switches = resolve_switches(params, device)
     train_set, val_batches = build_data(params, switches, device)
     eager = place_model(build_model(**params.model.model_dump()), switches, device)
+    if world_size > 1 and params.train.sync_batchnorm:  # before the optimizer takes the parameters
+        eager = convert_batchnorm(eager, device)
     state = TrainState()
     tools, schedule = build_optimization(params, switches, device, eager)  # after placing: state follows params
     train_dir = Path(params.paths.train_dir)
@@ -150,15 +172,20 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
         log.info("resuming after epoch %d (step %d) from %s", state.epoch, state.step, train_dir / LAST)
     elif params.train.warm_start:
         warm_start(params.train.warm_start, eager)
-    tools.model = maybe_compile(eager, switches)
+    # DDP after resume (it broadcasts rank 0's weights) and inside compile (dynamo then splits
+    # the graph at gradient buckets, overlapping the all-reduce with the backward pass).
+    eager_train = wrap_ddp(eager, device, params.train.sync_batchnorm) if world_size > 1 else eager
+    tools.model = maybe_compile(eager_train, switches)
+    eval_model = tools.model if world_size == 1 else maybe_compile(eager, switches)
     planned = sum(steps_in_epoch(params, switches, len(train_set), e) for e in range(1, params.train.epochs + 1))
-    progress = RunProgress(planned, params.train.max_minutes * 60.0, elapsed_before_s=state.elapsed_s)
+    progress_type = SharedProgress if world_size > 1 else RunProgress
+    progress = progress_type(planned, params.train.max_minutes * 60.0, elapsed_before_s=state.elapsed_s)
     monitor = StepMonitor(MemoryMonitor(device, params.train.memory_cleanup_threshold))
     logger = run_logger if run_logger is not None and rank == 0 else NullLogger()
     run = Run(
         params=params, device=device, switches=switches, rank=rank, world_size=world_size, train_dir=train_dir,
-        eager_model=eager, tools=tools, schedule=schedule, progress=progress, monitor=monitor, logger=logger,
-        state=state, train_set=train_set, val_batches=val_batches,
+        eager_model=eager, eager_train_model=eager_train, eval_model=eval_model, tools=tools, schedule=schedule,
+        progress=progress, monitor=monitor, logger=logger, state=state, train_set=train_set, val_batches=val_batches,
     )  # fmt: skip
     announce(run, planned)
     return run
@@ -170,15 +197,17 @@ def announce(run: Run, planned: int) -> None:
         return
     budget = f", budget {run.params.train.max_minutes:g} min" if run.params.train.max_minutes else ""
     log.info(
-        "training on %s: %d train images, %d planned steps%s; switches %s",
+        "training on %s x %d process(es): %d train images, %d planned steps%s; switches %s",
         run.device,
+        run.world_size,
         len(run.train_set),
         planned,
         budget,
         asdict(run.switches),
     )
     run.logger.log_params(run.params.flat())
-    run.logger.set_tags({"step": "train", "naive": str(run.params.train.naive).lower(), "device": str(run.device)})
+    tags = {"step": "train", "naive": str(run.params.train.naive).lower(), "device": str(run.device)}
+    run.logger.set_tags({**tags, "world_size": str(run.world_size)})
 
 
 # --------------------------------------------------------------------------- hooks
@@ -241,7 +270,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         if len(micro) < accum:
             continue
         result = guarded_train_step(run, micro)
-        images, micro = sum(int(b[0].shape[0]) for b in micro), []
+        images, micro = sum(int(b[0].shape[0]) for b in micro) * run.world_size, []  # every rank's share
         seconds = run.monitor.step_done(images)
         if not result["skipped"]:
             losses.append(result["loss"])
@@ -271,9 +300,15 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def guarded_train_step(run: Run, micro: list) -> dict[str, Any]:
-    """LR for this step, then `train_step`; counts skipped (non-finite) steps and stops on too many."""
+    """LR for this step, then `train_step`; counts skipped (non-finite) steps and stops on too many.
+
+    Under DDP every rank takes the same decisions: the time fraction is rank 0's (SharedProgress)
+    and `train_step` averages the loss over ranks before testing it.
+    """
+    if isinstance(run.progress, SharedProgress):
+        run.progress.sync()
     run.schedule.update(run.progress.fraction(run.state.step))
-    result = with_compile_fallback(run, "train", lambda: train_step(run.tools, micro))
+    result = with_compile_fallback(run, "train", lambda: run.oom.step(run.tools, micro))
     if result["skipped"]:
         run.state.nonfinite_steps += 1
         run.nonfinite_in_row += 1
@@ -296,8 +331,13 @@ def guarded_train_step(run: Run, micro: list) -> dict[str, Any]:
 
 
 def with_compile_fallback(run: Run, mode: str, call):
-    """Run `call`; if the compiled model fails the first time in this mode, warn and go eager for good."""
-    if run.tools.model is run.eager_model or run.compiled_ok[mode]:
+    """Run `call`; if the compiled model fails the first time in this mode, warn and go eager for good.
+
+    `mode` "train" runs `run.tools.model` (eager: `eager_train_model`), "eval" runs `run.eval_model`
+    (eager: `eager_model`); `call` must read the model when called.
+    """
+    compiled = run.tools.model if mode == "train" else run.eval_model
+    if compiled in (run.eager_train_model, run.eager_model) or run.compiled_ok[mode]:
         return call()
     try:
         out = call()
@@ -305,7 +345,10 @@ def with_compile_fallback(run: Run, mode: str, call):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("torch.compile failed in %s (%s: %s); falling back to eager", mode, type(exc).__name__, first)
         run.tools.optimizer.zero_grad(set_to_none=True)
-        run.tools.model = run.eager_model
+        if run.eval_model is compiled:  # one process: train and eval share the compiled model
+            run.eval_model = run.eager_model
+        if run.tools.model is compiled:
+            run.tools.model = run.eager_train_model
         return call()
     run.compiled_ok[mode] = True
     return out
@@ -329,9 +372,12 @@ def log_step(run: Run, window: list[float]) -> None:
 
 
 def validate(run: Run) -> dict[str, float]:
-    """`validation_step` on the fixed validation batches; its duration is kept back from the time budget."""
+    """`validation_step` on the fixed validation batches (this rank's share; counts summed over
+    ranks); its duration is kept back from the time budget."""
     started = run.progress.elapsed_s()
-    result = with_compile_fallback(run, "eval", lambda: validation_step(run.tools, run.val_batches))
+    result = with_compile_fallback(
+        run, "eval", lambda: validation_step(replace(run.tools, model=run.eval_model), run.val_batches)
+    )
     seconds = run.progress.elapsed_s() - started
     run.progress.reserve_s = seconds  # the final validation must fit in the budget too
     return {**result, "val_seconds": seconds}
@@ -371,6 +417,8 @@ def on_epoch_end(run: Run, epoch: int, trained: dict[str, Any], validated: dict[
         write_epoch_outputs(run, improved)
         run.logger.log_metrics(epoch_metrics(row), step=state.step)
         log.info("epoch %d: train loss %s%s", epoch, _number(trained["train_loss"]), _val_text(validated))
+    if run.world_size > 1:  # ranks computed the same reason; rank 0's is the one that counts
+        state.stop_reason = agree(state.stop_reason)
 
 
 def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -425,6 +473,8 @@ def finish_run(run: Run) -> dict[str, Any]:
         "nonfinite_steps": state.nonfinite_steps,
         "seconds": round(state.elapsed_s, 2),
         "device": str(run.device),
+        "world_size": run.world_size,
+        "torch_threads": torch.get_num_threads(),
         "switches": asdict(run.switches),
         "checkpoint": str(run.train_dir / BEST),
         **run.monitor.summary(),

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from wmcore.config import Params
 from wmcore.data.dataset import WatermarkDataset
 from wmcore.data.loader import EpochSampler, distributed_rank, make_loader
+from wmcore.errors import WmError
 from wmcore.runtime.device import autocast_dtype
 from wmcore.train.loss import SegmentationLoss
 from wmcore.train.schedule import LRSchedule, Stage, stage_for_epoch
@@ -94,11 +95,18 @@ def build_data(params: Params, switches: Switches, device: torch.device) -> tupl
         t.multiscale_min_scale,
     )
     val_set = WatermarkDataset(p.prepared, "val", t.val_crop, False, switches.cache, p.cache_dir, seed=params.base.seed)
-    used = range(len(val_set))
+    used = list(range(len(val_set)))
     if 0 < t.val_subset < len(val_set):  # evenly spaced: a fixed subset that spans the split
         used = np.linspace(0, len(val_set) - 1, t.val_subset).round().astype(int).tolist()
-    # Every rank validates the same images, so no all-reduce of counts is needed.
-    sampler = EpochSampler(list(used), params.base.seed, shuffle=False, rank=0, world_size=1)
+    # Each rank validates every world_size-th image (no padding: an image counted twice would skew
+    # the scores); validation_step sums the counts over ranks.
+    rank, world_size = distributed_rank()
+    if len(used) < world_size:
+        raise WmError(
+            f"{len(used)} validation image(s) (train.val_subset = {t.val_subset}, split val of {p.prepared}) "
+            f"for {world_size} processes: every process needs at least one; use fewer processes or more images"
+        )
+    sampler = EpochSampler(used[rank::world_size], params.base.seed, shuffle=False, rank=0, world_size=1)
     val_batches = make_loader(val_set, params.loader, t.val_batch_size, False, device, params.base.seed, sampler)
     return train_set, val_batches
 

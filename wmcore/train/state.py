@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from wmcore.config import Params
-from wmcore.errors import WmError
+from wmcore.errors import WmError, one_line
 from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
+from wmcore.runtime.atomic import remove_stale_temp_files
 
 
 @dataclass
@@ -106,6 +107,7 @@ def save_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     bad = [name for name, t in payload["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise WmError(f"{path}: not saved: non-finite weights in {', '.join(bad[:3])}; lower train.optimizer.lr")
+    remove_stale_temp_files(path.parent)  # a run killed while writing left its temp file (a few files: cheap)
     save_checkpoint(path, payload)
 
 
@@ -123,7 +125,7 @@ def resume_from(path: Path, model: nn.Module, optimizer, schedule, scaler, param
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise WmError(f"{path}: training state does not fit this model/optimizer: {exc}") from None
+        raise WmError(f"{path}: training state does not fit this model/optimizer: {one_line(exc)}") from None
     schedule.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"] or not scaler.is_enabled():  # an fp32 run's scaler state is empty: keep the fresh one
         scaler.load_state_dict(ckpt["scaler"])
@@ -142,4 +144,4 @@ def warm_start(path: str | Path, model: nn.Module) -> None:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise WmError(f"train.warm_start: {path}: weights do not fit: {exc}") from None
+        raise WmError(f"train.warm_start: {path}: weights do not fit: {one_line(exc)}") from None

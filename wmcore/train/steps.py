@@ -3,7 +3,8 @@
 `train_step` = accumulate gradients over N micro-batches (loss / N; under DDP the gradient
 all-reduce runs only on the last micro-batch) -> skip if the loss is not finite -> unscale and
 clip -> optimizer step -> zero_grad(set_to_none). `validation_step` accumulates confusion
-counts and threshold histograms on the device and reads them back once at the end.
+counts and threshold histograms on the device and reads them back once at the end (under DDP
+each rank validates its share and the counts are summed over ranks first).
 Both take a `StepTools` bundle so the loop can switch precision, memory format and model
 (eager or compiled) without the steps knowing which.
 """
@@ -21,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from wmcore.metrics import best_threshold, confusion_counts, scores_from_counts, threshold_histograms
+from wmcore.train.distributed import sum_across_ranks
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -88,13 +90,27 @@ def clip_gradients(tools: StepTools) -> float | None:
     return float(torch.nn.utils.clip_grad_norm_(params, tools.grad_clip))
 
 
+def snapshot_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) pairs of the model's buffers (BatchNorm running statistics: a few KiB)."""
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+def restore_buffers(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, saved in snapshot:
+            buffer.copy_(saved)
+
+
 def train_step(tools: StepTools, micro_batches: Sequence[Batch]) -> dict[str, float | bool | None]:
     """One optimizer step over `micro_batches`; returns {"loss", "grad_norm", "skipped"} (plain numbers).
 
     A non-finite loss (or, without a GradScaler, a non-finite gradient norm) skips the update:
-    the caller counts skips and stops the run after too many in a row. With fp16 a GradScaler
-    already skips steps whose gradients overflow and lowers its scale, so those are not skips.
+    the caller counts skips and stops the run after too many in a row. A skipped step changes
+    nothing: the BatchNorm running statistics its forward passes updated (with NaN, for a NaN
+    batch) are put back too. With fp16 a GradScaler already skips steps whose gradients overflow
+    and lowers its scale, so those are not skips.
     """
+    buffers = snapshot_buffers(tools.model)
     total = accumulate_gradients(tools, micro_batches)
     if dist.is_available() and dist.is_initialized():  # every rank must take the same skip decision
         dist.all_reduce(total)
@@ -105,10 +121,12 @@ def train_step(tools: StepTools, micro_batches: Sequence[Batch]) -> dict[str, fl
         if scaled:  # lower the scale as an overflowing step would, without stepping
             tools.scaler.update(tools.scaler.get_scale() * tools.scaler.get_backoff_factor())
         tools.optimizer.zero_grad(set_to_none=True)
+        restore_buffers(buffers)
         return {"loss": loss, "grad_norm": None, "skipped": True}
     norm = clip_gradients(tools)
     if norm is not None and not math.isfinite(norm) and not scaled:
         tools.optimizer.zero_grad(set_to_none=True)
+        restore_buffers(buffers)
         return {"loss": loss, "grad_norm": norm, "skipped": True}
     tools.scaler.step(tools.optimizer)
     tools.scaler.update()
@@ -121,6 +139,9 @@ def validation_step(tools: StepTools, batches: Iterable[Batch], bins: int = 256)
     """Loss, F1@0.5, best-threshold F1 and IoU@0.5 over `batches`, model in eval mode.
 
     Counts and histograms stay on the device until the end (one transfer per validation).
+    Under DDP `batches` is this rank's share; counts, histograms, loss and images are summed
+    over ranks (one all-reduce each for integers and the loss), so every rank returns the
+    scores of the whole validation set.
     Returns {"val_loss", "val_f1", "val_f1_best", "val_threshold", "val_iou", "val_images"}.
     """
     model = tools.model
@@ -141,8 +162,10 @@ def validation_step(tools: StepTools, batches: Iterable[Batch], bins: int = 256)
             hist += threshold_histograms(probs, truth, bins)
     finally:
         model.train(was_training)
-    scores = scores_from_counts(counts.cpu())
-    hist = hist.cpu()
+    totals = sum_across_ranks(torch.cat([counts, hist.flatten(), counts.new_tensor([images])])).cpu()
+    counts, hist, images = totals[:4], totals[4:-1].view(2, bins), int(totals[-1])
+    loss_sum = sum_across_ranks(loss_sum)
+    scores = scores_from_counts(counts)
     threshold, f1_best = best_threshold(hist) if hist[0].sum() > 0 else (0.5, float(scores["f1"]))
     return {
         "val_loss": float(loss_sum) / max(1, images),
