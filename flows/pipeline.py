@@ -54,11 +54,12 @@ def pipeline(
     timings["total"] = time.perf_counter() - t_start
     rows = summary_rows(results, timings, {"mlflow run": str(run_id), "outputs": params.paths.evaluate_dir})
     create_markdown_artifact(markdown=markdown_table(rows, "wmdetect pipeline run"), key="pipeline-summary")
-    print("\n" + console_table(rows))
-    return {"results": results, "timings": timings, "mlflow_run_id": run_id}
+    return {"results": results, "timings": timings, "mlflow_run_id": run_id, "summary_rows": rows}
 
 
 def run_pipeline_cli(args: argparse.Namespace) -> int:
     """`wm run`: the main job of `make run`."""
-    pipeline(overrides=args.set, params_file=args.params)
+    result = pipeline(overrides=args.set, params_file=args.params)
+    # Printed here, not in the flow: Prefect routes a flow's prints to its logger, which is quiet.
+    print("\n" + console_table(result["summary_rows"]))
     return 0
