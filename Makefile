@@ -32,6 +32,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Long reliability runs (5,000-image screening, a real host OOM): tests marked slow, skipped by `make test`.
+soak: setup
+	$(BIN)/python -m pytest -q -m slow tests/reliability
+
 lint: setup
 	$(BIN)/ruff check .
 

@@ -83,6 +83,11 @@ def usable_samples(prepared_root: str | Path, split: str) -> tuple[list[SampleFi
     """Samples of `split` that pass `probe_sample`, each skip logged; WmError if none is left."""
     root = Path(prepared_root)
     rows, raw = read_manifest(root, split)
+    if not rows:
+        raise WmError(
+            f"{root / 'manifest.jsonl'}: split {split!r} is empty (no rows); rerun `wm prepare` "
+            f"(prepare.n_{split} >= 1, or import shares that send images to it)"
+        )
     samples, skipped = [], []
     for row in rows:
         probed = probe_sample(root, row)

@@ -3,13 +3,15 @@
 Pairs share a file stem (any image extension on either side). Each pair is validated: both files
 decode, sizes match, and the mask is binary (0/255 or 0/1) or soft (0..255). A soft mask is kept as
 the alpha and binarised by `prepare.mask_alpha_threshold`, like generated samples. Bad pairs are
-skipped and reported (name + reason); the rest go to train/val/test by a hash of the name, so a
-pair always lands in the same split whatever else is in the folder.
+skipped, each with a warning naming the file and the reason, and listed in stats.json; the rest go
+to train/val/test by a hash of the name, so a pair always lands in the same split whatever else is
+in the folder. An `images/` folder without any image is an error (a wrong import_dir, most likely).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import zlib
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from PIL import Image
 from wmcore.config import PrepareParams
 from wmcore.data.backgrounds import IMAGE_SUFFIXES
 from wmcore.errors import WmError
+
+log = logging.getLogger(__name__)
 
 Row = dict
 # (split, id, image (H, W, 3) uint8, alpha (H, W) uint8, mask (H, W) uint8, manifest facts) -> manifest row
@@ -44,7 +48,8 @@ def _index_folder(folder: Path, skipped: list[dict[str, str]], what: str) -> dic
     found: dict[str, Path] = {}
     for path in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES):
         if path.stem in found:
-            skipped.append({"name": path.name, "reason": f"duplicate {what} stem (already have {found[path.stem].name})"})
+            skipped.append({"name": path.name, "path": str(path),
+                            "reason": f"duplicate {what} stem (already have {found[path.stem].name})"})
         else:
             found[path.stem] = path
     return found
@@ -82,6 +87,9 @@ def import_folders(p: PrepareParams) -> tuple[Path, Path]:
     for folder in (root / "images", root / "masks"):
         if not folder.is_dir():
             raise WmError(f"prepare.import_dir: {folder}: not found; expected {root}/images/ and {root}/masks/ with matching stems")
+    if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (root / "images").iterdir()):
+        raise WmError(f"prepare.import_dir: {root / 'images'}: holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}); "
+                      "fill it or set prepare.import_dir: null")
     return root / "images", root / "masks"
 
 
@@ -95,16 +103,21 @@ def import_dataset(p: PrepareParams, write_pair: WritePair) -> tuple[list[Row], 
     skipped: list[dict[str, str]] = []
     images = _index_folder(images_dir, skipped, "image")
     masks = _index_folder(masks_dir, skipped, "mask")
-    skipped += [{"name": masks[s].name, "reason": "mask without an image"} for s in sorted(set(masks) - set(images))]
+    skipped += [{"name": masks[s].name, "path": str(masks[s]), "reason": "mask without an image"}
+                for s in sorted(set(masks) - set(images))]
     rows: list[Row] = []
     kinds: dict[str, int] = {}
     for stem, image_path in images.items():
         row, why, kind = _import_pair(stem, image_path, masks.get(stem), p, write_pair)
         if row is None:
-            skipped.append({"name": image_path.name, "reason": why})
+            skipped.append({"name": image_path.name, "path": str(image_path), "reason": why})
             continue
         rows.append(row)
         kinds[kind] = kinds.get(kind, 0) + 1
+    for skip in skipped:
+        log.warning("prepare.import_dir: skipped %s: %s", skip["path"], skip["reason"])
+    if images and not rows:
+        log.warning("prepare.import_dir: none of the %d images of %s could be imported (reasons above)", len(images), root)
     per_split = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     report = {"dir": str(root), "found": len(images), "imported": len(rows), "per_split": per_split,
               "mask_kinds": kinds, "skipped": skipped}

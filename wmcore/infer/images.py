@@ -47,9 +47,15 @@ def load_rgb(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -
     if size == 0:
         raise ImageSkip(path, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        # Opened here, not by PIL: a file we may not read (permissions, a FIFO's peer gone) is
+        # "unreadable", not "corrupt", and the message says which it is.
+        fh = open(path, "rb")  # noqa: SIM115 - PIL takes ownership below, closed by the with
+    except OSError as exc:
+        raise ImageSkip(path, f"unreadable: {exc.strerror or exc}") from None
+    try:
+        with fh, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap below decides
-            with Image.open(path) as im:
+            with Image.open(fh) as im:
                 megapixels = im.width * im.height / 1e6
                 if megapixels > max_megapixels:
                     raise ImageSkip(

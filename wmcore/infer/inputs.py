@@ -129,7 +129,9 @@ def _walk(folder: Path, skip_dir: Path | None) -> list[tuple[Path, str]]:
         dirnames.sort()
         for name in sorted(filenames):
             f = here / name
-            if f.suffix.lower() in IMAGE_SUFFIXES and not is_temp_file(f) and f.is_file():
+            # A symlink that leads nowhere (a loop, a dangling link) is kept: it becomes a skip row
+            # with the reason instead of vanishing without a word.
+            if f.suffix.lower() in IMAGE_SUFFIXES and not is_temp_file(f) and (f.is_file() or f.is_symlink()):
                 out.append((f, f.relative_to(folder).as_posix()))
     return out
 
@@ -140,7 +142,7 @@ def _unique(found: list[tuple[Path, str]]) -> list[InputImage]:
     files: set[Path] = set()
     names: set[str] = set()
     for path, rel in found:
-        real = path.resolve()
+        real = Path(os.path.realpath(path))  # unlike Path.resolve, never raises on a symlink loop
         if real in files:
             continue
         files.add(real)

@@ -19,7 +19,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from wmcore.runtime.atomic import write_text
+from wmcore.runtime.atomic import raise_if_disk_full, write_text
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,19 @@ class ResultsTable:
     def append(self, row: dict[str, Any]) -> None:
         """Add one row durably (it survives a crash right after this returns)."""
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(), open(self.jsonl, "a+b") as fh:
-            # A torn line from a killed run must not swallow this row: start on a fresh line.
-            if fh.tell() > 0:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-            fh.write((json.dumps(row, default=str) + "\n").encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with self._locked(), open(self.jsonl, "a+b") as fh:
+                # A torn line from a killed run must not swallow this row: start on a fresh line.
+                if fh.tell() > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        fh.write(b"\n")
+                fh.write((json.dumps(row, default=str) + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a torn row is ignored when read back; the image is redone next run
+            raise_if_disk_full(exc, self.jsonl)
+            raise
 
     def compact(self) -> int:
         """Rewrite both files with one row per image, sorted by name; returns the row count."""

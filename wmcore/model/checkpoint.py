@@ -2,8 +2,10 @@
 
 A checkpoint is a dict of tensors and plain Python values, so it loads with
 `torch.load(weights_only=True)`: a tampered file cannot run code, it is refused
-with a message naming the file. Keys (training checkpoints carry all, exported
-weights only the first three):
+with a message naming the file. The archive's CRC-32s are checked first, so bytes
+changed on disk (a damaged copy or download) are refused too, not loaded silently;
+CRCs are no signature: a deliberate edit that rewrites them is not detected. Keys
+(training checkpoints carry all, exported weights only the first three):
 
     model        state_dict of the UNet
     model_args   {"in_channels", "base_width", "depth"}
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wmcore.errors import WmError
+from wmcore.errors import WmError, one_line
 from wmcore.model.unet import UNet
 from wmcore.runtime.atomic import write_bytes
 
@@ -38,16 +42,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise WmError(f"{path}: checkpoint not found")
+    damaged = damaged_member(path)
+    if damaged:
+        raise WmError(f"{path}: refused: damaged or altered ({damaged}); restore it from its source or retrain")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise WmError(f"{path}: refused: checkpoint holds objects that are not plain weights ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WmError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+        raise WmError(f"{path}: not a readable checkpoint (truncated or corrupt?): {one_line(exc)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise WmError(f"{path}: not a wmdetect checkpoint (needs 'model' and 'model_args')")
     return ckpt
+
+
+def damaged_member(path: Path) -> str | None:
+    """Why the checkpoint archive fails its CRC-32 checks ("CRC mismatch in <member>"), or None if it passes.
+
+    torch.load does not check the CRCs: without this, changed weight bytes load silently. A file
+    that is not a zip archive is left to torch.load (which refuses what it cannot read safely).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile as exc:
+        return None if not zipfile.is_zipfile(path) else f"broken archive: {exc}"
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or undecodable members
+        return f"unreadable archive member: {exc}"
+    return f"CRC mismatch in {bad}" if bad else None
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
@@ -57,5 +80,5 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         model = UNet(**ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError) as exc:
-        raise WmError(f"{path}: weights do not match the stored model_args: {exc}") from None
+        raise WmError(f"{path}: weights do not match the stored model_args: {one_line(exc)}") from None
     return model.eval(), ckpt

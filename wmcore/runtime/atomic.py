@@ -2,19 +2,41 @@
 
 A reader (or a rerun after a crash) sees either the old file or the complete new
 one, never a half-written file. Temp files are named `.<name>.tmp-<pid>` so
-stale ones from killed runs are recognisable and ignored by readers.
+stale ones from killed runs are recognisable, ignored by readers and removed by
+`remove_stale_temp_files` when the next run starts. A full disk (ENOSPC, EDQUOT)
+raises `DiskFullError`, a WmError naming the file: the CLI prints it on one line,
+and every file finished before it is intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from wmcore.errors import WmError
+
 TMP_MARK = ".tmp-"
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFullError(WmError):
+    """No space (or quota) left while writing a file; files finished before it are intact."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(
+            f"{path}: no space left on device; files finished before it are kept: free space, then rerun to resume"
+        )
+
+
+def raise_if_disk_full(exc: OSError, path: str | Path) -> None:
+    """Turn an ENOSPC/EDQUOT OSError into DiskFullError naming `path`; other errors are left alone."""
+    if exc.errno in NO_SPACE_ERRNOS:
+        raise DiskFullError(path) from None
 
 
 def is_temp_file(path: str | Path) -> bool:
@@ -36,9 +58,11 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            tmp.unlink()  # also gives the space of the partial file back
+        if isinstance(exc, OSError):
+            raise_if_disk_full(exc, path)
         raise
 
 
@@ -61,3 +85,30 @@ def save_image(path: str | Path, image: Any, **save_kwargs: Any) -> None:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(Path(path).suffix.lower(), "PNG")
     with atomic_open(path, "wb") as fh:
         image.save(fh, format=fmt, **save_kwargs)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temp files under `folder` whose writer (a process of this machine) is gone; returns how many.
+
+    Run it when a run that owns `folder` starts: temp files of live processes (concurrent writers
+    on this machine) are kept. A folder shared with writers on other machines must not be cleaned.
+    """
+    removed = 0
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            pid = name.rpartition(TMP_MARK)[2]
+            if is_temp_file(name) and pid.isdigit() and not _process_alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed

@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
+# How allocators word it: CUDA "out of memory"; torch's CPU allocator "can't allocate memory" or
+# "not enough memory", C++ kernels "std::bad_alloc" (e.g. under a ulimit -v or a cgroup limit):
+# plain RuntimeErrors.
+OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "bad_alloc")
+
 
 def is_oom_error(exc: BaseException) -> bool:
     """True for CUDA/host out-of-memory errors (and our own HostMemoryBudgetExceeded)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError, HostMemoryBudgetExceeded)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in OOM_MARKERS)
 
 
 class HostMemoryBudgetExceeded(MemoryError):
