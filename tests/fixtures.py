@@ -106,3 +106,16 @@ def make_tiny_prepared(
             rows.append(_write_sample(root, split, f"{split}-{i:04d}", rng, size))
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return root
+
+
+def make_tiny_checkpoint(path: Path, meta: dict | None = None, seed: int = 0) -> Path:
+    """Save an untrained UNet(base_width=4, depth=2) as a safe checkpoint at `path`; returns `path`."""
+    import torch
+
+    from wmcore.model.checkpoint import save_checkpoint
+    from wmcore.model.unet import UNet
+
+    torch.manual_seed(seed)
+    net = UNet(base_width=4, depth=2).eval()
+    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": meta or {}})
+    return path

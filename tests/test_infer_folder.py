@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import wmcore.infer.folder as folder
+from tests.fixtures import make_tiny_checkpoint
 from wmcore.cli import main
 from wmcore.infer.inputs import discover_inputs, output_paths, safe_name
 from wmcore.infer.predictor import clear_predictor_cache
 from wmcore.infer.results_table import ResultsTable
-from wmcore.model.checkpoint import save_checkpoint
-from wmcore.model.unet import UNet
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -31,11 +29,7 @@ def fresh_cache():
 
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
-    torch.manual_seed(0)
-    net = UNet(base_width=4, depth=2).eval()
-    path = tmp_path / "m.pt"
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {"threshold": 0.5}})
-    return path
+    return make_tiny_checkpoint(tmp_path / "m.pt", meta={"threshold": 0.5})
 
 
 @pytest.fixture

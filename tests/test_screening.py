@@ -15,14 +15,13 @@ import torch
 from PIL import Image
 
 from flows.screening import run_screening, screening, screening_for
+from tests.fixtures import make_tiny_checkpoint
 from wmcore.cli import main
 from wmcore.config import load_params
 from wmcore.errors import WmError
 from wmcore.infer.inputs import discover_inputs
 from wmcore.infer.predictor import clear_predictor_cache
 from wmcore.infer.screening import MANIFEST
-from wmcore.model.checkpoint import save_checkpoint
-from wmcore.model.unet import UNet
 from wmcore.runtime import dask_workers
 from wmcore.runtime.dask_workers import check_scheduler, params_for_this_process, thread_share
 from wmcore.runtime.device import available_cores
@@ -40,11 +39,7 @@ def fresh_cache():
 
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
-    torch.manual_seed(0)
-    net = UNet(base_width=4, depth=2).eval()
-    path = tmp_path / "m.pt"
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {"threshold": 0.5}})
-    return path
+    return make_tiny_checkpoint(tmp_path / "m.pt", meta={"threshold": 0.5})
 
 
 @pytest.fixture

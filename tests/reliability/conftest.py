@@ -10,11 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.fixtures import make_tiny_checkpoint
 from wmcore.infer.predictor import clear_predictor_cache
-from wmcore.model.checkpoint import save_checkpoint
-from wmcore.model.unet import UNet
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +26,4 @@ def fresh_predictor_cache() -> Iterator[None]:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     """A tiny untrained UNet (base_width 4, depth 2) saved as a safe checkpoint."""
-    torch.manual_seed(0)
-    net = UNet(base_width=4, depth=2).eval()
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {"threshold": 0.5}})
-    return path
+    return make_tiny_checkpoint(tmp_path / "model.pt", meta={"threshold": 0.5})
