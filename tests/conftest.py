@@ -22,3 +22,13 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def fresh_predictor_cache():
+    """Each test loads its own model: the per-process predictor cache is emptied before and after."""
+    from wmcore.infer.predictor import clear_predictor_cache
+
+    clear_predictor_cache()
+    yield
+    clear_predictor_cache()

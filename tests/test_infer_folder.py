@@ -14,17 +14,12 @@ import wmcore.infer.folder as folder
 from tests.fixtures import make_tiny_checkpoint
 from wmcore.cli import main
 from wmcore.infer.inputs import discover_inputs, output_paths, safe_name
-from wmcore.infer.predictor import clear_predictor_cache
 from wmcore.infer.results_table import ResultsTable
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_predictor_cache()
-    yield
-    clear_predictor_cache()
+pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
 
 
 @pytest.fixture

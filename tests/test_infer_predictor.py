@@ -10,16 +10,11 @@ import torch
 
 from wmcore.config import load_params
 from wmcore.errors import WmError
-from wmcore.infer.predictor import clear_predictor_cache, get_predictor, resolve_model
+from wmcore.infer.predictor import get_predictor, resolve_model
 from wmcore.model.checkpoint import save_checkpoint
 from wmcore.model.unet import UNet
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_predictor_cache()
-    yield
-    clear_predictor_cache()
+pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
 
 
 def make_checkpoint(path: Path, meta: dict | None = None, seed: int = 0) -> UNet:

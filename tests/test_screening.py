@@ -20,7 +20,6 @@ from wmcore.cli import main
 from wmcore.config import load_params
 from wmcore.errors import WmError
 from wmcore.infer.inputs import discover_inputs
-from wmcore.infer.predictor import clear_predictor_cache
 from wmcore.infer.screening import MANIFEST
 from wmcore.runtime import dask_workers
 from wmcore.runtime.dask_workers import check_scheduler, params_for_this_process, thread_share
@@ -30,11 +29,7 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 N_IMAGES = 8
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_predictor_cache()
-    yield
-    clear_predictor_cache()
+pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
 
 
 @pytest.fixture
