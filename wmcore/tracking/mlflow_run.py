@@ -282,9 +282,16 @@ def step_run(step: str, params: Params, out_dir: str | Path | None = None) -> It
         return
     run_logger = MlflowRunLogger(connection[0], run_id, fallback)
     run_logger.log_params(params.flat())
+    with _ended_with_status(lambda status: _end_step_run(run_id, status)):
+        yield run_logger
+
+
+@contextlib.contextmanager
+def _ended_with_status(end: Callable[[str], None]) -> Iterator[None]:
+    """Run the block, then call `end` with FINISHED, KILLED (Ctrl-C) or FAILED; exceptions propagate."""
     status = "FINISHED"
     try:
-        yield run_logger
+        yield
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -292,7 +299,7 @@ def step_run(step: str, params: Params, out_dir: str | Path | None = None) -> It
         status = "FAILED"
         raise
     finally:
-        _end_step_run(run_id, status)
+        end(status)
 
 
 @contextlib.contextmanager
@@ -313,22 +320,17 @@ def parent_run(params: Params, name: str) -> Iterator[str | None]:
     MlflowRunLogger(client, run_id, step_output_dir("pipeline", params) / FALLBACK_FILE).log_params(params.flat())
     previous = os.environ.get(PARENT_RUN_ENV)
     os.environ[PARENT_RUN_ENV] = run_id
-    status = "FINISHED"
-    try:
-        yield run_id
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
+
+    def end(status: str) -> None:
         if previous is None:
             os.environ.pop(PARENT_RUN_ENV, None)
         else:
             os.environ[PARENT_RUN_ENV] = previous
         with contextlib.suppress(Exception):  # an unreachable store must not mask the flow's own result
             client.set_terminated(run_id, status)
+
+    with _ended_with_status(end):
+        yield run_id
 
 
 # --------------------------------------------------------------------------- model registry
