@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import make_tiny_prepared
+from tests.fixtures import make_tiny_checkpoint, make_tiny_prepared
 
 
 @pytest.fixture
@@ -32,3 +32,9 @@ def fresh_predictor_cache():
     clear_predictor_cache()
     yield
     clear_predictor_cache()
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """A tiny untrained UNet (base_width 4, depth 2) saved as a safe checkpoint, threshold 0.5."""
+    return make_tiny_checkpoint(tmp_path / "model.pt", meta={"threshold": 0.5})

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 import wmcore.infer.folder as folder
-from tests.fixtures import make_tiny_checkpoint
 from wmcore.cli import main
 from wmcore.infer.inputs import discover_inputs, output_paths, safe_name
 from wmcore.infer.results_table import ResultsTable
@@ -20,11 +19,6 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
-
-
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    return make_tiny_checkpoint(tmp_path / "m.pt", meta={"threshold": 0.5})
 
 
 @pytest.fixture

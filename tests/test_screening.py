@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from flows.screening import run_screening, screening, screening_for
-from tests.fixtures import make_tiny_checkpoint
 from wmcore.cli import main
 from wmcore.config import load_params
 from wmcore.errors import WmError
@@ -30,11 +29,6 @@ N_IMAGES = 8
 
 
 pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
-
-
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    return make_tiny_checkpoint(tmp_path / "m.pt", meta={"threshold": 0.5})
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ inputs in tests/reliability/generated.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures import make_tiny_checkpoint
 from wmcore.infer.predictor import clear_predictor_cache
 
 
@@ -23,7 +21,3 @@ def fresh_predictor_cache() -> Iterator[None]:
     clear_predictor_cache()
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    """A tiny untrained UNet (base_width 4, depth 2) saved as a safe checkpoint."""
-    return make_tiny_checkpoint(tmp_path / "model.pt", meta={"threshold": 0.5})
