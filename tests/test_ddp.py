@@ -200,15 +200,16 @@ def test_convert_batchnorm_keeps_parameters_state_keys_and_eval_outputs():
 
 
 @pytest.mark.parametrize(
-    ("cores", "local_world", "requested", "expected"),
-    [(2, 1, 0, 2), (2, 2, 0, 1), (16, 4, 0, 4), (3, 2, 0, 1), (1, 4, 0, 1), (16, 4, 3, 3)],
-)
-def test_threads_per_rank_split_the_free_cores(monkeypatch, cores, local_world, requested, expected):
+    ("cores", "local_world", "requested", "workers", "expected"),
+    [(2, 1, 0, 0, 2), (2, 2, 0, 0, 1), (16, 4, 0, 0, 4), (3, 2, 0, 0, 1), (1, 4, 0, 0, 1), (16, 4, 3, 0, 3),
+     (16, 1, 0, 12, 4), (16, 2, 0, 6, 2), (2, 1, 0, 2, 1), (16, 1, 5, 12, 5)],  # loader workers take cores too
+)  # fmt: skip
+def test_threads_per_rank_split_the_free_cores(monkeypatch, cores, local_world, requested, workers, expected):
     monkeypatch.setattr(ddp, "available_cores", lambda: cores)
     monkeypatch.setattr("wmcore.runtime.device.available_cores", lambda: cores)
     before = torch.get_num_threads()
     try:
-        assert ddp.threads_per_rank(requested, ddp.RankInfo(0, 0, local_world, local_world)) == expected
+        assert ddp.threads_per_rank(requested, ddp.RankInfo(0, 0, local_world, local_world), workers) == expected
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wmcore.config import ConfigError, ProgressiveStage, SchedulerParams, validate
-from wmcore.train.schedule import LRSchedule, RunProgress, Stage, lr_factor, stage_for_epoch
+from wmcore.train.schedule import LRSchedule, RunProgress, Stage, lr_factor, stage_epoch, stage_for_epoch
 
 
 @pytest.mark.parametrize("kind", ["cosine", "onecycle", "constant"])
@@ -79,3 +79,28 @@ def test_stages_must_be_in_order():
     bad = [{"until_epoch": 5, "crop": 64, "batch_size": 2}, {"until_epoch": 5, "crop": 96, "batch_size": 2}]
     with pytest.raises(ConfigError, match="until_epoch must increase"):
         validate({"train": {"progressive": bad}})
+
+
+@pytest.mark.parametrize(
+    ("epoch", "progress", "epochs", "expected"),
+    [
+        (3, 0.0, 12, 3),  # no time budget: the epoch itself
+        (2, 0.5, 12, 7),  # half the budget spent after 2 epochs: the stage planned for epoch 7
+        (9, 0.5, 12, 9),  # never back to an earlier stage
+        (4, 0.99, 12, 12),
+        (4, 1.7, 12, 12),  # over budget: capped at the last planned epoch
+    ],
+)
+def test_stage_epoch_follows_time_progress(epoch: int, progress: float, epochs: int, expected: int) -> None:
+    assert stage_epoch(epoch, progress, epochs) == expected
+
+
+def test_budgeted_run_reaches_the_last_progressive_stage() -> None:
+    stages = [
+        ProgressiveStage(until_epoch=10, crop=128, batch_size=8),
+        ProgressiveStage(until_epoch=61, crop=384, batch_size=2),
+    ]
+    default = Stage(256, 4)
+    # a 60-epoch plan cut by its time budget after epoch 5, 60% of the budget spent
+    assert stage_for_epoch(5, stages, default) == Stage(128, 8)
+    assert stage_for_epoch(stage_epoch(5, 0.6, 60), stages, default) == Stage(384, 2)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from filelock import FileLock
 from PIL import Image
 
 from wmcore.runtime.atomic import atomic_open, write_json
+from wmcore.runtime.device import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +122,27 @@ class MmapSource:
             write_json(self.index_path, {"format": CACHE_FORMAT, "samples": index})
 
     def _write_data(self) -> list[dict[str, Any]]:
+        """Decode on every free core (PIL releases the GIL while decoding), write in sample order.
+
+        Chunks of a few samples per thread bound the decoded images held at once; serially, the
+        8,000 images of the full profile took minutes before the first training step.
+        """
         index, offset = [], 0
-        with atomic_open(self.data_path, "wb") as fh:
-            for sample in self.samples:
-                try:
-                    image, mask = decode_pair(sample)
-                except SampleDecodeError as exc:
-                    log.warning("skipping sample: %s", exc)
-                    index.append({"id": sample.id, "ok": False})
-                    continue
-                fh.write(np.ascontiguousarray(image).tobytes())
-                fh.write(np.ascontiguousarray(mask).tobytes())
-                h, w = mask.shape
-                index.append({"id": sample.id, "ok": True, "offset": offset, "height": h, "width": w})
-                offset += h * w * 4
+        threads = available_cores()
+        with atomic_open(self.data_path, "wb") as fh, ThreadPoolExecutor(threads) as pool:
+            for start in range(0, len(self.samples), 4 * threads):
+                chunk = self.samples[start : start + 4 * threads]
+                for sample, decoded in zip(chunk, pool.map(_decode_or_error, chunk), strict=True):
+                    if isinstance(decoded, SampleDecodeError):
+                        log.warning("skipping sample: %s", decoded)
+                        index.append({"id": sample.id, "ok": False})
+                        continue
+                    image, mask = decoded
+                    fh.write(np.ascontiguousarray(image).tobytes())
+                    fh.write(np.ascontiguousarray(mask).tobytes())
+                    h, w = mask.shape
+                    index.append({"id": sample.id, "ok": True, "offset": offset, "height": h, "width": w})
+                    offset += h * w * 4
         return index
 
     def _open(self) -> None:
@@ -154,6 +163,13 @@ class MmapSource:
         image = self._data[start : start + h * w * 3].reshape(h, w, 3)
         mask = self._data[start + h * w * 3 : start + h * w * 4].reshape(h, w)
         return image, mask
+
+
+def _decode_or_error(sample: SampleFiles) -> tuple[np.ndarray, np.ndarray] | SampleDecodeError:
+    try:
+        return decode_pair(sample)
+    except SampleDecodeError as exc:
+        return exc
 
 
 def cache_key(manifest_bytes: bytes, split: str, samples: list[SampleFiles]) -> str:

@@ -144,13 +144,14 @@ def rank_device(device: torch.device, ranks: RankInfo) -> torch.device:
     return device
 
 
-def threads_per_rank(requested: int, ranks: RankInfo) -> int:
+def threads_per_rank(requested: int, ranks: RankInfo, loader_workers: int = 0) -> int:
     """Torch threads of this process: `requested` (base.threads > 0), else the free cores split
-    evenly between the processes on this machine (2 cores, 2 ranks -> 1 thread each): threads
-    that outnumber the cores make every rank wait for the slowest (measured up to 25x)."""
+    evenly between the processes on this machine (2 cores, 2 ranks -> 1 thread each), less this
+    rank's DataLoader worker processes (at least 1 thread): threads that outnumber the cores make
+    every rank wait for the slowest (measured up to 25x)."""
     cores = available_cores()
     share = max(1, cores // ranks.local_world_size)
-    return configure_threads(requested, reserved=cores - share)
+    return configure_threads(requested, reserved=cores - max(1, share - loader_workers))
 
 
 # --------------------------------------------------------------------------- BatchNorm over all ranks

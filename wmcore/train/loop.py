@@ -64,7 +64,7 @@ from wmcore.train.distributed import (
 )
 from wmcore.train.monitor import StepMonitor
 from wmcore.train.oom_backoff import MicroBatchBackoff
-from wmcore.train.schedule import LRSchedule, RunProgress, Stage
+from wmcore.train.schedule import LRSchedule, RunProgress, Stage, stage_epoch
 from wmcore.train.setup import (
     Switches,
     build_data,
@@ -112,6 +112,7 @@ class Run:
     val_batches: DataLoader
     loader: DataLoader | None = None
     stage: Stage | None = None
+    stage_epoch: int = 1  # the planned epoch whose progressive stage the current epoch uses
     compiled_ok: dict[str, bool] = field(default_factory=lambda: {"train": False, "eval": False})
     nonfinite_in_row: int = 0
     oom: MicroBatchBackoff = field(default_factory=MicroBatchBackoff)  # finer micro-batches after out of memory
@@ -156,7 +157,9 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
         device = rank_device(resolve_device(params.base.device), ranks)
     except RuntimeError as exc:
         raise WmError(str(exc)) from None
-    threads_per_rank(params.base.threads, ranks)
+    threads_per_rank(params.base.threads, ranks, params.loader.workers)
+    if device.type == "cuda":  # crops are fixed per stage: the per-shape search pays off after a few steps
+        torch.backends.cudnn.benchmark = params.base.cudnn_benchmark
     seed_everything(params.base.seed)
     rank, world_size = ranks.rank, ranks.world_size
     switches = resolve_switches(params, device)
@@ -219,7 +222,8 @@ def on_epoch_start(run: Run, epoch: int) -> None:
     The loader is rebuilt rather than updated because persistent workers hold their own copy of
     the dataset and would never see the new crop.
     """
-    wanted = stage_of(run.params, run.switches, epoch)
+    run.stage_epoch = stage_epoch(epoch, run.progress.time_fraction(), run.params.train.epochs)
+    wanted = stage_of(run.params, run.switches, run.stage_epoch)
     stage = fit_stage(wanted, run.switches.grad_accum, -(-len(run.train_set) // run.world_size))
     if stage != run.stage or run.loader is None:
         if run.is_main and stage != wanted:
@@ -252,7 +256,8 @@ def on_epoch_start(run: Run, epoch: int) -> None:
 
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """Optimizer steps over one epoch; returns {"train_loss", "seconds", "out_of_time", "lr"}."""
-    accum, total = run.switches.grad_accum, steps_in_epoch(run.params, run.switches, len(run.train_set), epoch)
+    accum = run.switches.grad_accum
+    total = steps_in_epoch(run.params, run.switches, len(run.train_set), run.stage_epoch)
     bar = tqdm(
         total=total,
         desc=f"epoch {epoch}/{run.params.train.epochs} crop {run.stage.crop}",

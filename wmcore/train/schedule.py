@@ -107,6 +107,17 @@ class Stage:
     batch_size: int
 
 
+def stage_epoch(epoch: int, progress: float, epochs: int) -> int:
+    """The epoch whose progressive stage `epoch` uses: `epoch`, or later when the run is further on.
+
+    Stages are planned in epochs (`until_epoch`). With a time budget a run may end after a few
+    of its planned epochs; mapping its progress p in [0, 1] onto the plan (epoch 1 + floor(p x
+    epochs)) walks it through every stage in proportion, so a budgeted run still ends on the
+    large crops. Without a budget p = steps done / steps planned, which gives `epoch` back.
+    """
+    return min(epochs, max(epoch, 1 + int(progress * epochs)))
+
+
 def stage_for_epoch(epoch: int, stages: list[ProgressiveStage], default: Stage) -> Stage:
     """The progressive stage of 1-based `epoch`: the first with epoch < until_epoch, else the last.
 
