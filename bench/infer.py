@@ -9,6 +9,7 @@ process) on the same decoded images, and uses the same code path
     torch           channels_last, tiled, adaptive batches of images/tiles
     onnx            ONNX Runtime fp32 (export cached per checkpoint)
     onnx_int8       ONNX Runtime static int8 (QDQ, per-channel), calibrated on the test/val images
+    torch_tta_flip  torch with predict.tta_flip: every tile also run mirrored and averaged
 
 Quality: pixel F1 against ground truth when --test-split DIR (with images/ and
 masks/) is given, else F1 of each configuration's mask against the naive mask
@@ -46,6 +47,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "torch": {"backend": "torch"},
     "onnx": {"backend": "onnx"},
     "onnx_int8": {"backend": "onnx-int8"},
+    "torch_tta_flip": {"backend": "torch", "predict.tta_flip": True},  # cost of flip TTA (2 passes per tile)
 }  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate.plots import pick_overlay_rows, plot_training_curves
 from wmcore.evaluate.run import run_evaluation
 from wmcore.evaluate.samples import load_split
+from wmcore.infer.working_scale import FUSION_RULES
 from wmcore.model import UNet
 from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
 
@@ -74,7 +75,17 @@ def test_random_model_writes_every_report(setup: Params, with_history: bool) -> 
     for split, n in (("val", 4), ("test", 4)):
         m = metrics[split]
         assert m["n_images"] == n and m["n_skipped"] == 0 and m["n_clean"] == 1  # every third sample is clean
-        for key in ("f1", "precision", "recall", "iou", "mean_image_f1", "mean_image_iou", "auroc", "ap", "clean_fp_area"):
+        for key in (
+            "f1",
+            "precision",
+            "recall",
+            "iou",
+            "mean_image_f1",
+            "mean_image_iou",
+            "auroc",
+            "ap",
+            "clean_fp_area",
+        ):
             assert 0.0 <= m[key] <= 1.0, (split, key)
         assert 0.0 < m["threshold"] < 1.0
         assert m["clean_scene_text_fp_area"] is None  # the fixture draws no scene text
@@ -116,6 +127,8 @@ def _oracle(prepared: Path, low: float, high: float) -> evaluate_run.Probability
 def test_oracle_scores_perfectly_with_known_thresholds(setup: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     oracle = _oracle(Path(setup.paths.prepared), low=0.05, high=0.95)
     monkeypatch.setattr(evaluate_run, "build_probability_fn", lambda *args: oracle)
+    every_rule = lambda images: [dict.fromkeys(FUSION_RULES, p) for p in oracle(images)]  # noqa: E731
+    monkeypatch.setattr(evaluate_run, "build_rule_maps_fn", lambda *args: every_rule)
     metrics = run_evaluation(setup)
     test = metrics["test"]
     for key in ("f1", "precision", "recall", "iou", "mean_image_f1", "mean_image_iou", "auroc", "ap"):
@@ -175,7 +188,11 @@ def test_overlay_rows_worst_first(n: int, expected: list[int]) -> None:
 
 @pytest.mark.parametrize(
     ("history", "drawn"),
-    [(HISTORY, True), ({"epochs": [], "steps": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}, True), ({}, False)],
+    [
+        (HISTORY, True),
+        ({"epochs": [], "steps": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}, True),
+        ({}, False),
+    ],
     ids=["epochs", "steps-only", "empty"],
 )
 def test_training_curves_drawn_only_with_data(tmp_path: Path, history: dict, drawn: bool) -> None:

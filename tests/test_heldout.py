@@ -25,6 +25,7 @@ from wmcore.data.render import STYLES
 from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate import samples as evaluate_samples
 from wmcore.evaluate.run import run_evaluation
+from wmcore.infer.working_scale import FUSION_RULES
 from wmcore.model import UNet
 from wmcore.model.checkpoint import save_checkpoint
 
@@ -33,8 +34,17 @@ FACES = {f.name: f for f in available_faces()}
 
 def prepare_params(root: Path, **prepare) -> Params:
     """A fast run with a held-out split: 24/4/4 + 8 held-out samples of 64..96 px."""
-    group = {"n_train": 24, "n_val": 4, "n_test": 4, "n_test_heldout": 8, "min_side": 64, "max_side": 96,
-             "heldout_style_share": 0.2, "background_sources": ["skimage", "procedural"], **prepare}
+    group = {
+        "n_train": 24,
+        "n_val": 4,
+        "n_test": 4,
+        "n_test_heldout": 8,
+        "min_side": 64,
+        "max_side": 96,
+        "heldout_style_share": 0.2,
+        "background_sources": ["skimage", "procedural"],
+        **prepare,
+    }
     return validate({"base": {"threads": 1}, "paths": {"prepared": str(root / "prepared")}, "prepare": group})
 
 
@@ -65,7 +75,9 @@ def mark_styles(row: dict) -> set[str]:
 
 def _background_held(row: dict, held: dict) -> bool:
     source = row["source"]
-    return source in held["photos"] or (source.startswith("procedural:") and source.split(":", 1)[1] in held["procedural"])
+    return source in held["photos"] or (
+        source.startswith("procedural:") and source.split(":", 1)[1] in held["procedural"]
+    )
 
 
 # --------------------------------------------------------------------------- prepare
@@ -149,7 +161,9 @@ def test_no_heldout_split_without_share_or_size(tmp_path, share, n_heldout):
 # --------------------------------------------------------------------------- the plan
 
 
-@pytest.mark.parametrize(("n", "share", "expected"), [(10, 0.2, 2), (10, 0.01, 1), (10, 1.0, 9), (7, 0.2, 1), (1, 0.5, 0)])
+@pytest.mark.parametrize(
+    ("n", "share", "expected"), [(10, 0.2, 2), (10, 0.01, 1), (10, 1.0, 9), (7, 0.2, 1), (1, 0.5, 0)]
+)
 def test_hold_out_takes_a_share_but_always_leaves_one(n, share, expected):
     names = [f"n{i}" for i in range(n)]
     held = hold_out(np.random.default_rng(0), names, share)
@@ -192,7 +206,11 @@ def test_plans_differ_between_seeds(catalog):
 @pytest.mark.parametrize(
     ("prefer", "script", "expected"),
     [
-        (False, "latin", [n for n, f in FACES.items() if "latin" in f.scripts and n not in ("dejavu-sans", "noto-cjk-kr")]),
+        (
+            False,
+            "latin",
+            [n for n, f in FACES.items() if "latin" in f.scripts and n not in ("dejavu-sans", "noto-cjk-kr")],
+        ),
         (True, "latin", ["dejavu-sans", "noto-cjk-kr"]),
         (True, "kr", ["noto-cjk-kr"]),
         (True, "sc", ["noto-cjk-sc"]),  # no held-out face draws sc: the seen one does
@@ -245,11 +263,18 @@ class RecordingLogger:
 
 
 def eval_params(root: Path, prepared: Path) -> Params:
-    return validate({
-        "base": {"threads": 1, "device": "cpu"},
-        "paths": {"prepared": str(prepared), "train_dir": str(root / "train"), "evaluate_dir": str(root / "evaluate")},
-        "evaluate": {"n_overlay": 2}, "tracking": {"enabled": False},
-    })
+    return validate(
+        {
+            "base": {"threads": 1, "device": "cpu"},
+            "paths": {
+                "prepared": str(prepared),
+                "train_dir": str(root / "train"),
+                "evaluate_dir": str(root / "evaluate"),
+            },
+            "evaluate": {"n_overlay": 2},
+            "tracking": {"enabled": False},
+        }
+    )
 
 
 def write_random_checkpoint(path: Path) -> None:
@@ -294,14 +319,22 @@ def test_evaluation_reports_heldout_and_separate_fp_areas(tmp_path, monkeypatch)
     kinds = {"test": {"0002": "page"}, HELDOUT_SPLIT: {"0005": "procedural"}}
     prepared = with_kinds_and_heldout(tmp_path, kinds)
     write_random_checkpoint(tmp_path / "train" / "best.pt")
-    monkeypatch.setattr(evaluate_run, "build_probability_fn", lambda *args: _page_blind_oracle(prepared))
+    oracle = _page_blind_oracle(prepared)
+    monkeypatch.setattr(evaluate_run, "build_probability_fn", lambda *args: oracle)
+    every_rule = lambda images: [dict.fromkeys(FUSION_RULES, p) for p in oracle(images)]  # noqa: E731
+    monkeypatch.setattr(evaluate_run, "build_rule_maps_fn", lambda *args: every_rule)
     logger = RecordingLogger()
     metrics = run_evaluation(eval_params(tmp_path, prepared), run_logger=logger)
     test, heldout = metrics["test"], metrics[HELDOUT_SPLIT]
     assert set(heldout) == set(test) and heldout["n_images"] == 6 and heldout["n_clean"] == 2
     assert heldout["threshold"] == test["threshold"] == metrics["val"]["threshold"]  # chosen on val
     assert (test["clean_page_fp_area"], test["clean_photo_fp_area"], test["clean_fp_area"]) == (1.0, 0.0, 0.5)
-    assert (test["n_clean_page"], test["n_clean_photo"], heldout["n_clean_page"], heldout["n_clean_photo"]) == (1, 1, 0, 1)
+    assert (test["n_clean_page"], test["n_clean_photo"], heldout["n_clean_page"], heldout["n_clean_photo"]) == (
+        1,
+        1,
+        0,
+        1,
+    )
     assert (heldout["clean_page_fp_area"], heldout["clean_photo_fp_area"], heldout["clean_fp_area"]) == (None, 0.0, 0.0)
     assert heldout["f1"] == heldout["recall"] == 1.0 and test["recall"] == 1.0 and test["precision"] < 1.0
     assert logger.metrics["test_heldout_f1"] == 1.0 and logger.metrics["test_clean_page_fp_area"] == 1.0
@@ -313,7 +346,7 @@ def test_without_a_heldout_split_there_is_no_heldout_block(tmp_path, tiny_prepar
     write_random_checkpoint(tmp_path / "train" / "best.pt")
     logger = RecordingLogger()
     metrics = run_evaluation(eval_params(tmp_path, tiny_prepared), run_logger=logger)
-    assert set(metrics) == {"val", "test", "backend"}
+    assert set(metrics) == {"val", "test", "backend", "fusion"}
     assert not any(k.startswith(HELDOUT_SPLIT) for k in logger.metrics)
     # the fixture's manifest has no background_kind: only the all-clean area is defined
     assert metrics["test"]["clean_fp_area"] is not None and metrics["test"]["clean_page_fp_area"] is None

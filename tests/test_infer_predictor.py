@@ -30,9 +30,17 @@ def make_checkpoint(path: Path, meta: dict | None = None, seed: int = 0) -> UNet
 
 
 def params_for(tmp_path: Path, **extra):
-    overrides = {"paths.cache_dir": str(tmp_path / "cache"), "paths.train_dir": str(tmp_path / "train"),
-                 "paths.evaluate_dir": str(tmp_path / "eval"), "paths.prepared": str(tmp_path / "prepared"),
-                 "predict.tile_size": 64, "predict.tile_overlap": 16, "base.threads": 1, **extra}  # fmt: skip
+    overrides = {
+        "paths.cache_dir": str(tmp_path / "cache"),
+        "paths.train_dir": str(tmp_path / "train"),
+        "paths.evaluate_dir": str(tmp_path / "eval"),
+        "paths.prepared": str(tmp_path / "prepared"),
+        "predict.tile_size": 64,
+        "predict.tile_overlap": 16,
+        "base.threads": 1,
+        "paths.pretrained": None,
+        **extra,
+    }  # fmt: skip  (the shipped model: tests/test_pretrained.py)
     return load_params(overrides=overrides)
 
 

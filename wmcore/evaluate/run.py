@@ -4,7 +4,12 @@ One pass over each split keeps, per image, a histogram of its probabilities spli
 (`threshold_histograms`, `evaluate.threshold_grid` bins) and its has-watermark score. That
 is a few hundred bytes per image, yet gives exact pixel counts at every grid threshold, so:
 
-1. val: the pixel threshold maximising pixel F1 and the image-score threshold maximising
+1. val: each image is run through the native path and, when it is larger than
+   `predict.global_side`, its global view, so every fusion rule is scored from the same two
+   maps; the rule with the best pixel F1 is chosen (wmcore.evaluate.fusion; ties, within
+   `evaluate.fusion_min_gain`, keep max).
+   With the rule `wm predict` will apply (`predict.fusion`, "auto" = the chosen one), the pixel
+   threshold maximising pixel F1 and the image-score threshold maximising
    `evaluate.image_objective` are chosen;
 2. test, and test_heldout when `wm prepare` made it (fonts, phrase kinds, styles and backgrounds
    training never saw): both thresholds are applied unchanged; micro and per-image pixel metrics,
@@ -12,9 +17,10 @@ is a few hundred bytes per image, yet gives exact pixel counts at every grid thr
    histograms. The false-positive area is reported over all clean images, clean text pages
    (manifest background_kind "page"), clean photos and clean images with scene text separately.
 
-Outputs in `paths.evaluate_dir` (all atomic): metrics.json, pr_curve.json, pr_curve.png,
-training_curves.png (when history.json exists), overlays.png and model.pt, the deployable
-weights with the calibrated thresholds in `meta` (read by `wm predict`).
+Outputs in `paths.evaluate_dir` (all atomic): metrics.json (per-rule val F1 under "fusion"),
+pr_curve.json, pr_curve.png, training_curves.png (when history.json exists), overlays.png and
+model.pt, the deployable weights with the calibrated thresholds and fusion rule in `meta`
+(read by `wm predict`).
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from tqdm import tqdm
 
 from wmcore.config import Params
 from wmcore.errors import WmError
+from wmcore.evaluate.fusion import FusionChoice, choose_rule, rule_maps
 from wmcore.evaluate.plots import OverlayRow, pick_overlay_rows, plot_overlays, plot_pr_curves, plot_training_curves
 from wmcore.evaluate.samples import HELDOUT_SPLIT, EvalSample, SampleError, load_split, read_sample
+from wmcore.infer.working_scale import FUSION_RULES, resolve_rule
 from wmcore.metrics import (
     average_precision,
     best_image_threshold,
@@ -58,20 +66,32 @@ log = logging.getLogger(__name__)
 
 # list of (H, W, 3) uint8 RGB images -> list of (H, W) float32 watermark probabilities
 ProbabilityFn = Callable[[list[np.ndarray]], list[np.ndarray]]
+# list of (H, W, 3) uint8 RGB images -> per image {name: (H, W) float32 probabilities}
+MapsFn = Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
 
 
 # --------------------------------------------------------------------------- probabilities
 
 
-def build_probability_fn(params: Params, checkpoint: Path, backend: str) -> ProbabilityFn:
+def build_probability_fn(params: Params, checkpoint: Path, backend: str, fusion: str | None = None) -> ProbabilityFn:
     """The one place evaluation gets probabilities: the inference engine's predictor.
 
-    Evaluation thereby measures exactly what `wm predict` runs: the same tiling for large images,
+    Evaluation thereby measures exactly what `wm predict` runs: the same global view and tiling
+    for large images (fused by `fusion`, a rule of FUSION_RULES; None = the predictor's own),
     batching and backend (torch, onnx, onnx-int8).
     """
     from wmcore.infer.predictor import get_predictor
 
-    return get_predictor(str(checkpoint), params, backend=backend).predict
+    predictor = get_predictor(str(checkpoint), params, backend=backend)
+    return lambda images: predictor.predict(images, fusion)
+
+
+def build_rule_maps_fn(params: Params, checkpoint: Path, backend: str) -> MapsFn:
+    """Per image, the probability map of every fusion rule, from one native and one global pass."""
+    from wmcore.infer.predictor import get_predictor
+
+    predictor = get_predictor(str(checkpoint), params, backend=backend)
+    return lambda images: [rule_maps(native, wide) for native, wide in predictor.predict_paths(images)]
 
 
 # --------------------------------------------------------------------------- one pass over a split
@@ -87,6 +107,7 @@ class SplitScores:
     has_watermark: list[bool] = field(default_factory=list)
     thumbnails: list[np.ndarray] = field(default_factory=list)  # (h, w) uint8 probabilities x 255, if kept
     skipped: list[str] = field(default_factory=list)  # "<id>: reason"
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (H, W) of each scored image, px
 
     def stacked_hists(self, bins: int) -> torch.Tensor:
         """(N, 2, bins) histograms ((0, 2, bins) for an empty split)."""
@@ -125,30 +146,91 @@ def thumbnail(probs: np.ndarray, side: int) -> np.ndarray:
 
 
 def score_split(
-    samples: list[EvalSample], predict: ProbabilityFn, bins: int, batch_size: int, crop: int, thumb_side: int = 0, name: str = ""
+    samples: list[EvalSample],
+    predict: ProbabilityFn,
+    bins: int,
+    batch_size: int,
+    crop: int,
+    thumb_side: int = 0,
+    name: str = "",
 ) -> SplitScores:
     """Predict every sample once and keep its histogram, image score and (if thumb_side) thumbnail."""
-    result = SplitScores()
+
+    def maps(images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [{"probs": probs} for probs in predict(images)]
+
+    return score_maps(samples, maps, ("probs",), bins, batch_size, crop, thumb_side, name)["probs"]
+
+
+def score_maps(
+    samples: list[EvalSample],
+    maps: MapsFn,
+    names: tuple[str, ...],
+    bins: int,
+    batch_size: int,
+    crop: int,
+    thumb_side: int = 0,
+    name: str = "",
+) -> dict[str, SplitScores]:
+    """Like score_split for several maps per image (e.g. one per fusion rule): {map name: its scores}.
+
+    `maps` must return a map for every name in `names`; every SplitScores holds the same samples.
+    """
+    results = {n: SplitScores() for n in names}
+    first = results[names[0]]  # collects the skipped samples (the same for every map)
     with tqdm(total=len(samples), desc=f"evaluate {name}".strip(), unit="img", mininterval=1.0) as bar:
-        for batch in _readable_batches(samples, crop, batch_size, result):
-            probabilities = predict([image for _, image, _ in batch])
-            for (sample, _, truth), probs in zip(batch, probabilities, strict=True):
-                if probs.shape != truth.shape:
-                    raise WmError(f"predictor returned {probs.shape} probabilities for {sample.id} of {truth.shape} px")
-                result.samples.append(sample)
-                result.hists.append(threshold_histograms(torch.from_numpy(probs), torch.from_numpy(truth), bins))
-                result.scores.append(image_score(probs))
+        for batch in _readable_batches(samples, crop, batch_size, first):
+            for (sample, _, truth), by_name in zip(batch, maps([image for _, image, _ in batch]), strict=True):
                 # A crop can cut the mark out, so the cropped mask decides; otherwise the manifest does.
                 label = sample.has_watermark if crop == 0 and sample.has_watermark is not None else bool(truth.any())
-                result.has_watermark.append(label)
-                if thumb_side:
-                    result.thumbnails.append(thumbnail(probs, thumb_side))
+                for n in names:
+                    _add_image(results[n], sample, truth, by_name[n], label, bins, thumb_side)
             bar.update(len(batch))
         bar.update(len(samples) - bar.n)
-    return result
+    for result in results.values():
+        result.skipped = first.skipped
+    return results
+
+
+def _add_image(
+    result: SplitScores,
+    sample: EvalSample,
+    truth: np.ndarray,
+    probs: np.ndarray,
+    label: bool,
+    bins: int,
+    thumb_side: int,
+) -> None:
+    """Append one image's histogram, score, label, size and (if thumb_side) thumbnail to `result`."""
+    if probs.shape != truth.shape:
+        raise WmError(f"predictor returned {probs.shape} probabilities for {sample.id} of {truth.shape} px")
+    result.samples.append(sample)
+    result.hists.append(threshold_histograms(torch.from_numpy(probs), torch.from_numpy(truth), bins))
+    result.scores.append(image_score(probs))
+    result.has_watermark.append(label)
+    result.sizes.append(truth.shape)
+    if thumb_side:
+        result.thumbnails.append(thumbnail(probs, thumb_side))
 
 
 # --------------------------------------------------------------------------- calibration and metrics
+
+
+def calibrate_fusion(val_by_rule: dict[str, SplitScores], params: Params) -> tuple[FusionChoice, str]:
+    """(calibrated fusion choice, rule `wm predict` applies with these params) from the val scores per rule.
+
+    The applied rule is predict.fusion unless that is "auto" (then the chosen one); with
+    predict.global_side 0 it is "tiles". The choice is logged with its reason.
+    """
+    bins, global_side = params.evaluate.threshold_grid, params.predict.global_side
+    any_split = next(iter(val_by_rule.values()))
+    n_larger = sum(max(size) > global_side for size in any_split.sizes) if global_side else 0
+    totals = {rule: split.stacked_hists(bins).sum(0) for rule, split in val_by_rule.items()}
+    choice = choose_rule(totals, len(any_split.samples), n_larger, global_side, params.evaluate.fusion_min_gain)
+    applied = resolve_rule(params.predict.fusion, choice.rule, global_side)
+    f1 = ", ".join(f"{r} {'-' if v is None else format(v, '.4f')}" for r, v in choice.f1.items())
+    log.info("fusion rule %s (%s); val F1 per rule: %s; applied: %s", choice.rule, choice.reason, f1, applied)
+    return choice, applied
 
 
 def calibrate(val: SplitScores, params: Params) -> tuple[float, float]:
@@ -201,7 +283,9 @@ def split_metrics(split: SplitScores, threshold: float, image_threshold: float, 
     }
     metrics = {k: _number(v) for k, v in raw.items()}
     metrics.update(
-        n_images=len(counts), n_clean=int((~has_watermark).sum()), n_skipped=len(split.skipped),
+        n_images=len(counts),
+        n_clean=int((~has_watermark).sum()),
+        n_skipped=len(split.skipped),
         # how many images each clean false-positive area rests on (clean pages are rare: ~2% of samples)
         n_clean_page=int((~has_watermark & split.background_is("page")).sum()),
         n_clean_photo=int((~has_watermark & split.background_is("photo")).sum()),
@@ -241,7 +325,9 @@ def overlay_rows(test: SplitScores, threshold: float, n: int, crop: int, bins: i
             continue
         size = (probs.shape[1], probs.shape[0])
         title = f"{test.samples[i].id}  F1 {f1[i]:.2f}  score {test.scores[i]:.2f}"
-        rows.append(OverlayRow(_resize(image, size), _resize(truth, size, nearest=True), probs / 255.0, threshold, title))
+        rows.append(
+            OverlayRow(_resize(image, size), _resize(truth, size, nearest=True), probs / 255.0, threshold, title)
+        )
     return rows
 
 
@@ -282,7 +368,7 @@ def write_reports(out_dir: Path, metrics: dict[str, Any], scored: dict[str, Spli
 
 
 def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str) -> Path:
-    """Write the deployable weights: {model, model_args, meta} with the calibrated thresholds.
+    """Write the deployable weights: {model, model_args, meta} with the calibrated thresholds and fusion rule.
 
     Only plain values go into `meta`, so the file loads with torch.load(weights_only=True).
     """
@@ -291,6 +377,8 @@ def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str
     meta = {
         "threshold": test["threshold"],
         "image_threshold": test["image_threshold"],
+        "fusion": metrics["fusion"]["rule"],  # read by predict.fusion "auto"
+        "fusion_global_side": metrics["fusion"]["global_side"],
         "test_f1": test["f1"],
         "test_iou": test["iou"],
         "test_auroc": test["auroc"],
@@ -316,15 +404,29 @@ def log_to_run(run_logger: RunLogger, metrics: dict[str, Any], files: list[Path]
         for key, value in metrics[split].items()
         if isinstance(value, int | float)
     }
+    fusion = metrics.get("fusion", {})
+    flat.update({f"val_fusion_f1_{rule}": float(v) for rule, v in fusion.get("val_f1", {}).items() if v is not None})
     run_logger.log_metrics(flat)
-    run_logger.set_tags({"backend": str(metrics["backend"])})
+    run_logger.set_tags({"backend": str(metrics["backend"]), "fusion": str(fusion.get("rule")),
+                         "fusion_applied": str(fusion.get("applied"))})  # fmt: skip
     for path in files:
         run_logger.log_artifact(path, artifact_path="evaluate")
 
 
 def _summary_table(metrics: dict[str, Any]) -> str:
-    keys = ("f1", "precision", "recall", "iou", "mean_image_f1", "auroc", "ap", "clean_fp_area", "clean_page_fp_area",
-            "clean_photo_fp_area", "n_images")
+    keys = (
+        "f1",
+        "precision",
+        "recall",
+        "iou",
+        "mean_image_f1",
+        "auroc",
+        "ap",
+        "clean_fp_area",
+        "clean_page_fp_area",
+        "clean_photo_fp_area",
+        "n_images",
+    )
     splits = [s for s in ("val", "test", HELDOUT_SPLIT) if s in metrics]
     lines = [f"{'metric':<20}" + "".join(f"{s:>14}" for s in splits)]
     for key in keys:
@@ -342,8 +444,12 @@ def score_heldout(params: Params, predict: ProbabilityFn) -> SplitScores | None:
         return None
     scored = score_split(samples, predict, ev.threshold_grid, ev.batch_size, ev.crop, name=HELDOUT_SPLIT)
     if not scored.samples:
-        log.warning("%s: no readable %s image (%d skipped); not reported", params.paths.prepared, HELDOUT_SPLIT,
-                    len(scored.skipped))
+        log.warning(
+            "%s: no readable %s image (%d skipped); not reported",
+            params.paths.prepared,
+            HELDOUT_SPLIT,
+            len(scored.skipped),
+        )
         return None
     return scored
 
@@ -358,31 +464,31 @@ def run_evaluation(
         backend: "torch", "onnx" or "onnx-int8"; None = evaluate.backend.
         checkpoint: checkpoint file to evaluate; None = <paths.train_dir>/best.pt.
         run_logger: where metrics and report files are logged (MLflow run); None = nowhere.
-    Returns: the metrics.json content {"val": {...}, "test": {...}, "backend": str}, plus
-        "test_heldout": {...} (same keys, thresholds from val) when the prepared dataset has that split.
+    Returns: the metrics.json content {"val": {...}, "test": {...}, "backend": str, "fusion": {...}}
+        (fusion: the calibrated rule, per-rule val F1 and thresholds, the rule applied; see
+        FusionChoice.as_metrics), plus "test_heldout": {...} (same keys, thresholds from val) when
+        the prepared dataset has that split.
     """
     backend = backend or params.evaluate.backend
     source = Path(checkpoint) if checkpoint else Path(params.paths.train_dir) / "best.pt"
     if not source.is_file():
         raise WmError(f"{source}: checkpoint not found; run `wm train` first or pass --model PATH")
     configure_threads(params.base.threads)
-    predict = build_probability_fn(params, source, backend)
-    ev, bins = params.evaluate, params.evaluate.threshold_grid
-    val = score_split(load_split(params.paths.prepared, "val"), predict, bins, ev.batch_size, ev.crop, name="val")
-    if not val.samples:
-        raise WmError(f"{params.paths.prepared}: no readable validation image to calibrate thresholds on")
-    threshold, image_threshold = calibrate(val, params)
-    thumb_side = ev.overlay_side if ev.n_overlay else 0
-    test_samples = load_split(params.paths.prepared, "test")
-    test = score_split(test_samples, predict, bins, ev.batch_size, ev.crop, thumb_side, name="test")
-    if not test.samples:
-        raise WmError(f"{params.paths.prepared}: no readable test image")
-    scored = {"val": val, "test": test}
-    heldout = score_heldout(params, predict)
-    if heldout is not None:
-        scored[HELDOUT_SPLIT] = heldout
-    metrics: dict[str, Any] = {name: split_metrics(s, threshold, image_threshold, bins) for name, s in scored.items()}
-    metrics["backend"] = backend
+    metrics, scored = score_candidate(params, source, backend)
+    pretrained = Path(params.paths.pretrained) if params.paths.pretrained else None
+    if (
+        params.evaluate.compare_pretrained
+        and pretrained
+        and pretrained.is_file()
+        and pretrained.resolve() != source.resolve()
+    ):
+        rival_metrics, rival_scored = score_pretrained(params, pretrained, backend)
+        promotion = promotion_record(metrics, rival_metrics, source, pretrained)
+        if promotion["promoted"] == "pretrained":
+            metrics, scored, source = rival_metrics, rival_scored, pretrained
+        metrics["promotion"] = promotion
+        log.info("promotion: %s (test F1 %s %.4f vs pretrained %.4f)", promotion["promoted"], source.name,
+                 promotion["candidate_test_f1"], promotion["pretrained_test_f1"])  # fmt: skip
     out_dir = Path(params.paths.evaluate_dir)
     files = write_reports(out_dir, metrics, scored, params)
     export_model(source, out_dir / "model.pt", metrics, backend)
@@ -391,12 +497,94 @@ def run_evaluation(
     return metrics
 
 
+def score_candidate(params: Params, source: Path, backend: str) -> tuple[dict[str, Any], dict[str, SplitScores]]:
+    """Calibrate fusion rule and thresholds on val, then score test (and test_heldout) with them.
+
+    Returns (metrics: {"val", "test", ["test_heldout"], "backend", "fusion"}, scored splits).
+    """
+    ev, bins = params.evaluate, params.evaluate.threshold_grid
+    val_samples = load_split(params.paths.prepared, "val")
+    val_maps = build_rule_maps_fn(params, source, backend)
+    val_by_rule = score_maps(val_samples, val_maps, FUSION_RULES, bins, ev.batch_size, ev.crop, name="val")
+    if not val_by_rule[FUSION_RULES[0]].samples:
+        raise WmError(f"{params.paths.prepared}: no readable validation image to calibrate thresholds on")
+    fusion, applied = calibrate_fusion(val_by_rule, params)
+    val = val_by_rule[applied]
+    threshold, image_threshold = calibrate(val, params)
+    predict = build_probability_fn(params, source, backend, applied)
+    scored = {"val": val, **score_test_splits(params, predict)}
+    metrics: dict[str, Any] = {name: split_metrics(s, threshold, image_threshold, bins) for name, s in scored.items()}
+    metrics["backend"] = backend
+    metrics["fusion"] = {**fusion.as_metrics(), "applied": applied}
+    return metrics, scored
+
+
+def score_test_splits(params: Params, predict: ProbabilityFn) -> dict[str, SplitScores]:
+    """test (required) and test_heldout (when prepared) scored with `predict`."""
+    ev = params.evaluate
+    thumb_side = ev.overlay_side if ev.n_overlay else 0
+    test_samples = load_split(params.paths.prepared, "test")
+    test = score_split(test_samples, predict, ev.threshold_grid, ev.batch_size, ev.crop, thumb_side, name="test")
+    if not test.samples:
+        raise WmError(f"{params.paths.prepared}: no readable test image")
+    scored = {"test": test}
+    heldout = score_heldout(params, predict)
+    if heldout is not None:
+        scored[HELDOUT_SPLIT] = heldout
+    return scored
+
+
+def score_pretrained(params: Params, source: Path, backend: str) -> tuple[dict[str, Any], dict[str, SplitScores]]:
+    """The shipped model on test (and test_heldout) with the calibration it ships with (no val pass).
+
+    Its thresholds and fusion rule were chosen on its own, larger validation split; reusing them
+    halves the cost of the comparison that decides which model `make run` promotes.
+    """
+    _, ckpt = load_model(source)
+    meta = ckpt.get("meta") or {}
+    threshold = _stored(meta, "threshold", params.predict.threshold)
+    image_threshold = _stored(meta, "image_threshold", 0.5)
+    rule = resolve_rule(params.predict.fusion, meta.get("fusion"), params.predict.global_side)
+    predict = build_probability_fn(params, source, backend, rule)
+    scored = score_test_splits(params, predict)
+    bins = params.evaluate.threshold_grid
+    metrics: dict[str, Any] = {name: split_metrics(s, threshold, image_threshold, bins) for name, s in scored.items()}
+    metrics["backend"] = backend
+    metrics["fusion"] = {"rule": rule, "applied": rule, "global_side": params.predict.global_side,
+                         "reason": "stored with the pretrained weights (calibrated on their validation split)"}  # fmt: skip
+    return metrics, scored
+
+
+def _stored(meta: dict[str, Any], key: str, default: float) -> float:
+    value = meta.get(key)
+    return float(value) if isinstance(value, int | float) and 0.0 < float(value) < 1.0 else default
+
+
+def promotion_record(
+    candidate: dict[str, Any], pretrained: dict[str, Any], source: Path, pretrained_path: Path
+) -> dict[str, Any]:
+    """Which model `wm evaluate` exports: the candidate only when its test F1 beats the pretrained one's."""
+    cand_f1 = candidate["test"]["f1"] or 0.0
+    pre_f1 = pretrained["test"]["f1"] or 0.0
+    return {
+        "promoted": "candidate" if cand_f1 > pre_f1 else "pretrained",
+        "candidate": str(source),
+        "pretrained": str(pretrained_path),
+        "candidate_test_f1": cand_f1,
+        "pretrained_test_f1": pre_f1,
+        "candidate_test_heldout_f1": candidate.get(HELDOUT_SPLIT, {}).get("f1"),
+        "pretrained_test_heldout_f1": pretrained.get(HELDOUT_SPLIT, {}).get("f1"),
+    }
+
+
 def evaluate_tracked(params: Params, backend: str | None = None, checkpoint: str | None = None) -> dict[str, Any]:
     """`wm evaluate` with tracking: run_evaluation inside an MLflow step run, then register the model.
 
     Same arguments as run_evaluation. The returned metrics gain "champion": True when the new
     registered version took the champion alias (False when it did not, or was not registered).
     """
+    if not params.tracking.enabled:  # off: mlflow is not even imported (nor needed installed)
+        return {**run_evaluation(params, backend=backend, checkpoint=checkpoint), "champion": False}
     from wmcore.tracking.mlflow_run import log_and_register_model, step_run
 
     with step_run("evaluate", params) as run_logger:

@@ -6,10 +6,14 @@ builds the backend (torch, onnx, onnx-int8) and caches the result per process,
 so the CLI, Prefect tasks and Dask workers load a model once.
 
 `Predictor.predict(images)` takes uint8 (H, W, 3) arrays of any sizes and
-returns float32 (H, W) probabilities. Images that fit one tile are batched
+returns float32 (H, W) probabilities. Images larger than `predict.global_side`
+also get a downscaled global view fused with the native pass (see
+wmcore.infer.working_scale; rule `predict.fusion`, "auto" = the calibrated one in
+the model meta). In the native path, images that fit one tile are batched
 together (grouped by shape); larger images are tiled (see wmcore.infer.tiling)
-and their tiles batched. Batch sizes come from one AdaptiveBatchSizer per
-predictor, so the size learnt on one call carries to the next.
+and their tiles batched. `predict.tta_flip` averages every pass with its mirror
+image. Batch sizes come from one AdaptiveBatchSizer per predictor, so the size
+learnt on one call carries to the next.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from wmcore.errors import WmError
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
 from wmcore.infer.sinks import MaskSummary, MaskSummarySink, ProbabilityMapSink
 from wmcore.infer.tiling import StripSink, predict_tiled
+from wmcore.infer.working_scale import (
+    FUSION_RULES,
+    flip_averaged,
+    native_and_global_maps,
+    resolve_rule,
+    run_working_scale,
+)
 from wmcore.runtime.device import configure_threads, resolve_device
 from wmcore.runtime.memory import MemoryMonitor
 
@@ -64,6 +75,7 @@ class Predictor:
         threshold: pixel threshold (calibrated in the checkpoint meta, else params.predict.threshold).
         image_threshold: has-watermark score threshold (calibrated, else 0.5).
         identity: model identity (path + mtime/size + sha, or URI) used for caches.
+        fusion: rule fusing native tiles and the global view (wmcore.infer.working_scale.FUSION_RULES).
     """
 
     def __init__(
@@ -74,10 +86,13 @@ class Predictor:
         image_threshold: float,
         identity: str,
         device: torch.device,
+        fusion: str = "tiles",
     ) -> None:
         self.backend, self.params, self.device = backend, params, device
         self.threshold, self.image_threshold, self.identity = threshold, image_threshold, identity
+        self.fusion = fusion
         pp = params.predict
+        self._run_tiles = flip_averaged(backend.run) if pp.tta_flip else backend.run
         self._monitor = MemoryMonitor(device, pp.memory_threshold)
         cache = BatchSizeCache(Path(params.paths.cache_dir) / "batch_sizes.json")
         key = f"{device}|{identity}|{backend.name}|tile{pp.tile_size}"
@@ -93,11 +108,28 @@ class Predictor:
             return self.backend.estimate_mb(batch, tile, tile) <= pp.memory_threshold * pp.host_memory_budget_mb
         return self._monitor.usage_fraction() < pp.memory_threshold
 
-    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """uint8 (H, W, 3) images of any sizes -> float32 (H, W) probabilities in [0, 1], same order."""
+    def predict(self, images: Sequence[np.ndarray], fusion: str | None = None) -> list[np.ndarray]:
+        """uint8 (H, W, 3) images of any sizes -> float32 (H, W) probabilities in [0, 1], same order.
+
+        fusion: a rule of FUSION_RULES for this call (evaluation scores a calibrated one); None = self.fusion.
+        """
+        if fusion is not None and fusion not in FUSION_RULES:
+            raise WmError(f"fusion rule {fusion!r} unknown; use one of {', '.join(FUSION_RULES)}")
         sinks = [ProbabilityMapSink(*_check_image(im, i)[:2]) for i, im in enumerate(images)]
-        self._run(images, sinks)
+        self._run(images, sinks, fusion)
         return [s.probs for s in sinks]
+
+    def predict_paths(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Native and upsampled global probabilities apart: [(float32 (H, W), float32 (H, W) or None)].
+
+        The global map is None where the image fits predict.global_side (one pass: every rule agrees).
+        """
+        for i, im in enumerate(images):
+            _check_image(im, i)
+        with self._lock:
+            maps = native_and_global_maps(images, self._run_native, self.params.predict.global_side)
+            self.sizer.save()
+        return maps
 
     def predict_masks(self, images: Sequence[np.ndarray], threshold: float | None = None) -> list[MaskSummary]:
         """Like predict, but keeps only uint8 maps, binary masks (>= threshold) and their statistics."""
@@ -110,26 +142,30 @@ class Predictor:
         self._run(images, sinks)
         return [s.finish() for s in sinks]
 
-    def _run(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink]) -> None:
-        tile, overlap = self.params.predict.tile_size, self.params.predict.tile_overlap
+    def _run(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink], fusion: str | None = None) -> None:
+        pp = self.params.predict
         with self._lock:
-            small: dict[tuple[int, int], list[int]] = {}
-            for i, image in enumerate(images):
-                h, w = image.shape[:2]
-                if h <= tile and w <= tile:
-                    small.setdefault((h, w), []).append(i)
-                else:
-                    run, multiple = self.backend.run, self.backend.multiple
-                    predict_tiled(image, tile, overlap, run, self.sizer.run, sinks[i], multiple)
-            for indices in small.values():
-                self._run_whole(images, indices, sinks)
+            run_working_scale(images, sinks, self._run_native, fusion or self.fusion, pp.global_side, pp.tile_size)
             self.sizer.save()
+
+    def _run_native(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink]) -> None:
+        """Native resolution: images that fit one tile batched whole, larger ones tiled (caller holds the lock)."""
+        tile, overlap = self.params.predict.tile_size, self.params.predict.tile_overlap
+        small: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            h, w = image.shape[:2]
+            if h <= tile and w <= tile:
+                small.setdefault((h, w), []).append(i)
+            else:
+                predict_tiled(image, tile, overlap, self._run_tiles, self.sizer.run, sinks[i], self.backend.multiple)
+        for indices in small.values():
+            self._run_whole(images, indices, sinks)
 
     def _run_whole(self, images: Sequence[np.ndarray], indices: list[int], sinks: Sequence[StripSink]) -> None:
         """Images that fit one tile: batched whole (same shape), no blending."""
 
         def run_chunk(chunk: Sequence[int]) -> list[None]:
-            probs = self.backend.run(np.stack([images[i] for i in chunk]))
+            probs = self._run_tiles(np.stack([images[i] for i in chunk]))
             for i, p in zip(chunk, probs, strict=True):
                 sinks[i].consume(0, p)
             return [None] * len(chunk)
@@ -154,14 +190,21 @@ def _check_image(image: Any, index: int) -> tuple[int, int]:
 
 
 def resolve_model(model_ref: str | Path | None, params: Params) -> ResolvedModel:
-    """Find the checkpoint: explicit path or URI, else params.predict.model, else the pipeline's outputs."""
+    """Find the checkpoint: explicit path or URI, else params.predict.model, else a default.
+
+    The default is the pipeline's evaluated model (<evaluate_dir>/model.pt: `wm evaluate` puts
+    the shipped model there when the fresh one does not beat it on test), else the shipped
+    pretrained weights (paths.pretrained), else the last training's <train_dir>/best.pt.
+    """
     ref = model_ref if model_ref is not None else params.predict.model
     if ref is None:
-        candidates = [Path(params.paths.evaluate_dir) / "model.pt", Path(params.paths.train_dir) / "best.pt"]
+        paths = params.paths
+        shipped = [Path(paths.pretrained)] if paths.pretrained else []
+        candidates = [Path(paths.evaluate_dir) / "model.pt", *shipped, Path(paths.train_dir) / "best.pt"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise WmError(
-                f"no model found: looked for {candidates[0]} and {candidates[1]}; "
+                f"no model found: looked for {', '.join(map(str, candidates))}; "
                 "train one with `wm train` or pass --model PATH|models:/NAME@ALIAS"
             )
         return _local_model(found)
@@ -275,12 +318,13 @@ def _build(
 ) -> Predictor:
     from wmcore.model.checkpoint import load_model
 
-    threads = configure_threads(params.base.threads)
+    threads = configure_threads(params.base.threads, reserved=params.predict.loader_workers)  # decoders' cores
     net, ckpt = load_model(model.path, map_location="cpu")
     meta = ckpt.get("meta") or {}
     threshold = _meta_float(meta, "threshold", params.predict.threshold)
     image_threshold = _meta_float(meta, "image_threshold", 0.5)
     pp = params.predict
+    fusion = resolve_rule(pp.fusion, meta.get("fusion"), pp.global_side)
     if backend == "torch":
         from wmcore.infer.torch_backend import TorchBackend
 
@@ -291,8 +335,8 @@ def _build(
         from wmcore.infer.onnx_backend import build_onnx_backend
 
         engine = build_onnx_backend(net, model.path, params, backend == "onnx-int8", device, threads, calibration)
-    log.info("model %s loaded (%s backend on %s, %d threads)", model.path, backend, device, threads)
-    return Predictor(engine, params, threshold, image_threshold, model.identity, device)
+    log.info("model %s loaded (%s backend on %s, %d threads, fusion %s)", model.path, backend, device, threads, fusion)
+    return Predictor(engine, params, threshold, image_threshold, model.identity, device, fusion)
 
 
 def _meta_float(meta: dict[str, Any], key: str, default: float) -> float:
