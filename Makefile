@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: setup run test lint ui bench soak clean
+.PHONY: setup run test lint ui bench tune soak clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Every naive-vs-optimized comparison, scaling and contention (bench/suite.py) -> bench/results/<host>-<date>.*
+# and the MLflow experiment `benchmarks`. Run it on a quiet machine; `make bench QUICK=1` is a 3-minute smoke check.
+bench: setup
+	$(BIN)/wm bench $(if $(QUICK),--quick,) $(BENCH_ARGS)
+
+# Measure this machine and write params-tuned.yaml (merged after params.yaml while tune.apply is true).
+tune: setup
+	$(BIN)/wm tune $(TUNE_ARGS)
 
 # Long reliability runs (5,000-image screening, a real host OOM): tests marked slow, skipped by `make test`.
 soak: setup
