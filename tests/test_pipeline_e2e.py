@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures import make_tiny_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -32,7 +34,9 @@ TINY = {
         "val_subset": 6,
         "val_crop": 64,
         "log_every": 1,
+        "warm_start": "models/tiny.pt",  # the project's "shipped" model: warm start and promotion both run
     },
+    "paths": {"pretrained": "models/tiny.pt"},
     "predict": {"tile_size": 128, "tile_overlap": 16},
 }
 
@@ -50,6 +54,9 @@ def project(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "wmcore", root / "wmcore", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    shutil.copy(ROOT / "params-tuned.yaml", root / "params-tuned.yaml")  # dvc.yaml lists it (comments only)
+    (root / "models").mkdir()
+    make_tiny_checkpoint(root / "models" / "tiny.pt", meta={"threshold": 0.5, "image_threshold": 0.5})
     (root / ".gitignore").write_text("mlflow.db\nmlruns/\n.cache/\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
@@ -96,6 +103,17 @@ def test_checkpoint_metrics_and_predictions(pipeline_run):
     assert result["results"]["evaluate"]["test"]["f1"] == metrics["test"]["f1"]
     masks = list((project / "results/predict").rglob("*.mask.png"))
     assert len(masks) == TINY["prepare"]["n_test"]
+
+
+def test_evaluate_promotes_the_new_model_only_when_it_beats_the_shipped_one(pipeline_run):
+    from wmcore.model.checkpoint import load_checkpoint
+
+    project, _ = pipeline_run
+    promotion = json.loads((project / "results/evaluate/metrics.json").read_text())["promotion"]
+    new_wins = promotion["candidate_test_f1"] > promotion["pretrained_test_f1"]
+    assert promotion["promoted"] == ("candidate" if new_wins else "pretrained")
+    exported = load_checkpoint(project / "results/evaluate/model.pt")["meta"]["source_checkpoint"]
+    assert Path(exported).name == ("best.pt" if new_wins else "tiny.pt")
 
 
 def test_mlflow_parent_nested_runs_and_registered_model(pipeline_run):

@@ -80,7 +80,7 @@ def _rank_tracking(params: Params, is_main: bool):
 
     from wmcore.tracking.sink import NullLogger
 
-    if not is_main:
+    if not is_main or not params.tracking.enabled:  # off: mlflow is not even imported (nor needed installed)
         return contextlib.nullcontext(NullLogger())
     from wmcore.tracking.mlflow_run import step_run
 
@@ -126,6 +126,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_pipeline_cli(args)
 
 
+def cmd_export_weights(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wmcore.model.pretrained import export_weights, gather_provenance
+
+    p = _load(args)
+    source = args.model or str(Path(p.paths.evaluate_dir) / "model.pt")
+    out = args.out or p.paths.pretrained
+    if not out:
+        raise WmError("wm export-weights: no --out and paths.pretrained is null; say where the weights go")
+    record = export_weights(source, out, gather_provenance(p, args.command_line, source), half=not args.fp32)
+    test = record["metrics"].get("test", {})
+    print(f"wrote {out} ({record['weights_bytes'] / 2**20:.1f} MiB, {record['precision']}; test F1 {test.get('f1')})")
+    return 0
+
+
+def cmd_check_weights(args: argparse.Namespace) -> int:
+    """Re-score the shipped weights on the check set; compare with (or --record into) their provenance JSON."""
+    import tempfile
+    from pathlib import Path
+
+    from wmcore.model.pretrained import check_metrics, prepare_check_set, provenance_path, read_json
+    from wmcore.runtime.atomic import write_text
+
+    p = _load(args)
+    if not (args.model or p.paths.pretrained):
+        raise WmError("wm check-weights: no --model and paths.pretrained is null; name the weights file")
+    weights = Path(args.model or p.paths.pretrained)
+    record_path = provenance_path(weights)
+    record = read_json(record_path)
+    if record is None:
+        raise WmError(f"{record_path}: provenance JSON not found or unreadable (it is written by `wm export-weights`)")
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = check_metrics(weights, prepare_check_set(p, Path(tmp) / "check"), p)
+    if args.record:
+        record["check_set"] = measured
+        write_text(record_path, json.dumps(record, indent=2) + "\n")
+        print(f"recorded in {record_path}: {measured}")
+        return 0
+    expected = record.get("check_set")
+    if not expected:
+        raise WmError(f"{record_path}: no check_set recorded; run `wm check-weights --record` once")
+    off = {
+        k: (expected[k], measured[k])
+        for k in ("f1", "iou", "mean_image_score")
+        if abs(expected[k] - measured[k]) > args.tolerance
+    }
+    print(json.dumps({"measured": measured, "recorded": expected, "differ": off}))
+    return 1 if off else 0
+
+
 def cmd_params_doc(args: argparse.Namespace) -> int:
     from wmcore.paramsdoc import params_reference
     from wmcore.runtime.atomic import write_text
@@ -145,6 +196,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     serve_deployments(p, args.params)
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from wmcore.runtime.tune import report_table, run_tune
+
+    # Tuning starts from params.yaml as written: the tuned file it replaces must not bias the start.
+    params = load_params(args.params, overrides=args.set, extra_files=args.params_extra, tuned=False)
+    report = run_tune(params, args.params, knobs=args.knobs, remeasure=args.remeasure, write=not args.dry_run)
+    print(report_table(report))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "suite.py").is_file():
+        raise WmError(f"{root / 'bench' / 'suite.py'}: not found; `wm bench` runs from a source checkout")
+    sys.path.insert(0, str(root))
+    from bench.suite import run_suite
+
+    result = run_suite(
+        _load(args),
+        args.params,
+        quick=args.quick,
+        sections=args.sections,
+        out_dir=args.out,
+        log_mlflow=not args.no_mlflow,
+    )
+    return 0 if result["complete"] else EXIT_PARTIAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS")
     pr.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     pr.set_defaults(func=cmd_predict)
+    ex = sub.add_parser("export-weights", help="write the shipped weights file (fp16) and its provenance JSON")
+    ex.add_argument("--model", default=None, help="evaluated checkpoint (default: <evaluate_dir>/model.pt)")
+    ex.add_argument("--out", default=None, help="weights file (default: paths.pretrained)")
+    ex.add_argument("--command-line", default="", help="the command that trained it, for the provenance")
+    ex.add_argument("--fp32", action="store_true", help="keep fp32 tensors (default: fp16)")
+    ex.set_defaults(func=cmd_export_weights)
+    ck = sub.add_parser("check-weights", help="re-score the shipped weights on a small generated check set")
+    ck.add_argument("--model", default=None, help="weights file (default: paths.pretrained)")
+    ck.add_argument("--record", action="store_true", help="write the measured numbers into the provenance JSON")
+    ck.add_argument("--tolerance", type=float, default=0.02, help="largest accepted difference per number")
+    ck.set_defaults(func=cmd_check_weights)
     pd = sub.add_parser("params-doc", help="write the params reference generated from the typed config")
     pd.add_argument("--out", default="docs/params.md", help="output markdown file")
     pd.set_defaults(func=cmd_params_doc)
@@ -195,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--dask-address", default=None, metavar="ADDR", help="dask: running scheduler, tcp://HOST:PORT")
     sc.add_argument("--chunk", type=int, default=None, help="images per task (default: schedule.screening_chunk)")
     sc.set_defaults(func=cmd_screen)
+    tu = sub.add_parser("tune", help="measure this machine and write the fastest safe settings (tune.output)")
+    tu.add_argument("--knobs", nargs="+", default=None, metavar="KNOB", help="tune only these (default: tune.knobs)")
+    tu.add_argument("--remeasure", action="store_true", help="ignore the history of earlier measurements")
+    tu.add_argument("--dry-run", action="store_true", help="measure and print, write no tuned file")
+    tu.set_defaults(func=cmd_tune)
+    be = sub.add_parser("bench", help="every naive-vs-optimized comparison, scaling and contention (bench/suite.py)")
+    be.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check in under 3 minutes")
+    be.add_argument("--sections", nargs="+", default=None, metavar="SECTION", help="run only these sections")
+    be.add_argument("--out", default=None, help="results folder (default: bench/results)")
+    be.add_argument("--no-mlflow", action="store_true", help="do not log to the MLflow experiment `benchmarks`")
+    be.set_defaults(func=cmd_bench)
     run = sub.add_parser("run", help="the whole pipeline (the main job of `make run`)")
     run.set_defaults(func=cmd_run)
     return parser

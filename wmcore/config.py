@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,9 @@ class BaseParams(_Group):
     threads: int = Field(
         0, ge=0, le=512, description="Torch intra-op threads; 0 = the cores really free (affinity, cgroup quota)."
     )
+    cudnn_benchmark: bool = Field(
+        True, description="CUDA only: let cuDNN time its convolution algorithms per input shape and keep the fastest."
+    )
 
 
 class PathsParams(_Group):
@@ -51,6 +55,11 @@ class PathsParams(_Group):
     predict_dir: str = Field("results/predict", description="Batch inference outputs of the sample inbox.")
     inbox: str = Field("data/inbox", description="Folder of images screened by the predict step.")
     cache_dir: str = Field(".cache/wmdetect", description="Local cache: decoded images, tuned batch sizes.")
+    pretrained: str | None = Field(
+        None,
+        description="Shipped pretrained weights (`wm export-weights`; JSON provenance beside); null = none. "
+        "params.yaml names models/wmdetect.pt.",
+    )
 
 
 WatermarkStyle = Literal[
@@ -260,6 +269,16 @@ class EvaluateParams(_Group):
         "balanced_accuracy", description="What the has-watermark score threshold maximises on validation."
     )
     overlay_side: int = Field(160, ge=32, le=1024, description="Long side of each picture in overlays.png, px.")
+    fusion_min_gain: float = Field(
+        0.005,
+        ge=0.0,
+        le=1.0,
+        description="Validation pixel F1 another fusion rule must gain over max to replace it (noise margin).",
+    )
+    compare_pretrained: bool = Field(
+        True,
+        description="Also score paths.pretrained on test; export it instead when the new model does not beat it.",
+    )
 
 
 class PredictParams(_Group):
@@ -292,11 +311,27 @@ class PredictParams(_Group):
     max_regions: int = Field(50, ge=0, le=100000, description="Most region boxes reported per image (largest first).")
     calibration_images: int = Field(16, ge=1, le=1024, description="Images used to calibrate onnx-int8 ranges.")
     queue_size: int = Field(8, ge=1, le=1024, description="Decoded images waiting for the model (bounds memory).")
+    global_side: int = Field(
+        512,
+        ge=0,
+        le=8192,
+        description="Long side of the downscaled global view of images larger than it, px (>= 32); 0 = no global view.",
+    )
+    fusion: Literal["tiles", "global", "max", "mean", "auto"] = Field(
+        "auto",
+        description="How native tiles and the global view combine: one only, pixel max or mean; "
+        "auto = the rule calibrated by `wm evaluate` (model meta), else max.",
+    )
+    tta_flip: bool = Field(False, description="Average every pass with its horizontally flipped pass (2x the cost).")
 
     @model_validator(mode="after")
     def _bounds(self) -> PredictParams:
         if self.min_batch_size > self.max_batch_size:
             raise ValueError("min_batch_size must be <= max_batch_size")
+        if 0 < self.global_side < 32:
+            raise ValueError(f"global_side ({self.global_side}) must be 0 (off) or >= 32 px")
+        if self.global_side == 0 and self.fusion in ("global", "max", "mean"):
+            raise ValueError(f"fusion {self.fusion!r} needs a global view: set global_side > 0, or fusion tiles/auto")
         if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError(f"tile_overlap ({self.tile_overlap}) must be < tile_size/2 ({self.tile_size // 2})")
         return self
@@ -354,6 +389,36 @@ class DistributedParams(_Group):
         return self
 
 
+TuneKnob = Literal[
+    "threads", "precision", "train_channels_last", "train_micro_batch", "train_compile", "loader",
+    "predict_backend", "predict_batch",
+]  # fmt: skip
+TUNE_KNOBS: tuple[str, ...] = typing.get_args(TuneKnob)
+
+
+class TuneParams(_Group):
+    apply: bool = Field(
+        True, description="Merge the tuned params file (tune.output) after params.yaml when it exists; false = ignore it."
+    )
+    output: str = Field(
+        "params-tuned.yaml", description="Tuned params file `wm tune` writes; relative to the params file's folder."
+    )
+    knobs: list[TuneKnob] = Field(
+        default_factory=lambda: list(TUNE_KNOBS), description="Settings `wm tune` measures and chooses."
+    )
+    seconds_per_candidate: float = Field(
+        3.0, ge=0.5, le=120.0, description="Measuring time of one candidate setting after its warm-up, s."
+    )
+    max_f1_delta: float = Field(
+        0.01, ge=0.0, le=1.0, description="Largest F1 change vs fp32 torch a chosen setting may cause (0..1)."
+    )
+    min_gain: float = Field(
+        0.05, ge=0.0, le=1.0, description="A candidate replaces the current setting only if this much faster (0.05 = 5%)."
+    )
+    image_side: int = Field(256, ge=32, le=4096, description="Side of the images inference candidates run on, px.")
+    images: int = Field(8, ge=1, le=1024, description="Images per inference measurement (and per quality check).")
+
+
 class Params(_Group):
     base: BaseParams = Field(default_factory=BaseParams)
     paths: PathsParams = Field(default_factory=PathsParams)
@@ -366,6 +431,7 @@ class Params(_Group):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     distributed: DistributedParams = Field(default_factory=DistributedParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
 
     def flat(self) -> dict[str, Any]:
         """All parameters as a flat {"group.key": value} dict (for MLflow)."""
@@ -464,20 +530,63 @@ def load_params(
     path: str | Path = DEFAULT_PARAMS,
     overrides: list[str] | dict[str, Any] | None = None,
     extra_files: list[str | Path] | None = None,
+    tuned: bool = True,
 ) -> Params:
-    """Load and validate `path`, then extra params files, then `key=value` overrides (in that order)."""
+    """Load and validate `path`, the tuned file, extra params files, then `key=value` overrides (in that order).
+
+    The tuned file (`tune.output`, written by `wm tune`, relative to `path`'s folder) is merged
+    only when it exists, `tuned` is true and `tune.apply` is true (as the other layers set it).
+    """
     path = Path(path)
-    tree = _read_yaml(path)
-    sources = [str(path)]
-    for extra in extra_files or []:
-        tree = merge(tree, _read_yaml(Path(extra)))
-        sources.append(str(extra))
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    layers = [(str(path), _read_yaml(path))] + [(str(e), _read_yaml(Path(e))) for e in extra_files or []]
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    tuned_file = tuned_params_path(path, _layered(layers, items)) if tuned else None
+    tuned_tree = _read_tuned(tuned_file) if tuned_file is not None else {}
+    if tuned_tree:  # an empty (placeholder) file is no layer: errors need not name it
+        layers.insert(1, (str(tuned_file), tuned_tree))
+    sources = [name for name, _ in layers] + (["overrides"] if items else [])
+    return validate(_layered(layers, items), " + ".join(sources))
+
+
+def _layered(layers: list[tuple[str, dict[str, Any]]], items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The params files merged in order, then the dotted overrides set."""
+    tree: dict[str, Any] = {}
+    for _name, layer in layers:
+        tree = merge(tree, layer)
     for key, value in items:
         _set_dotted(tree, key, value)
-    if items:
-        sources.append("overrides")
-    return validate(tree, " + ".join(sources))
+    return tree
+
+
+def tuned_params_path(params_path: str | Path, tree: dict[str, Any]) -> Path | None:
+    """The tuned params file that applies to `tree` (raw merged params), or None (absent or tune.apply false)."""
+    tune = tree.get("tune") if isinstance(tree.get("tune"), dict) else {}
+    if not tune.get("apply", TuneParams.model_fields["apply"].default):
+        return None
+    name = tune.get("output") or TuneParams.model_fields["output"].default
+    candidate = Path(params_path).parent / str(name)
+    return candidate if candidate.is_file() else None
+
+
+def _read_tuned(path: Path) -> dict[str, Any]:
+    tree = _read_yaml(path)
+    if "tune" in tree:  # tune.apply inside the file it switches on would be circular
+        raise ConfigError(f"{path}: the tuned params file must not set the tune group; set it in params.yaml")
+    if tree:
+        _log_tuned_once(path, tree)
+    return tree
+
+
+_tuned_logged: set[str] = set()
+
+
+def _log_tuned_once(path: Path, tree: dict[str, Any]) -> None:
+    """Say once per process which keys the tuned file overrides (a silent override would surprise)."""
+    if str(path) in _tuned_logged:
+        return
+    _tuned_logged.add(str(path))
+    keys = ", ".join(sorted(flatten(tree)))
+    logging.getLogger("wmdetect").info("%s applied (tune.apply: true): %s", path, keys)
 
 
 def validate(tree: dict[str, Any], source: str = "params") -> Params:

@@ -31,7 +31,7 @@ def train_sets(prepared: Path, train_dir: Path, cache: Path) -> list[str]:
         "model.depth=2", "model.base_width=4", "base.seed=0", "base.threads=1", "base.device=cpu",
         f"train.epochs={EPOCHS}", "train.max_minutes=0", "train.crop=48", "train.batch_size=2", "train.progressive=[]",
         "train.steps_per_epoch=30", "train.val_crop=48", "train.val_batch_size=2", "train.val_subset=2",
-        "train.log_every=10", "tracking.system_metrics=false", "tracking.log_model=false",
+        "train.log_every=10", "train.warm_start=null", "tracking.system_metrics=false", "tracking.log_model=false",
     ]  # fmt: skip
 
 
@@ -125,7 +125,10 @@ def test_an_empty_split_stops_training_with_one_clear_line(tmp_path, capsys, spl
     rows = [line for line in manifest.read_text().splitlines() if json.loads(line)["split"] != split]
     manifest.write_text("\n".join(rows) + "\n")
     train_dir = tmp_path / "train"
-    assert main(cli_args("train", sets=[*train_sets(prepared, train_dir, tmp_path / "cache"), "tracking.enabled=false"])) == 2
+    assert (
+        main(cli_args("train", sets=[*train_sets(prepared, train_dir, tmp_path / "cache"), "tracking.enabled=false"]))
+        == 2
+    )
     error = capsys.readouterr().err.strip().splitlines()
     assert error == [f"wm train: error: {manifest}: split {split!r} is empty (no rows); rerun `wm prepare` "
                      f"(prepare.n_{split} >= 1, or import shares that send images to it)"]  # fmt: skip

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One prepared script for a CUDA machine: GPU benchmarks + the shipped model, inside a time budget.
+#
+#   bash bench/gpu.sh                 # on the GPU machine, from the repo root; results in $OUT
+#   QUICK=1 bash bench/gpu.sh         # smoke check of the script itself on a CPU (tiny sizes)
+#
+# Steps (each logs to $OUT/log.txt; a failed step does not stop the others):
+#   1. carried wheels (.whl/) installed if present; versions and the GPU printed
+#   2. `wm prepare` of the full profile in the background (CPU workers) while
+#   3. bench/gpu.py measures the CUDA switches (AMP fp16/bf16, channels_last, pinned copies,
+#      batch sweep, adaptive batch under a memory cap, a real CUDA OOM survived) -> gpu.json
+#   4. `wm train` of the shipped recipe (params-full + params-gpu + bench/ship-gpu.yaml) for the
+#      minutes left before the deadline, `wm evaluate`, `wm export-weights` -> wmdetect.pt/.json
+#   5. torch.compile's training benchmark with whatever time is left -> gpu_compile.json
+# The whole script ends before DEADLINE_S seconds (default 540).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+OUT=${OUT:-bench/results/gpu-run}
+DEADLINE_S=${DEADLINE_S:-540}
+QUICK=${QUICK:-0}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+export PYTHONUNBUFFERED=1 DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
+export TQDM_MININTERVAL=10
+elapsed() { echo $(( $(date +%s) - START )); }
+say() { echo "[gpu.sh +$(elapsed)s] $*" | tee -a "$LOG"; }
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import importlib, torch
+mods = ["numpy", "PIL", "pydantic", "yaml", "psutil", "tqdm", "filelock", "scipy", "skimage", "matplotlib"]
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+print({m: getattr(importlib.import_module(m), "__version__", "?") for m in mods})
+EOF
+[ "${PIPESTATUS[0]}" = 0 ] || { say "imports failed: stopping"; exit 3; }
+
+CFG=(--params params.yaml --params-extra params-full.yaml --params-extra params-gpu.yaml --params-extra bench/ship-gpu.yaml)
+SET=(-S paths.prepared=data/prepared-full -S paths.train_dir=results/train-full -S paths.evaluate_dir=results/evaluate-full)
+if [ "$QUICK" = 1 ]; then  # tiny everything: checks the script's wiring, not the numbers
+  SET+=(-S base.device=auto -S base.precision=fp32 -S train.amp=false -S prepare.n_train=12 -S prepare.n_val=4
+        -S prepare.n_test=4 -S prepare.n_test_heldout=4 -S prepare.max_side=384 -S loader.workers=0
+        -S loader.pin_memory=false -S loader.persistent_workers=false -S model.base_width=8 -S train.val_subset=4
+        -S "train.progressive=[{until_epoch: 2, crop: 64, batch_size: 4}, {until_epoch: 201, crop: 96, batch_size: 2}]")
+  BENCH=(--quick --no-compile)
+  PREP_WORKERS=2
+else
+  BENCH=()
+  PREP_WORKERS=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
+fi
+WM=($PY -m wmcore.cli "${CFG[@]}" "${SET[@]}")
+
+say "prepare (full profile, $PREP_WORKERS workers) in the background"
+( "${WM[@]}" -S prepare.workers=$PREP_WORKERS prepare > "$OUT/prepare.txt" 2>&1; echo "prepare exit $?" >> "$OUT/prepare.txt" ) &
+PREP_PID=$!
+
+say "GPU benchmarks"
+timeout $(( DEADLINE_S / 3 )) $PY bench/gpu.py --out "$OUT/gpu.json" --no-compile "${BENCH[@]}" \
+  --sections train infer adaptive oom >> "$LOG" 2>&1 || say "bench/gpu.py ended with $?"
+
+wait $PREP_PID
+tail -4 "$OUT/prepare.txt" | tee -a "$LOG"
+cat "$OUT/prepare.txt" >> "$LOG" && rm -f "$OUT/prepare.txt"  # at most 8 files come back from $OUT
+
+# Training gets the time left minus evaluation/export (~70 s) and the compile benchmark (~60 s).
+LEFT=$(( DEADLINE_S - $(elapsed) - 130 ))
+[ "$QUICK" = 1 ] && LEFT=30
+MINUTES=$(awk -v s="$LEFT" 'BEGIN { m = s / 60 - 0.5; if (m < 0.5) m = 0.5; printf "%.2f", m }')
+say "train for $MINUTES min"
+TRAIN_CMD="${WM[*]} -S train.max_minutes=$MINUTES train"
+timeout $(( LEFT + 60 )) "${WM[@]}" -S train.max_minutes="$MINUTES" train >> "$LOG" 2>&1 || say "train ended with $?"
+if [ ! -f results/train-full/best.pt ]; then  # a CUDA path never run before failed: once more, plainer
+  LEFT=$(( DEADLINE_S - $(elapsed) - 90 ))
+  MINUTES=$(awk -v s="$LEFT" 'BEGIN { m = s / 60 - 0.5; if (m < 0.5) m = 0.5; printf "%.2f", m }')
+  say "no checkpoint: training again without pinned memory, persistent workers and AMP for $MINUTES min"
+  TRAIN_CMD="${WM[*]} -S loader.pin_memory=false -S loader.persistent_workers=false -S train.amp=false"
+  TRAIN_CMD="$TRAIN_CMD -S train.max_minutes=$MINUTES train"
+  timeout $(( LEFT + 30 )) $TRAIN_CMD >> "$LOG" 2>&1 || say "train ended with $?"
+fi
+cp results/train-full/train_summary.json results/train-full/history.json "$OUT/" 2>/dev/null
+
+say "evaluate"
+timeout 120 "${WM[@]}" evaluate >> "$LOG" 2>&1 || say "evaluate ended with $?"
+cp results/evaluate-full/metrics.json "$OUT/" 2>/dev/null
+"${WM[@]}" export-weights --out "$OUT/wmdetect.pt" --command-line "$TRAIN_CMD" >> "$LOG" 2>&1 \
+  || say "export ended with $?"
+
+LEFT=$(( DEADLINE_S - $(elapsed) - 5 ))
+if [ "$LEFT" -gt 30 ] && [ "$QUICK" != 1 ]; then
+  say "torch.compile training benchmark ($LEFT s left)"
+  timeout "$LEFT" $PY bench/gpu.py --out "$OUT/gpu_compile.json" --sections train \
+    --train-variants amp_bf16_cl amp_bf16_cl_compile >> "$LOG" 2>&1 \
+    || say "compile benchmark ended with $?"
+fi
+say "done"
+ls -la "$OUT" | tee -a "$LOG"
