@@ -41,6 +41,10 @@ def summary_rows(results: dict[str, Any], timings: dict[str, float], extra: dict
         for key in ("f1", "precision", "recall", "iou", "auroc", "ap", "clean_fp_area", "clean_page_fp_area"):
             if block.get(key) is not None:
                 rows.append((f"{split} {key}", _fmt(block[key])))
+    promotion = evaluate.get("promotion")
+    if promotion:  # which model evaluate exported: the fresh one only when it beat the shipped one on test
+        rows.append(("exported model", f"{promotion['promoted']} (test F1 fresh {_fmt(promotion['candidate_test_f1'])}"
+                     f" vs shipped {_fmt(promotion['pretrained_test_f1'])})"))  # fmt: skip
     train = results.get("train", {})
     for key in ("best_val_f1", "epochs", "steps", "images_per_s", "mem_peak_mb", "seconds"):
         if key in train:
