@@ -119,3 +119,35 @@ def make_tiny_checkpoint(path: Path, meta: dict | None = None, seed: int = 0) ->
     net = UNet(base_width=4, depth=2).eval()
     save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": meta or {}})
     return path
+
+
+def evaluate_params(root: Path, prepared: Path, **evaluate: object):
+    """CPU params for `run_evaluation` on `prepared`, outputs under `root`, tracking off (evaluate group overridable)."""
+    from wmcore.config import validate
+
+    return validate(
+        {
+            "base": {"threads": 1, "device": "cpu"},
+            "paths": {
+                "prepared": str(prepared),
+                "train_dir": str(root / "train"),
+                "evaluate_dir": str(root / "evaluate"),
+                "cache_dir": str(root / "cache"),
+            },
+            "evaluate": {"n_overlay": 3, **evaluate},
+            "tracking": {"enabled": False},
+        }
+    )
+
+
+def write_random_checkpoint(path: Path, epoch: int = 2) -> Path:
+    """An untrained UNet(base_width=4, depth=2) as a training checkpoint (with `epoch`) at `path`."""
+    import torch
+
+    from wmcore.model.checkpoint import save_checkpoint
+    from wmcore.model.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(base_width=4, depth=2)
+    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": {}, "epoch": epoch})
+    return path

@@ -9,19 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.fixtures import make_tiny_prepared
-from wmcore.config import Params, validate
+from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
+from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate.plots import pick_overlay_rows, plot_training_curves
 from wmcore.evaluate.run import run_evaluation
 from wmcore.evaluate.samples import load_split
 from wmcore.infer.working_scale import FUSION_RULES
-from wmcore.model import UNet
-from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
+from wmcore.model.checkpoint import load_checkpoint
 
 HISTORY = {
     "epochs": [
@@ -32,33 +30,10 @@ HISTORY = {
 }
 
 
-def make_params(root: Path, prepared: Path, **evaluate: object) -> Params:
-    return validate(
-        {
-            "base": {"threads": 1, "device": "cpu"},
-            "paths": {
-                "prepared": str(prepared),
-                "train_dir": str(root / "train"),
-                "evaluate_dir": str(root / "evaluate"),
-                "cache_dir": str(root / "cache"),
-            },
-            "evaluate": {"n_overlay": 3, **evaluate},
-            "tracking": {"enabled": False},
-        }
-    )
-
-
-def write_random_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    model = UNet(base_width=4, depth=2)
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": {}, "epoch": 2})
-    return path
-
-
 @pytest.fixture
 def setup(tmp_path: Path, tiny_prepared: Path) -> Params:
     write_random_checkpoint(tmp_path / "train" / "best.pt")
-    return make_params(tmp_path, tiny_prepared)
+    return evaluate_params(tmp_path, tiny_prepared)
 
 
 @pytest.mark.parametrize("with_history", [True, False])
@@ -149,7 +124,7 @@ def test_unreadable_test_image_is_skipped_and_counted(setup: Params) -> None:
 def test_crop_evaluates_centre_crops(tmp_path: Path) -> None:
     prepared = make_tiny_prepared(tmp_path / "prepared", n_train=1, n_val=2, n_test=2)
     write_random_checkpoint(tmp_path / "train" / "best.pt")
-    params = make_params(tmp_path, prepared, crop=32, n_overlay=0)
+    params = evaluate_params(tmp_path, prepared, crop=32, n_overlay=0)
     metrics = run_evaluation(params)
     assert metrics["test"]["n_images"] == 2
     assert not (Path(params.paths.evaluate_dir) / "overlays.png").exists()  # n_overlay 0: no grid
@@ -166,7 +141,7 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path, change: str, message: s
     else:
         write_random_checkpoint(tmp_path / "train" / "best.pt")
     with pytest.raises(WmError, match=message):
-        run_evaluation(make_params(tmp_path, prepared))
+        run_evaluation(evaluate_params(tmp_path, prepared))
 
 
 def test_split_without_manifest_is_listed_from_folder(tmp_path: Path) -> None:
@@ -204,7 +179,7 @@ def test_nan_metrics_become_null_in_json(tmp_path: Path) -> None:
     # a test split of only watermarked images: image AUROC is undefined -> null, not NaN
     prepared = make_tiny_prepared(tmp_path / "prepared", n_train=1, n_val=3, n_test=2)
     write_random_checkpoint(tmp_path / "train" / "best.pt")
-    metrics = run_evaluation(make_params(tmp_path, prepared))
+    metrics = run_evaluation(evaluate_params(tmp_path, prepared))
     assert metrics["test"]["n_clean"] == 0 and metrics["test"]["auroc"] is None
     assert metrics["test"]["clean_fp_area"] is None
     text = (Path(tmp_path / "evaluate") / "metrics.json").read_text()

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.fixtures import make_tiny_prepared
+from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
 from wmcore.config import Params, PrepareParams, validate
 from wmcore.data.backgrounds import PAGE_BACKGROUNDS, BackgroundCatalog, discover_backgrounds
 from wmcore.data.fonts import available_faces, face_scope, faces_for, load_font
@@ -26,8 +25,6 @@ from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate import samples as evaluate_samples
 from wmcore.evaluate.run import run_evaluation
 from wmcore.infer.working_scale import FUSION_RULES
-from wmcore.model import UNet
-from wmcore.model.checkpoint import save_checkpoint
 
 FACES = {f.name: f for f in available_faces()}
 
@@ -262,27 +259,6 @@ class RecordingLogger:
         pass
 
 
-def eval_params(root: Path, prepared: Path) -> Params:
-    return validate(
-        {
-            "base": {"threads": 1, "device": "cpu"},
-            "paths": {
-                "prepared": str(prepared),
-                "train_dir": str(root / "train"),
-                "evaluate_dir": str(root / "evaluate"),
-            },
-            "evaluate": {"n_overlay": 2},
-            "tracking": {"enabled": False},
-        }
-    )
-
-
-def write_random_checkpoint(path: Path) -> None:
-    torch.manual_seed(0)
-    model = UNet(base_width=4, depth=2)
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": {}, "epoch": 1})
-
-
 def with_kinds_and_heldout(root: Path, kinds: dict[str, dict[str, str]]) -> Path:
     """A tiny prepared dataset (val 3, test 6) plus a test_heldout split of 6 other images; background_kind set
     per split and id from `kinds` (default "photo"). Samples 2 and 5 of each split are the clean ones."""
@@ -318,13 +294,13 @@ def test_evaluation_reports_heldout_and_separate_fp_areas(tmp_path, monkeypatch)
     # test: clean 0002 on a page (all fired), clean 0005 a photo; test_heldout: clean 0002 photo, 0005 procedural
     kinds = {"test": {"0002": "page"}, HELDOUT_SPLIT: {"0005": "procedural"}}
     prepared = with_kinds_and_heldout(tmp_path, kinds)
-    write_random_checkpoint(tmp_path / "train" / "best.pt")
+    write_random_checkpoint(tmp_path / "train" / "best.pt", epoch=1)
     oracle = _page_blind_oracle(prepared)
     monkeypatch.setattr(evaluate_run, "build_probability_fn", lambda *args: oracle)
     every_rule = lambda images: [dict.fromkeys(FUSION_RULES, p) for p in oracle(images)]  # noqa: E731
     monkeypatch.setattr(evaluate_run, "build_rule_maps_fn", lambda *args: every_rule)
     logger = RecordingLogger()
-    metrics = run_evaluation(eval_params(tmp_path, prepared), run_logger=logger)
+    metrics = run_evaluation(evaluate_params(tmp_path, prepared, n_overlay=2), run_logger=logger)
     test, heldout = metrics["test"], metrics[HELDOUT_SPLIT]
     assert set(heldout) == set(test) and heldout["n_images"] == 6 and heldout["n_clean"] == 2
     assert heldout["threshold"] == test["threshold"] == metrics["val"]["threshold"]  # chosen on val
@@ -343,9 +319,9 @@ def test_evaluation_reports_heldout_and_separate_fp_areas(tmp_path, monkeypatch)
 
 
 def test_without_a_heldout_split_there_is_no_heldout_block(tmp_path, tiny_prepared):
-    write_random_checkpoint(tmp_path / "train" / "best.pt")
+    write_random_checkpoint(tmp_path / "train" / "best.pt", epoch=1)
     logger = RecordingLogger()
-    metrics = run_evaluation(eval_params(tmp_path, tiny_prepared), run_logger=logger)
+    metrics = run_evaluation(evaluate_params(tmp_path, tiny_prepared, n_overlay=2), run_logger=logger)
     assert set(metrics) == {"val", "test", "backend", "fusion"}
     assert not any(k.startswith(HELDOUT_SPLIT) for k in logger.metrics)
     # the fixture's manifest has no background_kind: only the all-clean area is defined
@@ -354,8 +330,8 @@ def test_without_a_heldout_split_there_is_no_heldout_block(tmp_path, tiny_prepar
 
 def test_prepare_then_evaluate_reports_the_heldout_split(prepared, tmp_path):
     root, stats = prepared
-    write_random_checkpoint(tmp_path / "train" / "best.pt")
-    metrics = run_evaluation(eval_params(tmp_path, root))
+    write_random_checkpoint(tmp_path / "train" / "best.pt", epoch=1)
+    metrics = run_evaluation(evaluate_params(tmp_path, root, n_overlay=2))
     assert metrics[HELDOUT_SPLIT]["n_images"] == stats["counts"][HELDOUT_SPLIT] == 8
     assert metrics[HELDOUT_SPLIT]["n_clean"] == stats["clean"][HELDOUT_SPLIT]
 
