@@ -111,7 +111,7 @@ def variant_overrides(args: argparse.Namespace, prepared: Path, work: Path) -> d
         "train.val_batch_size": 4,
         "train.log_every": 5,
         "train.patience": 0,
-        "train.warm_start": None,
+        "train.warm_start": args.warm_start,
     }
     return {
         "naive": {**common, "paths.train_dir": str(work / "naive"), "train.naive": True},
@@ -250,6 +250,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the cores really free")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the optimized variant")
     ap.add_argument("--prepared", type=Path, default=None, help="use this prepared dataset instead of generating one")
+    ap.add_argument(
+        "--warm-start", default=None, help="both variants start from these weights (F1 then compares fine-tunes)"
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
