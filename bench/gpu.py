@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from wmcore.config import load_params  # noqa: E402
 from wmcore.infer.torch_backend import TorchBackend  # noqa: E402
 from wmcore.model import build_model  # noqa: E402
+from wmcore.runtime.memory import MemoryMonitor  # noqa: E402
 from wmcore.train.setup import build_optimization, maybe_compile, place_model, resolve_switches  # noqa: E402
 from wmcore.train.steps import train_step  # noqa: E402
 
@@ -73,13 +74,14 @@ def cuda_index(device: torch.device) -> int:
 
 
 def peak_mb(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    """The CUDA allocator's peak since reset_peak (MemoryMonitor's figure); NaN on a CPU smoke run."""
+    return MemoryMonitor(device).peak_mb() if device.type == "cuda" else float("nan")
 
 
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.empty_cache()  # the previous variant's cached blocks must not crowd the next one
+        MemoryMonitor(device).reset_peak()
 
 
 def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -26,6 +26,8 @@ export PYTHONUNBUFFERED=1 DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFEC
 export TQDM_MININTERVAL=10
 elapsed() { echo $(( $(date +%s) - START )); }
 say() { echo "[gpu.sh +$(elapsed)s] $*" | tee -a "$LOG"; }
+# train.max_minutes for SECONDS left: half a minute kept for start-up and the last validation, at least 0.5
+train_minutes() { awk -v s="$1" 'BEGIN { m = s / 60 - 0.5; if (m < 0.5) m = 0.5; printf "%.2f", m }'; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -71,13 +73,13 @@ cat "$OUT/prepare.txt" >> "$LOG" && rm -f "$OUT/prepare.txt"  # at most 8 files 
 # Training gets the time left minus evaluation/export (~70 s) and the compile benchmark (~60 s).
 LEFT=$(( DEADLINE_S - $(elapsed) - 130 ))
 [ "$QUICK" = 1 ] && LEFT=30
-MINUTES=$(awk -v s="$LEFT" 'BEGIN { m = s / 60 - 0.5; if (m < 0.5) m = 0.5; printf "%.2f", m }')
+MINUTES=$(train_minutes "$LEFT")
 say "train for $MINUTES min"
 TRAIN_CMD="${WM[*]} -S train.max_minutes=$MINUTES train"
 timeout $(( LEFT + 60 )) "${WM[@]}" -S train.max_minutes="$MINUTES" train >> "$LOG" 2>&1 || say "train ended with $?"
 if [ ! -f results/train-full/best.pt ]; then  # a CUDA path never run before failed: once more, plainer
   LEFT=$(( DEADLINE_S - $(elapsed) - 90 ))
-  MINUTES=$(awk -v s="$LEFT" 'BEGIN { m = s / 60 - 0.5; if (m < 0.5) m = 0.5; printf "%.2f", m }')
+  MINUTES=$(train_minutes "$LEFT")
   say "no checkpoint: training again without pinned memory, persistent workers and AMP for $MINUTES min"
   TRAIN_CMD="${WM[*]} -S loader.pin_memory=false -S loader.persistent_workers=false -S train.amp=false"
   TRAIN_CMD="$TRAIN_CMD -S train.max_minutes=$MINUTES train"

@@ -11,14 +11,13 @@ import torch
 
 from tests.fixtures import make_tiny_checkpoint
 from wmcore.config import load_params
-from wmcore.infer.predictor import resolve_model
+from wmcore.infer.predictor import file_sha256, resolve_model
 from wmcore.model.checkpoint import load_checkpoint, load_model
 from wmcore.model.pretrained import (
     check_metrics,
     export_weights,
     prepare_check_set,
     provenance_path,
-    sha256_of,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ def provenance() -> dict:
 
 def test_shipped_weights_load_safely_and_match_their_provenance(provenance: dict) -> None:
     ckpt = load_checkpoint(SHIPPED)  # weights_only + CRC check
-    assert sha256_of(SHIPPED) == provenance["weights_sha256"]
+    assert file_sha256(SHIPPED) == provenance["weights_sha256"]
     assert SHIPPED.stat().st_size == provenance["weights_bytes"] <= 30 * 2**20
     assert ckpt["model_args"] == provenance["model_args"]
     floats = [t for t in ckpt["model"].values() if t.is_floating_point()]
@@ -63,7 +62,7 @@ def test_export_writes_loadable_weights_with_meta_and_provenance(tmp_path: Path,
     out = tmp_path / "ship" / "w.pt"
     record = export_weights(source, out, {"command": "test"}, half=half)
     assert json.loads(provenance_path(out).read_text()) == json.loads(json.dumps(record, default=str))
-    assert record["weights_sha256"] == sha256_of(out) and record["precision"] == ("fp16" if half else "fp32")
+    assert record["weights_sha256"] == file_sha256(out) and record["precision"] == ("fp16" if half else "fp32")
     shipped, ckpt = load_model(out)
     original, _ = load_model(source)
     assert ckpt["meta"] == {"threshold": 0.4, "fusion": "max"}

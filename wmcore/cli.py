@@ -147,8 +147,9 @@ def cmd_check_weights(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from wmcore.model.pretrained import check_metrics, prepare_check_set, provenance_path, read_json
+    from wmcore.model.pretrained import check_differences, check_metrics, prepare_check_set, provenance_path
     from wmcore.runtime.atomic import write_text
+    from wmcore.runtime.report import read_json
 
     p = _load(args)
     if not (args.model or p.paths.pretrained):
@@ -156,7 +157,7 @@ def cmd_check_weights(args: argparse.Namespace) -> int:
     weights = Path(args.model or p.paths.pretrained)
     record_path = provenance_path(weights)
     record = read_json(record_path)
-    if record is None:
+    if not record:
         raise WmError(f"{record_path}: provenance JSON not found or unreadable (it is written by `wm export-weights`)")
     with tempfile.TemporaryDirectory() as tmp:
         measured = check_metrics(weights, prepare_check_set(p, Path(tmp) / "check"), p)
@@ -168,11 +169,7 @@ def cmd_check_weights(args: argparse.Namespace) -> int:
     expected = record.get("check_set")
     if not expected:
         raise WmError(f"{record_path}: no check_set recorded; run `wm check-weights --record` once")
-    off = {
-        k: (expected[k], measured[k])
-        for k in ("f1", "iou", "mean_image_score")
-        if abs(expected[k] - measured[k]) > args.tolerance
-    }
+    off = check_differences(expected, measured, args.tolerance)
     print(json.dumps({"measured": measured, "recorded": expected, "differ": off}))
     return 1 if off else 0
 

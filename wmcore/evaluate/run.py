@@ -540,11 +540,12 @@ def score_pretrained(params: Params, source: Path, backend: str) -> tuple[dict[s
     Its thresholds and fusion rule were chosen on its own, larger validation split; reusing them
     halves the cost of the comparison that decides which model `make run` promotes.
     """
-    _, ckpt = load_model(source)
-    meta = ckpt.get("meta") or {}
-    threshold = _stored(meta, "threshold", params.predict.threshold)
-    image_threshold = _stored(meta, "image_threshold", 0.5)
-    rule = resolve_rule(params.predict.fusion, meta.get("fusion"), params.predict.global_side)
+    from wmcore.infer.predictor import get_predictor
+
+    # The predictor read the shipped meta with wm predict's rules (thresholds, fusion "auto");
+    # build_probability_fn below gets the same cached predictor, so the weights load once.
+    shipped = get_predictor(str(source), params, backend=backend)
+    threshold, image_threshold, rule = shipped.threshold, shipped.image_threshold, shipped.fusion
     predict = build_probability_fn(params, source, backend, rule)
     scored = score_test_splits(params, predict)
     bins = params.evaluate.threshold_grid
@@ -553,11 +554,6 @@ def score_pretrained(params: Params, source: Path, backend: str) -> tuple[dict[s
     metrics["fusion"] = {"rule": rule, "applied": rule, "global_side": params.predict.global_side,
                          "reason": "stored with the pretrained weights (calibrated on their validation split)"}  # fmt: skip
     return metrics, scored
-
-
-def _stored(meta: dict[str, Any], key: str, default: float) -> float:
-    value = meta.get(key)
-    return float(value) if isinstance(value, int | float) and 0.0 < float(value) < 1.0 else default
 
 
 def promotion_record(

@@ -14,7 +14,6 @@ F1: the recorded metrics are measured on the exported file, not on the fp32 orig
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -23,8 +22,10 @@ from typing import Any
 import torch
 
 from wmcore.errors import WmError
+from wmcore.infer.predictor import file_sha256
 from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
 from wmcore.runtime.atomic import write_text
+from wmcore.runtime.report import read_json
 
 FORMAT = "wmdetect-weights-1"
 
@@ -41,14 +42,6 @@ def half_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def hardware() -> dict[str, Any]:
     """What the export ran on (the training hardware is in the train summary's `device`)."""
     info: dict[str, Any] = {
@@ -60,13 +53,6 @@ def hardware() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def export_weights(
@@ -90,7 +76,7 @@ def export_weights(
         **provenance,
         "format": FORMAT,
         "weights": Path(out).name,
-        "weights_sha256": sha256_of(out),
+        "weights_sha256": file_sha256(out),
         "weights_bytes": Path(out).stat().st_size,
         "precision": "fp16" if half else "fp32",
         "model_args": dict(ckpt["model_args"]),
@@ -104,10 +90,10 @@ def export_weights(
 def gather_provenance(params: Any, command: str, checkpoint: str | Path) -> dict[str, Any]:
     """The provenance the pipeline's own outputs hold: train summary, metrics, data stats, params."""
     paths = params.paths
-    stats = read_json(Path(paths.prepared) / "stats.json") or {}
-    summary = read_json(Path(paths.train_dir) / "train_summary.json") or {}
+    stats = read_json(Path(paths.prepared) / "stats.json")
+    summary = read_json(Path(paths.train_dir) / "train_summary.json")
     metrics = read_json(Path(paths.evaluate_dir) / "metrics.json")
-    if metrics is None:
+    if not metrics:
         raise WmError(f"{paths.evaluate_dir}/metrics.json not found: run `wm evaluate` before exporting")
     return {
         "command": command,
@@ -173,3 +159,11 @@ def check_metrics(weights: str | Path, prepared: str | Path, params: Any) -> dic
         "mean_image_score": round(float(np.mean(scores)), 4),
         "n_images": len(scores),
     }
+
+
+def check_differences(
+    recorded: dict[str, float], measured: dict[str, float], tolerance: float
+) -> dict[str, tuple[float, float]]:
+    """{metric: (recorded, measured)} for the check-set numbers that differ by more than `tolerance`."""
+    keys = ("f1", "iou", "mean_image_score")
+    return {k: (recorded[k], measured[k]) for k in keys if abs(recorded[k] - measured[k]) > tolerance}

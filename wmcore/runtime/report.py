@@ -9,7 +9,8 @@ from typing import Any
 from wmcore.config import Params
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or {} when the file is missing or unreadable (a step that did not run)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -20,9 +21,9 @@ def read_step_results(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """The result files of a pipeline run: training summary, evaluation metrics, prediction summary."""
     p = params.paths
     return {
-        "train": _read_json(root / p.train_dir / "train_summary.json"),
-        "evaluate": _read_json(root / p.evaluate_dir / "metrics.json"),
-        "predict": _read_json(root / p.predict_dir / "summary.json"),
+        "train": read_json(root / p.train_dir / "train_summary.json"),
+        "evaluate": read_json(root / p.evaluate_dir / "metrics.json"),
+        "predict": read_json(root / p.predict_dir / "summary.json"),
     }
 
 
