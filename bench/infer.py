@@ -87,18 +87,14 @@ def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
 
     from wmcore.model.checkpoint import save_checkpoint
     from wmcore.model.unet import UNet
+    from wmcore.runtime.tune_workloads import spread_logits
 
     torch.manual_seed(0)
     net = UNet(base_width=base_width, depth=depth).eval()
-    # Untrained logits are nearly constant, so every pixel would be a near-tie and any rounding
-    # would flip decisions. Rescale the 1x1 head so logits have median 0 and std 2 on a sample
-    # image: still random weights, but with decisions that a faithful backend must reproduce.
+    # Untrained logits are nearly constant: every pixel a near-tie that any rounding flips.
+    # Still random weights, but decisions a faithful backend must reproduce.
     sample = torch.from_numpy(np.asarray(synthetic_image((128, 128), 999))).permute(2, 0, 1)[None].float() / 255
-    with torch.inference_mode():
-        logits = net(sample)
-        scale, median = 2.0 / float(logits.std()), float(logits.median())
-        net.head.weight.mul_(scale)
-        net.head.bias.sub_(median).mul_(scale)
+    spread_logits(net, sample)
     save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
     return path
 

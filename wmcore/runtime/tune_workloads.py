@@ -76,11 +76,16 @@ def random_model(params: Params, seed: int = 0) -> UNet:
     torch.manual_seed(seed)
     net = build_model(**params.model.model_dump()).eval()
     x, _ = synthetic_batch(2, 128, seed)
-    with torch.inference_mode():
-        logits = net(x)
-        scale, median = 2.0 / max(float(logits.std()), 1e-6), float(logits.median())
-        net.head.weight.mul_(scale)
-        net.head.bias.sub_(median).mul_(scale)
+    return spread_logits(net, x)
+
+
+@torch.inference_mode()
+def spread_logits(net: UNet, sample: torch.Tensor) -> UNet:
+    """Rescale `net`'s 1x1 head in place so its logits on `sample` (N, 3, H, W) have median 0, std 2."""
+    logits = net(sample)
+    scale, median = 2.0 / max(float(logits.std()), 1e-6), float(logits.median())
+    net.head.weight.mul_(scale)
+    net.head.bias.sub_(median).mul_(scale)
     return net
 
 
