@@ -353,6 +353,9 @@ def flatness_suite(args: argparse.Namespace, work: Path, ckpt: Path, common: dic
         runs[f"count_{n}"] = (n, (args.flat_count_size, args.flat_count_size), {})
     for w, h in args.flat_sizes:
         runs[f"size_{w}x{h}"] = (1, (w, h), {})
+    if args.flat_sizes:  # the largest image the naive way: decoded whole, batches bounded by count only
+        w, h = max(args.flat_sizes, key=lambda wh: wh[0] * wh[1])
+        runs[f"whole_{w}x{h}"] = (1, (w, h), {"predict.stream_megapixels": 0.0, "predict.max_batch_megapixels": 0.0})
     # Start at batch 4 with a budget that only one 256 px tile fits: every batch of 4 must back off.
     from wmcore.config import load_params
     from wmcore.infer.torch_backend import estimate_batch_mb
@@ -372,12 +375,23 @@ def flatness_suite(args: argparse.Namespace, work: Path, ckpt: Path, common: dic
         make_images(folder, count, size)
         spec = {"common": {**common, **extra}, "checkpoint": str(ckpt), "inputs": str(folder),
                 "out": str(work / "flat_out" / name)}  # fmt: skip
-        print(f"[bench] {name} ...", flush=True)
-        r = run_child("folder", spec, args.timeout)
+        # A process's peak RSS varies by +-10% run to run (allocator and thread timing): size runs
+        # repeat and report the median run, so a 10% target compares medians, not noise.
+        repeats = args.flat_repeats if name.startswith("size_") else 1
+        tries = []
+        for i in range(repeats):
+            print(f"[bench] {name} ({i + 1}/{repeats}) ...", flush=True)
+            tries.append(run_child("folder", spec, args.timeout))
+        ok = sorted((t for t in tries if "error" not in t), key=lambda t: t["peak_rss_mb"])
+        r = ok[len(ok) // 2] if ok else tries[0]
         r["images"] = count
+        if len(ok) > 1:
+            r["peak_rss_runs_mb"] = [t["peak_rss_mb"] for t in ok]
         if "error" not in r:
-            # Per image: decoded RGB (3 B/px) + uint8 probability and mask (2 B/px) + their PNG copies (2 B/px).
-            r["image_buffers_mb"] = round(size[0] * size[1] * 7 / 2**20, 1)
+            stream_mp = {**common, **extra}.get("predict.stream_megapixels", pp.stream_megapixels)
+            streamed = 0 < stream_mp < size[0] * size[1] / 1e6
+            # Decoded whole: RGB (3 B/px) + uint8 probability and mask (2 B/px) + their PNG copies (2 B/px).
+            r["image_buffers_mb"] = 0.0 if streamed else round(size[0] * size[1] * 7 / 2**20, 1)
             r["work_beyond_buffers_mb"] = round(r["work_mb"] - r["image_buffers_mb"], 1)
         if name == "oom_backoff_demo":
             r["host_memory_budget_mb"] = budget
@@ -412,16 +426,20 @@ def verdicts(configs: dict[str, Any], equal_work: dict[str, Any], flat: dict[str
     if len(counts) >= 2:
         lo, hi = counts[0]["peak_rss_mb"], counts[-1]["peak_rss_mb"]
         out["memory vs image count"] = f"{lo} -> {hi} MB peak RSS ({(hi / lo - 1) * 100:+.1f}%, target within 10%)"
-    # The last two sizes are compared: memory stops growing once a tile batch is full (~2k px);
-    # smaller images fill it with fewer or smaller tiles, so they use less.
-    sizes = [v for k, v in flat.items() if k.startswith("size_") and "work_beyond_buffers_mb" in v]
+    # Smallest vs largest size (median runs): images over predict.stream_megapixels are decoded and
+    # written strip by strip, and batches are capped in megapixels, so the peak should not grow.
+    sizes = {k: v for k, v in flat.items() if k.startswith("size_") and "peak_rss_mb" in v}
     if len(sizes) >= 2:
-        a, b = sizes[-2], sizes[-1]
-        change = (b["work_beyond_buffers_mb"] / max(a["work_beyond_buffers_mb"], 1e-9) - 1) * 100
-        out["memory vs image size"] = (f"peak RSS {a['peak_rss_mb']} -> {b['peak_rss_mb']} MB; beyond the "
-                                       f"image-sized buffers {a['work_beyond_buffers_mb']} -> "
-                                       f"{b['work_beyond_buffers_mb']} MB ({change:+.1f}%, target within 10%); "
-                                       f"estimated bound of one full tile batch: {flat.get('tile_batch_bound_mb')} MB")  # fmt: skip
+        (ka, a), (kb, b) = list(sizes.items())[0], list(sizes.items())[-1]
+        change = (b["peak_rss_mb"] / a["peak_rss_mb"] - 1) * 100
+        verdict = "meets" if abs(change) <= 10 else "misses"
+        out["memory vs image size"] = (f"median peak RSS {ka[5:]} {a['peak_rss_mb']} MB -> {kb[5:]} "
+                                       f"{b['peak_rss_mb']} MB ({change:+.1f}%, {verdict} within 10%)")  # fmt: skip
+        whole = next((v for k, v in flat.items() if k.startswith("whole_") and "peak_rss_mb" in v), None)
+        if whole is not None:
+            out["streamed vs whole decode"] = (f"{kb[5:]}: peak RSS {b['peak_rss_mb']} vs {whole['peak_rss_mb']} MB "
+                                               f"({b['peak_rss_mb'] / whole['peak_rss_mb']:.2f}x), "
+                                               f"{b['images_per_s']} vs {whole['images_per_s']} img/s")  # fmt: skip
     demo = flat.get("oom_backoff_demo", {})
     if "processed" in demo:
         out["oom back-off demo"] = (f"{demo['processed']}/{demo['images']} images, {demo['batch_backoffs']} "
@@ -445,6 +463,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--flat-count-size", type=int, default=128, help="side of the images of the count runs, px")
     ap.add_argument("--flat-sizes", type=lambda s: tuple(int(v) for v in s.split("x")), nargs="*",
                     default=[(1024, 1024), (2048, 2048), (8000, 6000)], help="image sizes WxH compared")  # fmt: skip
+    ap.add_argument("--flat-repeats", type=int, default=3, help="runs per image size (the median is reported)")
     ap.add_argument("--oom-images", type=int, default=12, help="images of the OOM back-off demo")
     ap.add_argument("--mem-size", type=int, default=2048, help="side of the equal-work memory images, px")
     ap.add_argument("--mem-images", type=int, default=2, help="images of the equal-work memory run (0 = skip)")

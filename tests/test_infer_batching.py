@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,8 @@ from wmcore.infer.predictor import clear_predictor_cache, get_predictor
 from wmcore.model.checkpoint import save_checkpoint
 from wmcore.model.unet import UNet
 from wmcore.runtime.memory import HostMemoryBudgetExceeded, is_oom_error
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 class FakeModel:
@@ -45,6 +49,35 @@ def test_does_not_grow_when_memory_probe_says_no():
     sizer = AdaptiveBatchSizer(start=2, min_size=1, max_size=8, memory_ok=lambda n: n <= 4)
     sizer.run(list(range(20)), model)
     assert max(len(c) for c in model.calls) == 4
+
+
+def test_a_pixel_limit_caps_chunks_without_growing_or_losing_items():
+    model = FakeModel()
+    sizer = AdaptiveBatchSizer(start=4, min_size=1, max_size=8, memory_ok=lambda n: True)
+    assert sizer.run(list(range(9)), model, limit=2) == [x * 10 for x in range(9)]
+    assert [len(c) for c in model.calls] == [2, 2, 2, 2, 1] and sizer.size == 4  # cut chunks never grow it
+    sizer.run(list(range(3)), model, limit=0)  # below one item: still one at a time, never zero
+    assert [len(c) for c in model.calls[-3:]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(("megapixels", "tile", "expected"), [(0.0, 512, None), (0.3, 512, 1), (0.3, 384, 2),
+                                                              (0.3, 128, 18), (0.01, 512, 1)])  # fmt: skip
+def test_predictor_batch_limit_follows_the_pixel_budget(tmp_path, megapixels, tile, expected):
+    ckpt = tmp_path / "m.pt"
+    net = UNet(base_width=4, depth=2)
+    save_checkpoint(ckpt, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
+    params = load_params(REPO_PARAMS, overrides=[f"predict.max_batch_megapixels={megapixels}", "paths.pretrained=null",
+                                                 f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+    clear_predictor_cache()
+    predictor = get_predictor(ckpt, params)
+    assert predictor.batch_limit(tile, tile) == expected
+    image = np.random.default_rng(0).integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    capped = predictor.predict([image])[0]
+    clear_predictor_cache()
+    free = get_predictor(ckpt, load_params(REPO_PARAMS, overrides=["predict.max_batch_megapixels=0", "paths.pretrained=null",
+                                                                   f"paths.cache_dir={tmp_path / 'cache'}"]))  # fmt: skip
+    np.testing.assert_allclose(capped, free.predict([image])[0], atol=1e-5)  # only the batching differs
+    clear_predictor_cache()
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError, HostMemoryBudgetExceeded])

@@ -12,7 +12,8 @@ from wmcore.infer.tiling import blend_window, predict_tiled, tile_layout
 from wmcore.metrics.image import image_score
 
 
-def run_in_batches(items, fn, size=3):
+def run_in_batches(items, fn, limit=None, size=3):
+    size = min(size, limit or size)
     out = []
     for i in range(0, len(items), size):
         out.extend(fn(items[i : i + size]))

@@ -323,6 +323,20 @@ class PredictParams(_Group):
         "auto = the rule calibrated by `wm evaluate` (model meta), else max.",
     )
     tta_flip: bool = Field(False, description="Average every pass with its horizontally flipped pass (2x the cost).")
+    max_batch_megapixels: float = Field(
+        0.0,
+        ge=0.0,
+        le=4096.0,
+        description="Most model-input megapixels in one batch (tiles or whole images): bounds activation "
+        "memory whatever the tile shape; 0 = only the batch size bounds it.",
+    )
+    stream_megapixels: float = Field(
+        0.0,
+        ge=0.0,
+        le=2000.0,
+        description="Images over this many megapixels are decoded and written strip by strip (libvips), "
+        "so memory does not grow with the image; 0 = always decode whole.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> PredictParams:

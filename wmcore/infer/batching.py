@@ -97,12 +97,18 @@ class AdaptiveBatchSizer:
         """Share of batch calls that completed (1.0 before any call)."""
         return self.successes / self.attempts if self.attempts else 1.0
 
-    def run(self, items: Sequence[T], fn: Callable[[Sequence[T]], list[R]]) -> list[R]:
-        """Call `fn` on chunks of `items` (each item exactly once); concatenated results in order."""
+    def run(self, items: Sequence[T], fn: Callable[[Sequence[T]], list[R]], limit: int | None = None) -> list[R]:
+        """Call `fn` on chunks of `items` (each item exactly once); concatenated results in order.
+
+        limit: most items per chunk for this call (the caller's pixel budget), below the size if lower;
+        a chunk cut short by it does not count as a full-size batch, so it never makes the size grow.
+        """
         results: list[R] = []
         start = 0
+        cap = max(1, limit) if limit is not None else None
         while start < len(items):
-            chunk = items[start : start + self.size]
+            take = self.size if cap is None else min(self.size, cap)
+            chunk = items[start : start + take]
             self.attempts += 1
             try:
                 out = fn(chunk)

@@ -5,7 +5,9 @@ process) with a bounded prefetch (predict.queue_size), so memory stays flat in
 the number of images. Images that fit one tile are batched together; larger
 ones go alone (their tiles are batched). Each finished image writes, atomically:
 `<name>.mask.png` (0/255), `<name>.prob.png` (probability x 255) and optionally
-`<name>.overlay.jpg`, then its row in the results table. A rerun skips images
+`<name>.overlay.jpg`, then its row in the results table. Images over
+`predict.stream_megapixels` are decoded and written strip by strip instead
+(wmcore.infer.large_images), so memory does not grow with the image size. A rerun skips images
 whose row says ok and whose files exist (`force` redoes them); unreadable
 inputs become `skipped` rows with the reason, and the run goes on.
 """
@@ -29,12 +31,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wmcore.config import Params
 from wmcore.errors import WmError
-from wmcore.infer.images import ImageSkip, load_rgb, set_pixel_cap
+from wmcore.infer.images import ImageSkip, load_rgb, set_pixel_cap, streamable_size
 from wmcore.infer.inputs import InputImage, discover_inputs, output_paths
+from wmcore.infer.large_images import NotStreamable, PngMaskWriter, StreamedImage, write_overlay
 from wmcore.infer.predictor import Predictor, get_predictor
 from wmcore.infer.results_table import ResultsTable
 from wmcore.infer.sinks import MaskSummary
-from wmcore.runtime.atomic import remove_stale_temp_files, save_image, write_json
+from wmcore.runtime.atomic import atomic_open, atomic_path, remove_stale_temp_files, save_image, write_json
 from wmcore.runtime.report import console_table
 
 log = logging.getLogger(__name__)
@@ -44,12 +47,16 @@ OVERLAY_COLOUR = np.array([255, 0, 0], dtype=np.uint16)
 
 @dataclass
 class Decoded:
-    """A decoded input (image None when it was skipped, with the reason)."""
+    """A decoded input (image None when it was skipped, with the reason, or is to be streamed).
+
+    stream: (width, height) of an image too large to decode whole (wmcore.infer.large_images).
+    """
 
     index: int
     image: np.ndarray | None
     reason: str | None
     seconds: float
+    stream: tuple[int, int] | None = None
 
 
 @dataclass
@@ -64,8 +71,8 @@ class RunCounts:
 class DecodeDataset(torch.utils.data.Dataset):
     """Decodes input files by index (runs inside DataLoader workers)."""
 
-    def __init__(self, items: list[InputImage], max_megapixels: float) -> None:
-        self.items, self.max_megapixels = items, max_megapixels
+    def __init__(self, items: list[InputImage], max_megapixels: float, stream_megapixels: float = 0.0) -> None:
+        self.items, self.max_megapixels, self.stream_megapixels = items, max_megapixels, stream_megapixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,8 +80,12 @@ class DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Decoded:
         set_pixel_cap(self.max_megapixels)  # workers are fresh processes: set PIL's cap there too
         start = time.perf_counter()
+        path = self.items[index].path
         try:
-            image = load_rgb(self.items[index].path, self.max_megapixels)
+            size = streamable_size(path, self.max_megapixels, self.stream_megapixels)
+            if size is not None:  # decoded band by band by the main process, not here
+                return Decoded(index, None, None, time.perf_counter() - start, stream=size)
+            image = load_rgb(path, self.max_megapixels)
             return Decoded(index, image, None, time.perf_counter() - start)
         except ImageSkip as skip:
             return Decoded(index, None, skip.reason, time.perf_counter() - start)
@@ -89,7 +100,7 @@ def decode_stream(items: list[InputImage], params: Params) -> Iterator[Decoded]:
     pp = params.predict
     workers = min(pp.loader_workers, len(items))
     loader = torch.utils.data.DataLoader(
-        DecodeDataset(items, pp.max_image_megapixels),
+        DecodeDataset(items, pp.max_image_megapixels, pp.stream_megapixels),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep_as_is,
@@ -205,6 +216,10 @@ class FolderRun:
         redirect = logging_redirect_tqdm() if threading.current_thread() is threading.main_thread() else nullcontext()
         with redirect, bar as self.bar:
             for item in decode_stream(self.todo, self.params):
+                if item.stream is not None:
+                    self.flush(pending)  # rows stay in input order
+                    self.run_streamed(item)
+                    continue
                 if item.image is None:
                     self.skip(self.todo[item.index], item.reason or "unreadable", item.seconds)
                     continue
@@ -234,6 +249,52 @@ class FolderRun:
             self.bar.set_postfix(skipped=self.counts.skipped, batch=self.predictor.sizer.size, refresh=False)
         pending.clear()
 
+    def run_streamed(self, decoded: Decoded) -> None:
+        """Predict one very large image band by band, its PNGs written as rows finish, then its row.
+
+        Falls back to decoding it whole when libvips cannot read it as load_rgb would.
+        """
+        item, (width, height) = self.todo[decoded.index], decoded.stream
+        start = time.perf_counter()
+        try:
+            files = output_paths(self.out, item.name, self.params.predict.save_overlay)
+            source = StreamedImage(item.path, width, height)
+        except ValueError as exc:
+            self.skip(item, str(exc), decoded.seconds)
+            return
+        except NotStreamable as exc:
+            log.info("%s; decoding it whole", exc)
+            self._decode_whole(decoded)
+            return
+        try:
+            with atomic_open(files["mask"]) as mask_fh, atomic_open(files["prob"]) as prob_fh:
+                writer = PngMaskWriter(mask_fh, prob_fh, width, height)
+                result = self.predictor.predict_streamed(source, writer)
+                writer.close()
+            if "overlay" in files:
+                with atomic_path(files["overlay"]) as tmp:
+                    write_overlay(source, files["mask"], tmp)
+        except ImageSkip as skip:  # found corrupt mid-way: the temp files are gone, the run goes on
+            self.skip(item, skip.reason, decoded.seconds + time.perf_counter() - start)
+            return
+        except WmError as exc:  # out of memory even at the smallest batch
+            self.counts.failed += 1
+            self.skip(item, f"inference failed: {exc}", decoded.seconds)
+            return
+        finally:
+            source.close()
+        self._record_ok(item, result, decoded.seconds + time.perf_counter() - start)
+
+    def _decode_whole(self, decoded: Decoded) -> None:
+        item = self.todo[decoded.index]
+        start = time.perf_counter()
+        try:
+            image = load_rgb(item.path, self.params.predict.max_image_megapixels)
+        except ImageSkip as skip:
+            self.skip(item, skip.reason, decoded.seconds)
+            return
+        self.flush([Decoded(decoded.index, image, None, decoded.seconds + time.perf_counter() - start)])
+
     def finish(self, item: InputImage, decoded: Decoded, result: MaskSummary, infer_seconds: float) -> None:
         """Write one image's outputs, then its row (so a row 'ok' implies complete files)."""
         start = time.perf_counter()
@@ -243,6 +304,9 @@ class FolderRun:
             self.skip(item, str(exc), decoded.seconds)
             return
         write_outputs(files, decoded.image, result)
+        self._record_ok(item, result, decoded.seconds + infer_seconds + time.perf_counter() - start)
+
+    def _record_ok(self, item: InputImage, result: MaskSummary, seconds: float) -> None:
         has_mark = result.score >= self.predictor.image_threshold
         self._record({
             "name": item.name,
@@ -254,9 +318,9 @@ class FolderRun:
             "area_fraction": round(result.area_fraction, 6),
             "n_regions": len(result.regions),
             "boxes": [r.as_list() for r in result.regions],
-            "width": int(result.mask.shape[1]),
-            "height": int(result.mask.shape[0]),
-            "seconds": round(decoded.seconds + infer_seconds + time.perf_counter() - start, 4),
+            "width": result.width,
+            "height": result.height,
+            "seconds": round(seconds, 4),
         })  # fmt: skip
         self.counts.processed += 1
         self.counts.with_watermark += int(has_mark)

@@ -11,7 +11,9 @@ with the reason, which the caller logs and records.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_MEGAPIXELS = 200.0
+# What wmcore.infer.large_images decodes strip by strip with the same pixels as load_rgb.
+STREAM_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
+STREAM_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P"})
+EXIF_ORIENTATION = 0x0112
 
 # Truncated files are skipped, not half-decoded into grey garbage.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -39,6 +45,36 @@ def set_pixel_cap(max_megapixels: float) -> None:
 
 def load_rgb(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
     """Decode `path` to uint8 (H, W, 3) RGB, upright per EXIF. Raises ImageSkip with the reason."""
+    with opened_image(path, max_megapixels) as im:
+        im.load()
+        return to_rgb_array(_upright(im))
+
+
+def streamable_size(path: str | Path, max_megapixels: float, stream_megapixels: float) -> tuple[int, int] | None:
+    """(width, height) when `path` is worth decoding strip by strip, else None (decode it whole).
+
+    Worth it: over `stream_megapixels` (> 0), a format libvips reads row by row (STREAM_FORMATS),
+    8-bit RGB/grey/palette with or without alpha, and upright as stored (an EXIF rotation needs the
+    whole image). Reads the header only; raises ImageSkip like load_rgb (unreadable, too large).
+    """
+    with opened_image(path, max_megapixels) as im:
+        if stream_megapixels <= 0 or im.width * im.height <= stream_megapixels * 1e6:
+            return None
+        if im.format not in STREAM_FORMATS or im.mode not in STREAM_MODES:
+            return None
+        try:
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception:  # a damaged EXIF block: load_rgb keeps such images as stored; so do we
+            orientation = 1
+        return (im.width, im.height) if orientation in (0, 1) else None
+
+
+@contextlib.contextmanager
+def opened_image(path: str | Path, max_megapixels: float) -> Iterator[Image.Image]:
+    """The PIL image of `path`, header read and size checked against the cap, pixels not yet decoded.
+
+    Any failure inside the block, decoding included, becomes ImageSkip with the reason.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -61,8 +97,7 @@ def load_rgb(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -
                     raise ImageSkip(
                         path, f"too large: {megapixels:.1f} MP > predict.max_image_megapixels={max_megapixels:g}"
                     )
-                im.load()
-                return to_rgb_array(_upright(im))
+                yield im
     except ImageSkip:
         raise
     except UnidentifiedImageError:

@@ -6,7 +6,9 @@ builds the backend (torch, onnx, onnx-int8) and caches the result per process,
 so the CLI, Prefect tasks and Dask workers load a model once.
 
 `Predictor.predict(images)` takes uint8 (H, W, 3) arrays of any sizes and
-returns float32 (H, W) probabilities. Images larger than `predict.global_side`
+returns float32 (H, W) probabilities; `predict_streamed` takes one image read
+band by band from its file and writes its maps as rows finish (very large
+images: memory flat in the image size). Images larger than `predict.global_side`
 also get a downscaled global view fused with the native pass (see
 wmcore.infer.working_scale; rule `predict.fusion`, "auto" = the calibrated one in
 the model meta). In the native path, images that fit one tile are batched
@@ -32,8 +34,8 @@ import torch
 from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
-from wmcore.infer.sinks import MaskSummary, MaskSummarySink, ProbabilityMapSink
-from wmcore.infer.tiling import StripSink, predict_tiled
+from wmcore.infer.sinks import MaskSummary, MaskSummarySink, MaskWriter, ProbabilityMapSink
+from wmcore.infer.tiling import RowSource, StripSink, predict_tiled
 from wmcore.infer.working_scale import (
     FUSION_RULES,
     flip_averaged,
@@ -142,6 +144,19 @@ class Predictor:
         self._run(images, sinks)
         return [s.finish() for s in sinks]
 
+    def predict_streamed(self, image: RowSource, writer: MaskWriter, threshold: float | None = None) -> MaskSummary:
+        """Like predict_masks for one image read band by band, its maps written row by row by `writer`.
+
+        Memory does not grow with the image: one band of tile rows, one strip of probabilities and one
+        tile batch (wmcore.infer.large_images reads the file and writes the PNGs).
+        """
+        thr = self.threshold if threshold is None else threshold
+        pp = self.params.predict
+        height, width = image.shape[:2]
+        sink = MaskSummarySink(height, width, thr, pp.min_region_pixels, pp.max_regions, writer)
+        self._run([image], [sink])
+        return sink.finish()
+
     def _run(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink], fusion: str | None = None) -> None:
         pp = self.params.predict
         with self._lock:
@@ -157,24 +172,41 @@ class Predictor:
             if h <= tile and w <= tile:
                 small.setdefault((h, w), []).append(i)
             else:
-                predict_tiled(image, tile, overlap, self._run_tiles, self.sizer.run, sinks[i], self.backend.multiple)
-        for indices in small.values():
-            self._run_whole(images, indices, sinks)
+                predict_tiled(image, tile, overlap, self._run_tiles, self.sizer.run, sinks[i],
+                              self.backend.multiple, self.batch_limit)  # fmt: skip
+        for (h, w), indices in small.items():
+            self._run_whole(images, indices, sinks, self.batch_limit(h, w))
 
-    def _run_whole(self, images: Sequence[np.ndarray], indices: list[int], sinks: Sequence[StripSink]) -> None:
+    def _run_whole(
+        self, images: Sequence[np.ndarray], indices: list[int], sinks: Sequence[StripSink], limit: int | None
+    ) -> None:
         """Images that fit one tile: batched whole (same shape), no blending."""
 
         def run_chunk(chunk: Sequence[int]) -> list[None]:
-            probs = self._run_tiles(np.stack([images[i] for i in chunk]))
+            probs = self._run_tiles(np.stack([_whole(images[i]) for i in chunk]))
             for i, p in zip(chunk, probs, strict=True):
                 sinks[i].consume(0, p)
             return [None] * len(chunk)
 
-        self.sizer.run(indices, run_chunk)
+        self.sizer.run(indices, run_chunk, limit)
+
+    def batch_limit(self, height: int, width: int) -> int | None:
+        """Most inputs of height x width px per batch under predict.max_batch_megapixels (None = no cap).
+
+        Activation memory grows with the pixels of a batch, not its count: capping the pixels keeps the
+        peak of an image cut into full 512 px tiles at that of one whose tiles were shrunk to fit it.
+        """
+        budget = self.params.predict.max_batch_megapixels
+        return max(1, int(budget * 1e6 // (height * width))) if budget > 0 else None
 
     def stats(self) -> dict[str, Any]:
         """Batch sizer report: final size, success rate, attempts, back-offs."""
         return self.sizer.summary()
+
+
+def _whole(image: np.ndarray | RowSource) -> np.ndarray:
+    """The whole image as an array (a streamed source that fits one tile is read in one band)."""
+    return image if isinstance(image, np.ndarray) else image.rows(0, image.shape[0])
 
 
 def _check_image(image: Any, index: int) -> tuple[int, int]:
@@ -275,7 +307,7 @@ _CACHE_LOCK = threading.Lock()
 
 def _cache_key(model: ResolvedModel, params: Params, backend: str, device: torch.device) -> tuple:
     pp = params.predict
-    relevant = pp.model_dump(exclude={"model", "save_overlay", "loader_workers", "queue_size"})
+    relevant = pp.model_dump(exclude={"model", "save_overlay", "loader_workers", "queue_size", "stream_megapixels"})
     return (model.identity, backend, str(device), params.base.precision, params.base.threads,
             params.paths.cache_dir, params.paths.prepared, tuple(sorted(relevant.items())))  # fmt: skip
 

@@ -9,10 +9,13 @@ sums: no full-size weight map is ever allocated.
 
 Rows of tiles are processed top to bottom into a strip accumulator of one tile
 height. When the next row starts at y, every row above y is final: it is
-normalised and handed to a `StripSink`, and the accumulator slides down. Memory
-is therefore one strip (tile height x image width, float32) plus one batch of
-tiles, whatever the image height; the caller decides what a sink keeps (a
-float32 map, or only uint8 masks and statistics).
+normalised and handed to a `StripSink` (in pieces of about `SINK_PIXELS`, so the
+sinks' temporaries stay small however wide the image), and the accumulator
+slides down. The image itself is read one band of tile rows at a time
+(`RowSource`: an array, or a file decoded strip by strip), so memory is one
+strip (tile height x image width) plus one batch of tiles, whatever the image
+height; the caller decides what a sink keeps (a float32 map, or only uint8
+masks and statistics, or PNG rows already written).
 """
 
 from __future__ import annotations
@@ -25,8 +28,29 @@ import numpy as np
 
 # Runs a batch of same-shape tiles: uint8 (N, h, w, 3) -> float32 probabilities (N, h, w).
 TileRunner = Callable[[np.ndarray], np.ndarray]
-# Runs a list of work items in adaptive batches (AdaptiveBatchSizer.run).
-BatchRunner = Callable[[Sequence, Callable[[Sequence], list]], list]
+# Runs a list of work items in adaptive batches (AdaptiveBatchSizer.run; limit = most items per batch).
+BatchRunner = Callable[..., list]
+# Rows handed to a sink per call: ~4 MB of float32, so its temporaries are small at any width.
+SINK_PIXELS = 1 << 20
+
+
+class RowSource(Protocol):
+    """An image read top to bottom in bands (wmcore.infer.large_images.StreamedImage, or an array)."""
+
+    shape: tuple[int, ...]  # (H, W, 3)
+
+    def rows(self, y0: int, count: int) -> np.ndarray:
+        """uint8 (count, W, 3): image rows y0 .. y0 + count - 1 (y0 never decreases by more than a band)."""
+
+
+class ArrayRows:
+    """A RowSource over a whole uint8 (H, W, 3) array (bands are views, no copies)."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image, self.shape = image, image.shape
+
+    def rows(self, y0: int, count: int) -> np.ndarray:
+        return self.image[y0 : y0 + count]
 
 
 class StripSink(Protocol):
@@ -76,27 +100,31 @@ def weight_sums(length: int, tile: int, starts: list[int], window: np.ndarray) -
 
 
 def predict_tiled(
-    image: np.ndarray,
+    image: np.ndarray | RowSource,
     tile_size: int,
     overlap: int,
     run_tiles: TileRunner,
     run_batches: BatchRunner,
     sink: StripSink,
     multiple: int = 1,
+    batch_limit: Callable[[int, int], int | None] | None = None,
 ) -> None:
     """Blend overlapping tile predictions of one image and stream the result to `sink`.
 
     Args:
-        image: uint8 (H, W, 3).
+        image: uint8 (H, W, 3) array, or a RowSource read one band of tile rows at a time.
         tile_size, overlap: largest tile side and least overlap, px (overlap < tile_size / 2).
         run_tiles: backend call on a batch of tiles.
         run_batches: splits a row's tile offsets into batches (adaptive size, OOM back-off).
         sink: receives float32 (h, W) strips whose rows cover 0..H-1 exactly once, in order.
         multiple: tile sides are rounded up to this (the model pads to it anyway).
+        batch_limit: (tile h, tile w) -> most tiles per batch (a pixel budget), None = no limit.
     """
-    height, width = image.shape[:2]
+    source = ArrayRows(image) if isinstance(image, np.ndarray) else image
+    height, width = source.shape[:2]
     th, ys = tile_layout(height, tile_size, overlap, multiple)
     tw, xs = tile_layout(width, tile_size, overlap, multiple)
+    limit = batch_limit(th, tw) if batch_limit is not None else None
     wy = blend_window(th, overlap if len(ys) > 1 else 0)
     wx = blend_window(tw, overlap if len(xs) > 1 else 0)
     sum_y, sum_x = weight_sums(height, th, ys, wy), weight_sums(width, tw, xs, wx)
@@ -109,33 +137,37 @@ def predict_tiled(
             acc[: th - (y - base)] = acc[y - base :]
             acc[th - (y - base) :] = 0.0
             base = y
-        _accumulate_row(image, y, th, tw, xs, window2d, acc, run_tiles, run_batches)
+        _accumulate_row(source.rows(y, th), tw, xs, window2d, acc, run_tiles, run_batches, limit)
     _emit(acc, base, height - base, sum_y, sum_x, sink)
 
 
 def _accumulate_row(
-    image: np.ndarray,
-    y: int,
-    th: int,
+    band: np.ndarray,
     tw: int,
     xs: list[int],
     window2d: np.ndarray,
     acc: np.ndarray,
     run_tiles: TileRunner,
     run_batches: BatchRunner,
+    limit: int | None,
 ) -> None:
+    """Add the windowed predictions of one row of tiles (band: uint8 (th, W, 3)) into acc (th, W)."""
+
     def run_chunk(chunk: Sequence[int]) -> list[None]:
-        tiles = np.stack([image[y : y + th, x : x + tw] for x in chunk])
+        tiles = np.stack([band[:, x : x + tw] for x in chunk])
         probs = run_tiles(tiles)
         # Accumulate only after the whole batch succeeded: a retried (OOM) batch adds nothing twice.
         for x, p in zip(chunk, probs, strict=True):
             acc[:, x : x + tw] += p * window2d
         return [None] * len(chunk)
 
-    run_batches(xs, run_chunk)
+    run_batches(xs, run_chunk, limit)
 
 
 def _emit(acc: np.ndarray, y0: int, rows: int, sum_y: np.ndarray, sum_x: np.ndarray, sink: StripSink) -> None:
-    strip = acc[:rows] / (sum_y[y0 : y0 + rows, None] * sum_x[None, :])
-    np.clip(strip, 0.0, 1.0, out=strip)
-    sink.consume(y0, strip)
+    step = max(1, SINK_PIXELS // acc.shape[1])
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        strip = acc[start : start + n] / (sum_y[y0 + start : y0 + start + n, None] * sum_x[None, :])
+        np.clip(strip, 0.0, 1.0, out=strip)
+        sink.consume(y0 + start, strip)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from wmcore.infer.sinks import ProbabilityMapSink
-from wmcore.infer.tiling import StripSink, TileRunner
+from wmcore.infer.tiling import RowSource, StripSink, TileRunner
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,14 @@ def global_view_shape(height: int, width: int, global_side: int) -> tuple[int, i
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def downscale(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (h, w, 3) with shape = (h, w); PIL bilinear, antialiased when shrinking."""
+def downscale(image: np.ndarray | RowSource, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (h, w, 3) with shape = (h, w); PIL bilinear, antialiased when shrinking.
+
+    A streamed image (a RowSource with its own `downscale`) computes the same pixels from its file
+    band by band (wmcore.infer.large_images).
+    """
+    if not isinstance(image, np.ndarray):
+        return image.downscale(shape)
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 

@@ -44,12 +44,36 @@ def is_temp_file(path: str | Path) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
+def temp_path(path: Path) -> Path:
+    """The temp file a write of `path` goes through (same folder, recognisable by is_temp_file)."""
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that takes file names (libvips); renamed over `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise_if_disk_full(exc, path)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on clean exit fsync and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    tmp = temp_path(path)
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
     try:
