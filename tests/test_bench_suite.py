@@ -199,6 +199,20 @@ FLATNESS = {
         "peak_rss_mb": 600.0,
         "work_beyond_buffers_mb": 300.0,
     },
+    "size_1024x1024": {
+        "images": 1,
+        "processed": 1,
+        "images_per_s": 0.5,
+        "peak_rss_mb": 1300.0,
+        "work_beyond_buffers_mb": 600.0,
+    },
+    "whole_8000x8000": {
+        "images": 1,
+        "processed": 1,
+        "images_per_s": 0.005,
+        "peak_rss_mb": 2900.0,
+        "work_beyond_buffers_mb": 700.0,
+    },
     "size_4096x4096": {
         "images": 1,
         "processed": 1,
@@ -223,12 +237,15 @@ def test_scaling_curves_are_ordered_by_size_and_judged(params, tmp_path):
     ctx.cache["flatness"] = FLATNESS
     out = suite_sections.section_scaling(ctx)
     assert [p["images"] for p in out["curves"]["count"]] == [100, 1000]
-    assert [p["side"] for p in out["curves"]["side"]] == [512, 4096, 8000]  # not the JSON's name order
+    assert [p["side"] for p in out["curves"]["side"]] == [512, 1024, 4096, 8000]  # by size; whole_ run not a point
     assert out["curves"]["side"][-1]["wall_s"] == 100.0
     figs = {f.name: f for f in out["figures"]}
     assert figs["peak RSS growth, 100 -> 1000 images"].value == pytest.approx(0.02)
-    growth = figs["memory beyond image buffers, 4096 -> 8000 px"]
-    assert growth.value == pytest.approx(700 / 650 - 1, abs=1e-3) and growth.target_met is True
+    growth = figs["peak RSS growth, 1024 -> 8000 px"]  # from the 1024 px yardstick, not from 512 px
+    assert growth.value == pytest.approx(1400 / 1300 - 1, abs=1e-3) and growth.target_met is True
+    ctx.cache["flatness"] = {**FLATNESS, "size_1024x1024": {**FLATNESS["size_1024x1024"], "peak_rss_mb": 1000.0}}
+    figs = {f.name: f for f in suite_sections.section_scaling(ctx)["figures"]}
+    assert figs["peak RSS growth, 1024 -> 8000 px"].target_met is False  # +40%
 
 
 def test_oom_section_counts_kept_images(params, tmp_path):

@@ -69,8 +69,8 @@ class StreamedImage:
         self._image: Any = None  # the current sequential pass
         self._region: Any = None
         self._next = 0  # first row not yet fetched in this pass
-        self._band = np.empty((0, width, 3), np.uint8)
-        self._band_y0 = 0
+        self._buffer = np.empty((0, width, 3), np.uint8)  # the last band, reused in place
+        self._band_y0 = self._band_rows = 0
         self._open_pass()
 
     def _open_pass(self) -> None:
@@ -89,27 +89,35 @@ class StreamedImage:
         if image.bands == 1:
             image = image.bandjoin([image, image])
         self._image, self._region, self._next = image, vips.Region.new(image), 0
-        self._band, self._band_y0 = self._band[:0], 0
+        self._band_y0 = self._band_rows = 0
 
     def rows(self, y0: int, count: int) -> np.ndarray:
-        """uint8 (count, W, 3): rows y0 .. y0 + count - 1; rows before the last band start a new pass."""
+        """uint8 (count, W, 3): rows y0 .. y0 + count - 1; rows before the last band start a new pass.
+
+        The result is a view of one buffer reused in place (tile rows overlap: the shared rows move
+        up, only the new ones are decoded), valid until the next call.
+        """
         height, width = self.shape[:2]
         count = min(count, height - y0)
         if y0 < self._band_y0:
             self._open_pass()
-        keep = self._band[max(0, y0 - self._band_y0) :]
-        out = np.empty((count, width, 3), np.uint8)
-        have = min(len(keep), count)
-        out[:have] = keep[:have]
+        start = y0 - self._band_y0
+        have = max(0, min(self._band_rows - start, count))
+        if len(self._buffer) < count:
+            grown = np.empty((count, width, 3), np.uint8)
+            grown[:have] = self._buffer[start : start + have]
+            self._buffer = grown
+        elif have and start:
+            self._buffer[:have] = self._buffer[start : start + have]
         row = y0 + have
         if row < min(y0 + count, self._next):  # rows decoded earlier but not kept: read the file again
             self._open_pass()
         while row < y0 + count:
             n = min(FETCH_ROWS, y0 + count - row)
-            out[row - y0 : row - y0 + n] = self._fetch(row, n)
+            self._buffer[row - y0 : row - y0 + n] = self._fetch(row, n)
             row += n
-        self._band, self._band_y0 = out, y0
-        return out
+        self._band_y0, self._band_rows = y0, count
+        return self._buffer[:count]
 
     def _fetch(self, y0: int, count: int) -> np.ndarray:
         """Rows from the decoder; they must follow the previous fetch (sequential access)."""
@@ -129,11 +137,10 @@ class StreamedImage:
         height, width = self.shape[:2]
         gh, gw = shape
         self._open_pass()
-        parts = []
+        narrow = np.empty((height, gw, 3), np.uint8)  # <= global_side x 3 bytes per image row
         for y in range(0, height, FETCH_ROWS):
             band = self._fetch(y, min(FETCH_ROWS, height - y))
-            parts.append(np.asarray(Image.fromarray(band).resize((gw, len(band)), Image.Resampling.BILINEAR)))
-        narrow = np.concatenate(parts)  # (H, w, 3): <= global_side bytes x 3 per image row
+            narrow[y : y + len(band)] = Image.fromarray(band).resize((gw, len(band)), Image.Resampling.BILINEAR)
         self._open_pass()  # the native tiles read from the top again
         return np.asarray(Image.fromarray(narrow).resize((gw, gh), Image.Resampling.BILINEAR))
 
@@ -144,7 +151,8 @@ class StreamedImage:
 
     def close(self) -> None:
         self._image = self._region = None
-        self._band = self._band[:0]
+        self._buffer = self._buffer[:0]
+        self._band_y0 = self._band_rows = 0
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ sums: no full-size weight map is ever allocated.
 
 Rows of tiles are processed top to bottom into a strip accumulator of one tile
 height. When the next row starts at y, every row above y is final: it is
-normalised and handed to a `StripSink` (in pieces of about `SINK_PIXELS`, so the
+normalised and handed to a `StripSink` (in pieces of `SINK_PIXELS`, so the
 sinks' temporaries stay small however wide the image), and the accumulator
 slides down. The image itself is read one band of tile rows at a time
 (`RowSource`: an array, or a file decoded strip by strip), so memory is one
@@ -30,8 +30,9 @@ import numpy as np
 TileRunner = Callable[[np.ndarray], np.ndarray]
 # Runs a list of work items in adaptive batches (AdaptiveBatchSizer.run; limit = most items per batch).
 BatchRunner = Callable[..., list]
-# Rows handed to a sink per call: ~4 MB of float32, so its temporaries are small at any width.
-SINK_PIXELS = 1 << 20
+# Pixels handed to a sink per call: 1 MB of float32, so the sinks' temporaries (upsampled global
+# rows, uint8 maps, labels, top-k pool) stay a few MB at any width.
+SINK_PIXELS = 1 << 18
 
 
 class RowSource(Protocol):
