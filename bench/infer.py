@@ -269,8 +269,10 @@ def markdown(result: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {name} | error: {r['error']} |  |  |  |  |  |  |")
             continue
+        runs = r.get("peak_rss_runs_mb")
+        peak = f"{r['peak_rss_mb']} (runs {', '.join(map(str, runs))})" if runs else r["peak_rss_mb"]
         lines.append(
-            f"| {name} | {r['images']} | {r['processed']} | {r['images_per_s']} | {r['peak_rss_mb']} "
+            f"| {name} | {r['images']} | {r['processed']} | {r['images_per_s']} | {peak} "
             f"| {r['work_mb']} | {r.get('image_buffers_mb', '')} | {r.get('work_beyond_buffers_mb', '')} |"
         )
     lines += ["", "## Verdicts", ""] + [f"- {k}: {v}" for k, v in result.get("verdicts", {}).items()]

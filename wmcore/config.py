@@ -330,8 +330,15 @@ class PredictParams(_Group):
         description="Most model-input megapixels in one batch (tiles or whole images): bounds activation "
         "memory whatever the tile shape; 0 = only the batch size bounds it.",
     )
+    malloc_mmap_threshold_kb: int = Field(
+        0,
+        ge=0,
+        le=1 << 20,
+        description="glibc: tensors of at least this many KiB get their own mapping, returned when freed "
+        "(steady, lower peak RSS; costs page faults); 0 = glibc's dynamic default.",
+    )
     stream_megapixels: float = Field(
-        0.0,
+        12.0,
         ge=0.0,
         le=2000.0,
         description="Images over this many megapixels are decoded and written strip by strip (libvips), "

@@ -44,7 +44,7 @@ from wmcore.infer.working_scale import (
     run_working_scale,
 )
 from wmcore.runtime.device import configure_threads, resolve_device
-from wmcore.runtime.memory import MemoryMonitor
+from wmcore.runtime.memory import MemoryMonitor, set_malloc_mmap_threshold
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +351,8 @@ def _build(
     from wmcore.model.checkpoint import load_model
 
     threads = configure_threads(params.base.threads, reserved=params.predict.loader_workers)  # decoders' cores
+    if set_malloc_mmap_threshold(params.predict.malloc_mmap_threshold_kb):
+        log.info("glibc mmap threshold fixed at %d KiB", params.predict.malloc_mmap_threshold_kb)
     net, ckpt = load_model(model.path, map_location="cpu")
     meta = ckpt.get("meta") or {}
     threshold = _meta_float(meta, "threshold", params.predict.threshold)
