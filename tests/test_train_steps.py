@@ -187,3 +187,21 @@ def test_validation_counts_known_answer():
     assert result["val_f1_best"] == pytest.approx(2 / 3)  # threshold above 0.6: tp 1, fn 1
     assert 0.59 < result["val_threshold"] <= 0.98
     assert result["val_images"] == 2
+
+
+def test_batchnorm_momentum_per_step_makes_micro_batches_track_like_one_batch():
+    from wmcore.train.setup import scale_batchnorm_momentum
+
+    net = UNet(base_width=4, depth=2)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert scale_batchnorm_momentum(net, 1) == 0 and scale_batchnorm_momentum(net, 4) == n_bn > 0
+    assert {m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm2d)} == {0.025}
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous()  # sample i = i
+    whole, micro, plain = nn.BatchNorm2d(1), nn.BatchNorm2d(1), nn.BatchNorm2d(1)
+    whole(x)  # one batch of 8: running mean 0.1 * 3.5
+    scale_batchnorm_momentum(micro, 4)
+    for chunk in x.split(2):  # 2 x 4 accumulation: four updates of two images each
+        micro(chunk)
+        plain(chunk)
+    assert abs(float(micro.running_mean) - float(whole.running_mean)) < 0.02
+    assert abs(float(plain.running_mean) - float(whole.running_mean)) > 0.5  # unscaled: four times the step

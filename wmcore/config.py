@@ -250,6 +250,11 @@ class TrainParams(_Group):
         description="With several processes, BatchNorm uses the statistics of the micro-batches of all ranks "
         "together (one process's view of the global batch); off = each rank's own.",
     )
+    bn_momentum_per_step: bool = Field(
+        True,
+        description="With gradient accumulation, divide BatchNorm's running-statistics momentum by "
+        "grad_accum_steps, so the running statistics average as many images as one big batch would.",
+    )
 
     @model_validator(mode="after")
     def _stages(self) -> TrainParams:

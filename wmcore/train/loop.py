@@ -74,6 +74,7 @@ from wmcore.train.setup import (
     place_model,
     resolve_switches,
     samples_per_rank,
+    scale_batchnorm_momentum,
     seed_everything,
     stage_of,
     steps_in_epoch,
@@ -167,6 +168,8 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
     eager = place_model(build_model(**params.model.model_dump()), switches, device)
     if world_size > 1 and params.train.sync_batchnorm:  # before the optimizer takes the parameters
         eager = convert_batchnorm(eager, device)
+    if params.train.bn_momentum_per_step:
+        scale_batchnorm_momentum(eager, switches.grad_accum)
     state = TrainState()
     tools, schedule = build_optimization(params, switches, device, eager)  # after placing: state follows params
     train_dir = Path(params.paths.train_dir)

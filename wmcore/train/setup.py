@@ -135,6 +135,22 @@ def build_optimization(
     return tools, LRSchedule(optimizer, o.lr, params.train.scheduler)
 
 
+def scale_batchnorm_momentum(model: nn.Module, accum_steps: int) -> int:
+    """Divide every BatchNorm momentum by `accum_steps`; returns how many layers changed.
+
+    A micro-batch of N/k images updates the running statistics k times per optimizer step, each
+    time with the noisier statistics of fewer images: with momentum m/k the running average spans
+    the same number of images as momentum m over whole batches of N, so evaluation (which uses the
+    running statistics) sees as steady a normalisation as without accumulation.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None and accum_steps > 1:
+            module.momentum = module.momentum / accum_steps
+            changed += 1
+    return changed
+
+
 def place_model(model: nn.Module, switches: Switches, device: torch.device) -> nn.Module:
     model = model.to(device)
     if switches.channels_last:
