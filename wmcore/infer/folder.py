@@ -33,7 +33,14 @@ from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.infer.images import ImageSkip, load_rgb, set_pixel_cap, streamable_size
 from wmcore.infer.inputs import InputImage, discover_inputs, output_paths
-from wmcore.infer.large_images import NotStreamable, PngMaskWriter, StreamedImage, write_overlay
+from wmcore.infer.large_images import (
+    OVERLAY_QUALITY,
+    OVERLAY_RGB,
+    NotStreamable,
+    PngMaskWriter,
+    StreamedImage,
+    write_overlay,
+)
 from wmcore.infer.predictor import Predictor, get_predictor
 from wmcore.infer.results_table import ResultsTable
 from wmcore.infer.sinks import MaskSummary
@@ -42,7 +49,7 @@ from wmcore.runtime.report import console_table
 
 log = logging.getLogger(__name__)
 
-OVERLAY_COLOUR = np.array([255, 0, 0], dtype=np.uint16)
+OVERLAY_COLOUR = np.array(OVERLAY_RGB, dtype=np.uint16)
 
 
 @dataclass
@@ -371,7 +378,7 @@ def write_outputs(files: dict[str, Path], image: np.ndarray, result: MaskSummary
     save_image(files["mask"], Image.fromarray(result.mask.view(np.uint8) * np.uint8(255), mode="L"))
     save_image(files["prob"], Image.fromarray(result.prob_u8, mode="L"))
     if "overlay" in files:
-        save_image(files["overlay"], Image.fromarray(overlay_image(image, result.mask)), quality=90)
+        save_image(files["overlay"], Image.fromarray(overlay_image(image, result.mask)), quality=OVERLAY_QUALITY)
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray, rows: int = 512) -> np.ndarray:

@@ -36,7 +36,8 @@ FETCH_ROWS = 64  # rows per libvips region fetch: the decoder's working set stay
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_FILTER_UP = 2
 PNG_COMPRESS_LEVEL = 6  # PIL's default for PNG
-OVERLAY_QUALITY = 90  # JPEG quality of overlays (as wmcore.infer.folder writes them)
+OVERLAY_RGB = (255, 0, 0)  # mask pixels of overlays are blended 50% towards this colour
+OVERLAY_QUALITY = 90  # JPEG quality of overlays (wmcore.infer.folder writes its own with the same)
 
 
 class NotStreamable(WmError):
@@ -226,7 +227,7 @@ def write_overlay(image: StreamedImage, mask_path: Path, out_path: Path) -> None
     rgb = image.vips_image()
     try:
         mask = vips.Image.new_from_file(str(mask_path), access="sequential")
-        red = ((rgb.cast("ushort") + [255, 0, 0]) / 2).cast("uchar")  # (a + 255) // 2, as numpy's
+        red = ((rgb.cast("ushort") + list(OVERLAY_RGB)) / 2).cast("uchar")  # (a + c) // 2, as numpy's
         (mask > 127).ifthenelse(red, rgb).jpegsave(
             str(out_path), Q=OVERLAY_QUALITY, subsample_mode="on"
         )  # 4:2:0 as PIL

@@ -35,7 +35,7 @@ from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
 from wmcore.infer.sinks import MaskSummary, MaskSummarySink, MaskWriter, ProbabilityMapSink
-from wmcore.infer.tiling import RowSource, StripSink, predict_tiled
+from wmcore.infer.tiling import RowSource, StripSink, as_row_source, predict_tiled
 from wmcore.infer.working_scale import (
     FUSION_RULES,
     flip_averaged,
@@ -183,7 +183,8 @@ class Predictor:
         """Images that fit one tile: batched whole (same shape), no blending."""
 
         def run_chunk(chunk: Sequence[int]) -> list[None]:
-            probs = self._run_tiles(np.stack([_whole(images[i]) for i in chunk]))
+            # A streamed source that fits one tile is read in one band.
+            probs = self._run_tiles(np.stack([as_row_source(images[i]).rows(0, images[i].shape[0]) for i in chunk]))
             for i, p in zip(chunk, probs, strict=True):
                 sinks[i].consume(0, p)
             return [None] * len(chunk)
@@ -202,11 +203,6 @@ class Predictor:
     def stats(self) -> dict[str, Any]:
         """Batch sizer report: final size, success rate, attempts, back-offs."""
         return self.sizer.summary()
-
-
-def _whole(image: np.ndarray | RowSource) -> np.ndarray:
-    """The whole image as an array (a streamed source that fits one tile is read in one band)."""
-    return image if isinstance(image, np.ndarray) else image.rows(0, image.shape[0])
 
 
 def _check_image(image: Any, index: int) -> tuple[int, int]:

@@ -54,6 +54,11 @@ class ArrayRows:
         return self.image[y0 : y0 + count]
 
 
+def as_row_source(image: np.ndarray | RowSource) -> RowSource:
+    """A RowSource for an array (wrapped) or for a RowSource (itself)."""
+    return ArrayRows(image) if isinstance(image, np.ndarray) else image
+
+
 class StripSink(Protocol):
     """Receives final probabilities of consecutive row strips, top to bottom."""
 
@@ -121,7 +126,7 @@ def predict_tiled(
         multiple: tile sides are rounded up to this (the model pads to it anyway).
         batch_limit: (tile h, tile w) -> most tiles per batch (a pixel budget), None = no limit.
     """
-    source = ArrayRows(image) if isinstance(image, np.ndarray) else image
+    source = as_row_source(image)
     height, width = source.shape[:2]
     th, ys = tile_layout(height, tile_size, overlap, multiple)
     tw, xs = tile_layout(width, tile_size, overlap, multiple)

@@ -51,7 +51,10 @@ def temp_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp path beside `path` for a writer that takes file names (libvips); renamed over `path` on success."""
+    """A temp path beside `path`; on clean exit the file there is fsynced and renamed over `path`.
+
+    For writers that take file names (libvips); atomic_open is the same for an open file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
@@ -62,7 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            tmp.unlink()  # also gives the space of the partial file back
         if isinstance(exc, OSError):
             raise_if_disk_full(exc, path)
         raise
@@ -71,23 +74,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on clean exit fsync and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    try:
-        with open(tmp, mode, encoding=encoding) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # also gives the space of the partial file back
-        if isinstance(exc, OSError):
-            raise_if_disk_full(exc, path)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as fh:
+        yield fh
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
