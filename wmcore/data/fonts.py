@@ -1,9 +1,15 @@
-"""Font registry for watermark and scene text: the DejaVu family matplotlib ships and Noto Sans CJK.
+"""Font registry for watermark and scene text: DejaVu (matplotlib), Noto Sans CJK and the committed font pack.
 
-Every face has a stable name (e.g. "dejavu-sans-bold", "noto-cjk-sc") and the scripts it can
-draw, so phrases are only drawn in faces that have their glyphs, and the style-held-out split can
-keep some faces out of training by name. Faces whose file is missing are left out of the registry
-(the generator still runs on what is installed); `available_faces()` says which.
+Every face has a stable name (e.g. "dejavu-sans-bold", "noto-cjk-sc", "roboto-condensed") and the
+scripts it can draw, so phrases are only drawn in faces that have their glyphs, and the style-held-out
+split can keep some faces out of training by name. Faces whose file is missing are left out of the
+registry (the generator still runs on what is installed); `available_faces()` says which.
+
+The font pack (data/fonts, built by `wm corpus` from pinned Debian font packages: Latin sans, serif,
+mono, condensed, script, handwritten and display faces, and CJK faces subset to the characters the
+phrases need) lists each face's scripts in its manifest.jsonl. Those were measured from the face's
+cmap at build time (`covered_scripts`: a face draws a script when it has a glyph for every character
+the phrases of that script may hold, `script_characters`), not assumed.
 
 `face_scope(held_out, prefer_held_out)` is how the generator applies a held-out choice to ALL text of
 a sample: watermarks (render.py) and also scene text and document pages (compose.py, procedural.py),
@@ -17,12 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import ImageFont
+
+from wmcore.data import phrases
 
 # Scripts a phrase may need. "latin" covers ASCII plus ©, ®, accents; the CJK ones need Noto.
 SCRIPTS = ("latin", "sc", "tc", "jp", "kr")
@@ -54,9 +64,26 @@ _DEJAVU = (
 # Face indices inside NotoSansCJK-Regular.ttc (checked with ImageFont.getname()).
 _NOTO = (("noto-cjk-jp", 0, "jp"), ("noto-cjk-kr", 1, "kr"), ("noto-cjk-sc", 2, "sc"), ("noto-cjk-tc", 3, "tc"))
 
+# The committed font pack: where `wm corpus` writes it, read in place (no install step).
+FONT_PACK_DIR = Path(__file__).resolve().parents[2] / "data" / "fonts"
+PROBE_DRAWS = 4000  # phrase draws per maker: each word list is drawn hundreds of times over
+PROBE_SEED = 0
+
+
+def _font_pack_rows(folder: Path = FONT_PACK_DIR) -> list[dict]:
+    path = folder / "manifest.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 FONT_LICENSES = {
     "dejavu": "DejaVu fonts (Bitstream Vera derivative, free license; shipped with matplotlib)",
     "noto-cjk": "Noto Sans CJK, SIL Open Font License 1.1 (noto-cjk-sans-otc package)",
+    # data/fonts: one entry per face (licenses/<package>.copyright holds each package's full text)
+    **{r["name"]: f"{r['license']} ({r['package']} {r['package_version']}, {r['path']}; "
+       f"{'subset to ' + r['subset'] + ' by wm corpus' if r['subset'] != 'none' else 'unmodified'})"
+       for r in _font_pack_rows()},
 }
 
 
@@ -78,7 +105,7 @@ def _noto_path() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def available_faces() -> tuple[FontFace, ...]:
-    """All installed faces, in a fixed order (the order never depends on the file system)."""
+    """All installed faces, in a fixed order: DejaVu, Noto CJK, then the font pack in manifest order."""
     faces: list[FontFace] = []
     mpl_dir = _matplotlib_font_dir()
     if mpl_dir is not None:
@@ -90,7 +117,39 @@ def available_faces() -> tuple[FontFace, ...]:
         for name, index, script in _NOTO:
             # Noto CJK also carries Latin glyphs, so it can draw mixed "XX AI生成" phrases.
             faces.append(FontFace(name, str(noto), index, frozenset({"latin", script})))
+    for row in _font_pack_rows():
+        path = FONT_PACK_DIR / row["file"]
+        if path.is_file() and row["scripts"]:
+            faces.append(FontFace(row["name"], str(path), 0, frozenset(row["scripts"]), bool(row["bold"])))
     return tuple(faces)
+
+
+@functools.lru_cache(maxsize=1)
+def script_characters() -> dict[str, frozenset[str]]:
+    """Per script, every character (whitespace aside) its phrases may hold: what a face must cover to draw it.
+
+    Drawn from the phrase makers with a fixed seed, PROBE_DRAWS times each, so every word list and
+    format comes up many times over; a date's 年月日 or a Japanese sign word lands in the script the
+    phrase is drawn in ("sc"), exactly as the renderer picks its face.
+    """
+    rng = np.random.default_rng(PROBE_SEED)
+    chars: dict[str, set[str]] = {s: set() for s in SCRIPTS}
+    makers = [lambda: phrases.make_ai_label(rng), lambda: phrases.make_stamp_phrase(rng),
+              lambda: phrases.make_block(rng, 3), lambda: phrases.make_scene_phrase(rng),
+              *(lambda k=k: phrases.make_phrase(rng, k) for k in phrases.PHRASE_KINDS)]  # fmt: skip
+    for make in makers:
+        for _ in range(PROBE_DRAWS):
+            phrase = make()
+            chars[phrase.script].update(c for c in phrase.text if not c.isspace())
+    return {s: frozenset(c) for s, c in chars.items()}
+
+
+def covered_scripts(path: str | Path, index: int = 0) -> frozenset[str]:
+    """The scripts face `index` of the font file can draw: those whose `script_characters` its cmap all holds."""
+    from fontTools.ttLib import TTFont  # deferred: only the corpus build and tests measure coverage
+
+    cmap = {chr(c) for c in TTFont(str(path), fontNumber=index, lazy=True).getBestCmap()}
+    return frozenset(s for s, chars in script_characters().items() if chars <= cmap)
 
 
 @dataclass

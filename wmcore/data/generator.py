@@ -28,11 +28,13 @@ import numpy as np
 
 from wmcore.config import PrepareParams
 from wmcore.data.backgrounds import (
+    CORPUS_DOCUMENT,
     PAGE_BACKGROUNDS,
     BackgroundCatalog,
     PhotoRef,
     augmented_crop,
     background_kind,
+    is_page_background,
     load_photo,
 )
 from wmcore.data.compose import composite, jpeg_roundtrip, render_scene_text, strengthen, to_uint8
@@ -129,9 +131,9 @@ def _font_may_go(held_kinds: tuple[str, ...]) -> Callable[[list[str], str], bool
 
 def _page_may_go(catalog: BackgroundCatalog, held_procedural: tuple[str, ...]) -> Callable[[list[str], str], bool]:
     """A page photo may be held out only if training keeps another page background (its document negatives)."""
-    pages = [r.id for r in catalog.photos if r.id in PAGE_BACKGROUNDS]
+    pages = [r.id for r in catalog.photos if is_page_background(r.id)]
     pages += [f"procedural:{k}" for k in catalog.procedural if f"procedural:{k}" in PAGE_BACKGROUNDS and k not in held_procedural]
-    return lambda held, name: name not in PAGE_BACKGROUNDS or len(set(pages) - {*held, name}) > 0
+    return lambda held, name: not is_page_background(name) or len(set(pages) - {*held, name}) > 0
 
 
 def plan_heldout(p: PrepareParams, seed: int, catalog: BackgroundCatalog) -> HeldoutPlan:
@@ -147,7 +149,7 @@ def plan_heldout(p: PrepareParams, seed: int, catalog: BackgroundCatalog) -> Hel
     styles = hold_out(_registry_rng(seed, "styles"), sorted(n for n, w in p.style_weights.items() if w > 0), share)
     kinds = hold_out(_registry_rng(seed, "phrase_kinds"), list(PHRASE_KINDS), share)
     fonts = hold_out(_registry_rng(seed, "fonts"), [f.name for f in available_faces()], share, _font_may_go(kinds))
-    pages_in_photos = any(r.id in PAGE_BACKGROUNDS for r in catalog.photos)
+    pages_in_photos = any(is_page_background(r.id) for r in catalog.photos)
     procedural = hold_out(
         _registry_rng(seed, "procedural"), catalog.procedural, share,
         lambda held, kind: f"procedural:{kind}" not in PAGE_BACKGROUNDS or pages_in_photos,
@@ -274,7 +276,7 @@ def _compose_sample(p: PrepareParams, pool: DrawPool, streams: list[np.random.Ge
     kinds: list[str] = []
     layer = MarkLayer(width, height)
     if mark_rng.random() >= p.clean_share:
-        on_page = has_text and source in ("procedural:page", "skimage:page")
+        on_page = has_text and (source in ("procedural:page", "skimage:page") or source.startswith(CORPUS_DOCUMENT))
         layer, styles, kinds = draw_watermark(mark_rng, p, pool, background, on_page)
     image = to_uint8(composite(background, layer))
     if jpeg_rng.random() < p.jpeg_share:

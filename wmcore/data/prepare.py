@@ -40,7 +40,7 @@ from tqdm import tqdm
 from wmcore.config import Params
 from wmcore.data.backgrounds import BackgroundCatalog, discover_backgrounds
 from wmcore.data.contact_sheet import write_contact_sheet
-from wmcore.data.fonts import FONT_LICENSES
+from wmcore.data.fonts import FONT_LICENSES, FONT_PACK_DIR
 from wmcore.data.generator import HELDOUT_SPLIT, GeneratorContext, HeldoutPlan, generate_sample, plan_heldout
 from wmcore.data.importer import import_dataset, import_folders
 from wmcore.runtime.atomic import write_json, write_text
@@ -54,7 +54,7 @@ PARTIAL_MARK = ".partial-"
 GENERATOR_MODULES = (
     "backgrounds", "compose", "contact_sheet", "fonts", "generator", "icons", "importer", "layer", "phrases",
     "prepare", "procedural", "render",
-)
+)  # plus the manifests of the corpus and the font pack (data/corpus, data/fonts), see `fingerprint`
 
 
 def sample_id(split: str, index: int) -> str:
@@ -164,6 +164,8 @@ def fingerprint(params: Params) -> str:
                                   sort_keys=True).encode())
     for module in GENERATOR_MODULES:
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl"):  # rebuilt data
+        h.update(manifest.read_bytes() if manifest.is_file() else b"-")
     return h.hexdigest()[:12]
 
 
@@ -271,7 +273,7 @@ def run_prepare(params: Params) -> dict:
     t0 = time.perf_counter()
     if p.import_dir:
         import_folders(p)  # fail on a wrong import_dir before minutes of generation
-    catalog = discover_backgrounds(p)
+    catalog = discover_backgrounds(p, params.paths.corpus)
     plan = plan_heldout(p, params.base.seed, catalog)
     if (p.heldout_style_share > 0) != (p.n_test_heldout > 0):
         log.info("no %s split: it needs prepare.heldout_style_share > 0 and prepare.n_test_heldout > 0", HELDOUT_SPLIT)
