@@ -20,6 +20,7 @@ from prefect import Flow, flow
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+from prefect.states import Failed, State
 
 from tasks.screening import claim_task, discover_task, screen_chunk_task
 from tasks.stages import load_params_task
@@ -38,32 +39,45 @@ def screening(
     params_file: str = "params.yaml",
     chunk_size: int | None = None,
     overrides: list[str] | None = None,
-) -> dict:
-    """Screen new images of `inbox` into `out_dir`; returns {"screened", "with_watermark", "rows"}."""
+) -> dict | State:
+    """Screen new images of `inbox` into `out_dir`; returns {"screened", "with_watermark", "rows"}.
+
+    A WmError (an output folder that turned read-only) fails the flow run with its one-line
+    message, which calling the flow raises; no traceback is logged.
+    """
     params = load_params_task(params_file, overrides or [])
     inbox = inbox or params.paths.inbox
     out_dir = out_dir or params.schedule.screening_out
-    model = model or params.schedule.screening_model
-    limit = chunk_size or params.schedule.screening_chunk
-    items = discover_task(inbox, out_dir)
-    futures = []
-    while True:
-        chunk = claim_task(out_dir, items, limit)
-        if not chunk:
-            break
-        futures.append(screen_chunk_task.submit(params, out_dir, chunk, model, len(futures)))
-        claimed = {c.path for c in chunk}
-        items = [i for i in items if i.path not in claimed]
-    # Every chunk finishes (a failed one releases its claims) before a failure stops the flow:
-    # a Dask cluster torn down under running chunks would leave their images claimed.
-    wait(futures)
-    rows = [row for fut in futures for row in fut.result()]
+    try:
+        rows = _screen_chunks(params, inbox, out_dir, model or params.schedule.screening_model,
+                              chunk_size or params.schedule.screening_chunk)  # fmt: skip
+    except WmError as exc:
+        return Failed(message=str(exc), data=exc)
     flagged = sum(1 for r in rows if r.get("has_watermark"))
     table = [{k: r.get(k) for k in ("name", "status", "score", "has_watermark", "area_fraction")} for r in rows]
     if table:
         create_table_artifact(table=table, key="screening-results", description=f"{len(rows)} images from {inbox}")
     print(f"screened {len(rows)} new images of {inbox}: {flagged} with watermark -> {out_dir}")
     return {"screened": len(rows), "with_watermark": flagged, "rows": rows}
+
+
+def _screen_chunks(params: Params, inbox: str, out_dir: str, model: str | None, limit: int) -> list[dict]:
+    """Claim chunks of the inbox and screen them as tasks; returns every chunk's rows."""
+    items = discover_task(inbox, out_dir)
+    futures = []
+    try:
+        while True:
+            chunk = claim_task(out_dir, items, limit)
+            if not chunk:
+                break
+            futures.append(screen_chunk_task.submit(params, out_dir, chunk, model, len(futures)))
+            claimed = {c.path for c in chunk}
+            items = [i for i in items if i.path not in claimed]
+    finally:
+        # Every chunk finishes (a failed one releases its claims) before a failure stops the flow:
+        # a Dask cluster torn down under running chunks would leave their images claimed.
+        wait(futures)
+    return [row for fut in futures for row in fut.result()]
 
 
 def dask_task_runner(address: str | None, workers: int) -> Any:

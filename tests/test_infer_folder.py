@@ -30,7 +30,7 @@ def inbox(tmp_path) -> Path:
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / f"img{i}.png")
     Image.fromarray(rng.integers(0, 256, (150, 90, 3), dtype=np.uint8)).save(root / "sub" / "big.jpg")
     Image.new("L", (30, 20), 90).save(root / "sub" / "grey.webp")
-    (root / "notes.txt").write_text("not an image, and not an image suffix: ignored")
+    # Only images: a non-image file is a skip row (exit code 3), see tests/reliability/test_every_file.py.
     return root
 
 

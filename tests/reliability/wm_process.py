@@ -72,13 +72,30 @@ def run_wm(
 class WmProcess:
     """A `wm` process started in the background; its stdout/stderr go to files beside tmp_path."""
 
-    def __init__(self, tmp_path: Path, *args: str, sets: tuple[str, ...] | list[str] = (), **env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *args: str,
+        sets: tuple[str, ...] | list[str] = (),
+        preexec_fn: Callable[[], None] | None = None,
+        **env: str,
+    ) -> None:
         stem = tmp_path / f"wm-{time.monotonic_ns()}"
         self.out_path, self.err_path = Path(f"{stem}.out"), Path(f"{stem}.err")
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                wm_argv(*args, sets=sets), cwd=tmp_path, env=process_env(tmp_path, **env), stdout=out, stderr=err
-            )
+                wm_argv(*args, sets=sets), cwd=tmp_path, env=process_env(tmp_path, **env), stdout=out, stderr=err,
+                preexec_fn=preexec_fn,
+            )  # fmt: skip
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float = 120) -> bool:
+        """Poll until `ready()` is true while the process runs; False if it ended (or timed out) first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if ready():
+                return True
+            time.sleep(0.005)
+        return False
 
     def kill_when(self, ready: Callable[[], bool], timeout: float = 120) -> bool:
         """SIGKILL the process as soon as `ready()` is true; False if it ended (or timed out) first."""

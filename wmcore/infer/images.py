@@ -1,12 +1,16 @@
 """Robust image loading for inference: any common file and mode -> uint8 RGB (H, W, 3).
 
-Handles JPEG/PNG/WebP/BMP/TIFF/GIF (first frame); modes RGB, RGBA/LA and
-transparent palettes (composited over white, the colour a viewer shows),
-grey, palette, 16-bit and 32-bit integer grey (scaled to 8 bits), float,
-CMYK; honours the EXIF orientation. The decompression-bomb cap is explicit:
+Handles JPEG/PNG/WebP/BMP/TIFF/GIF (first frame) and phone photos: AVIF (Pillow's
+own decoder) and HEIC/HEIF (pillow-heif's libheif, registered with PIL once, here);
+modes RGB, RGBA/LA and transparent palettes (composited over white, the colour a
+viewer shows), grey, palette, 16-bit and 32-bit integer grey (scaled to 8 bits),
+float, CMYK. Images come out upright: the EXIF orientation is applied (AVIF too:
+Pillow reports its irot/imir as one); a HEIC's irot/imir is applied by libheif
+while decoding, which then clears the EXIF tag phones write beside it, so it is
+not applied twice. The decompression-bomb cap is explicit:
 images over `max_megapixels` are refused from their header, before decoding.
-Anything unreadable (zero-byte, truncated, not an image) raises `ImageSkip`
-with the reason, which the caller logs and records.
+Anything unreadable (zero-byte, truncated, not an image, a format whose decoder is
+missing here) raises `ImageSkip` with the reason, which the caller logs and records.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+try:  # optional at run time: without it HEIC files are skipped with a reason that names it
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
+
+# The one list of file suffixes inference reads from a folder (files named on the command line
+# are tried whatever their suffix).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".hif", ".avif"}
+)
 DEFAULT_MAX_MEGAPIXELS = 200.0
 # What wmcore.infer.large_images decodes strip by strip with the same pixels as load_rgb.
 STREAM_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
@@ -28,6 +41,26 @@ EXIF_ORIENTATION = 0x0112
 
 # Truncated files are skipped, not half-decoded into grey garbage.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# ISO-BMFF brands (the ftyp box) of the phone formats, to name a format whose decoder is missing.
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
+
+
+def _register_decoders() -> dict[str, str]:
+    """Register pillow-heif's HEIF opener with PIL (once, at import); returns {format: what is missing}."""
+    missing = {}
+    if not features.check("avif"):
+        missing["AVIF"] = "this Pillow has no AVIF support"
+    if pillow_heif is None:
+        missing["HEIC"] = "pillow-heif not installed"
+    else:
+        # The photo only: its thumbnails, depth maps and auxiliary images are not read.
+        pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    return missing
+
+
+MISSING_DECODERS = _register_decoders()
 
 
 class ImageSkip(Exception):
@@ -101,13 +134,36 @@ def opened_image(path: str | Path, max_megapixels: float) -> Iterator[Image.Imag
     except ImageSkip:
         raise
     except UnidentifiedImageError:
-        raise ImageSkip(path, "not an image (format not recognised)") from None
+        raise ImageSkip(path, _unrecognised(path)) from None
     except Image.DecompressionBombError as exc:
         raise ImageSkip(path, f"too large: {exc}") from None
     # Decoders signal corrupt data with many exception types (OSError, SyntaxError, ValueError,
     # struct.error, EOFError, ...); any of them means this one file is unusable, not a bug here.
     except Exception as exc:
         raise ImageSkip(path, f"corrupt or truncated: {type(exc).__name__}: {exc}") from None
+
+
+def container_format(head: bytes) -> str | None:
+    """"AVIF" or "HEIC" when `head` (a file's first bytes) starts an ISO-BMFF file of those brands, else None."""
+    if head[4:8] != b"ftyp":
+        return None
+    box_end = min(len(head), int.from_bytes(head[:4], "big"))
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, box_end - 3, 4)}
+    if brands & AVIF_BRANDS:
+        return "AVIF"
+    return "HEIC" if brands & HEIF_BRANDS else None
+
+
+def _unrecognised(path: Path) -> str:
+    """Skip reason of a file no decoder took: the missing support when it is AVIF/HEIC, else not an image."""
+    try:
+        with open(path, "rb") as fh:
+            fmt = container_format(fh.read(64))
+    except OSError:
+        fmt = None
+    if fmt in MISSING_DECODERS:
+        return f"unsupported format: {fmt} ({MISSING_DECODERS[fmt]})"
+    return "not an image (format not recognised)"
 
 
 def _upright(im: Image.Image) -> Image.Image:

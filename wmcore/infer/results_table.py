@@ -4,7 +4,9 @@ Rows are appended to `results.jsonl` as images finish (flushed and fsynced, so
 a crash loses at most the row being written; a torn last line is ignored when
 read back). `compact()` rewrites the journal and `results.csv` atomically with
 exactly one row per image name (the newest wins), sorted by name; it runs at the
-end of every run, including interrupted ones.
+end of every run, including interrupted ones. A folder that turns read-only or full
+raises OutputNotWritable / DiskFullError (one line in the CLI); the rows already
+written stay intact: the journal is only appended to, both files only replaced whole.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from wmcore.runtime.atomic import raise_if_disk_full, write_text
+from wmcore.runtime.atomic import raise_if_unwritable, write_text
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ class ResultsTable:
 
     def append(self, row: dict[str, Any]) -> None:
         """Add one row durably (it survives a crash right after this returns)."""
-        self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
             with self._locked(), open(self.jsonl, "a+b") as fh:
                 # A torn line from a killed run must not swallow this row: start on a fresh line.
                 if fh.tell() > 0:
@@ -71,16 +73,20 @@ class ResultsTable:
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:  # a torn row is ignored when read back; the image is redone next run
-            raise_if_disk_full(exc, self.jsonl)
+            raise_if_unwritable(exc, self.jsonl)
             raise
 
     def compact(self) -> int:
         """Rewrite both files with one row per image, sorted by name; returns the row count."""
-        self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            rows = [r for _, r in sorted(self.load().items())]
-            write_text(self.jsonl, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-            write_text(self.csv, to_csv(rows))
+        try:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked():
+                rows = [r for _, r in sorted(self.load().items())]
+                write_text(self.jsonl, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+                write_text(self.csv, to_csv(rows))
+        except OSError as exc:  # the lock file; the old files are still whole
+            raise_if_unwritable(exc, self.jsonl)
+            raise
         return len(rows)
 
 

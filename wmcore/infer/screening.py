@@ -10,19 +10,20 @@ on it, so no image is processed twice; claims of dead processes expire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from wmcore.config import Params
+from wmcore.errors import WmError
 from wmcore.infer.inputs import InputImage, discover_inputs
-from wmcore.runtime.atomic import write_json
+from wmcore.runtime.atomic import raise_if_unwritable, write_json
 
 MANIFEST = "processed.jsonl"
 CLAIMS = "claims.json"
@@ -30,8 +31,15 @@ LOCK = ".screening.lock"
 
 
 def image_key(item: InputImage) -> str:
-    """Identity of an inbox image: name + size + mtime (a replaced file is a new image)."""
-    st = item.path.stat()
+    """Identity of an inbox image: name + size + mtime (a replaced file is a new image).
+
+    A symlink that leads nowhere (a loop) is identified by the link itself, so it gets its skip
+    row like any other file; raises OSError only for a file that is gone.
+    """
+    try:
+        st = item.path.stat()
+    except OSError:
+        st = item.path.lstat()
     return f"{item.name}|{st.st_size}|{st.st_mtime_ns}"
 
 
@@ -53,14 +61,23 @@ class ProcessedManifest:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise_if_unwritable(exc, self.out / LOCK)
+            raise
         self.lock = FileLock(str(self.out / LOCK), timeout=120)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
 
-    @contextmanager
+    @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self.lock:
-            yield
+        """The folder's lock held; a folder that cannot be written raises OutputNotWritable."""
+        try:
+            with self.lock:
+                yield
+        except OSError as exc:  # the lock file, or the manifest appended under it
+            raise_if_unwritable(exc, self.out / LOCK)
+            raise
 
     def processed(self) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
@@ -145,7 +162,8 @@ def screen_chunk(params: Params, out_dir: str | Path, items: list[InputImage], m
     try:
         results = predict_images(params, items, Path(out_dir), model=model)
     except BaseException:
-        manifest.release(items)
+        with contextlib.suppress(WmError, OSError):  # best effort: the error that stopped the chunk is reported
+            manifest.release(items)
         raise
     rows = []
     for item in items:

@@ -5,7 +5,9 @@ one, never a half-written file. Temp files are named `.<name>.tmp-<pid>` so
 stale ones from killed runs are recognisable, ignored by readers and removed by
 `remove_stale_temp_files` when the next run starts. A full disk (ENOSPC, EDQUOT)
 raises `DiskFullError`, a WmError naming the file: the CLI prints it on one line,
-and every file finished before it is intact.
+and every file finished before it is intact. A folder that cannot be written
+(read-only mount, permissions, immutable attribute: EROFS, EACCES, EPERM) raises
+`OutputNotWritable` the same way; `check_writable` finds it before a run starts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from wmcore.errors import WmError
 
 TMP_MARK = ".tmp-"
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+WRITE_DENIED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+PROBE_NAME = ".wm-write-probe"
 
 
 class DiskFullError(WmError):
@@ -37,6 +41,67 @@ def raise_if_disk_full(exc: OSError, path: str | Path) -> None:
     """Turn an ENOSPC/EDQUOT OSError into DiskFullError naming `path`; other errors are left alone."""
     if exc.errno in NO_SPACE_ERRNOS:
         raise DiskFullError(path) from None
+
+
+class OutputNotWritable(WmError):
+    """An output folder where files cannot be created or replaced; files finished before it are intact.
+
+    `option` is how the user chooses another folder (`--out`, `paths.train_dir`, ...).
+    """
+
+    def __init__(self, folder: str | Path, reason: str, option: str = "output folder") -> None:
+        self.folder, self.reason, self.option = Path(folder), reason, option
+        super().__init__(f"cannot write to {folder}: {reason}; choose another {option}")
+
+    def __reduce__(self) -> tuple:  # pickled whole across processes (Dask workers, Prefect states)
+        return (type(self), (self.folder, self.reason, self.option))
+
+
+def raise_if_unwritable(exc: OSError, path: str | Path) -> None:
+    """Turn an OSError of writing `path` into OutputNotWritable (naming its folder) or DiskFullError.
+
+    Write-denied errors about `path`, its temp file, a file beside it (a lock) or a folder on its
+    way count; errors about other files (a denied read of an input) are left alone.
+    """
+    raise_if_disk_full(exc, path)
+    if exc.errno not in WRITE_DENIED_ERRNOS:
+        return
+    path, name = Path(path), exc.filename
+    if name is None or Path(name).parent == path.parent:  # None: a write to the open file
+        raise OutputNotWritable(path.parent, f"{exc.strerror or exc} ({Path(name or path).name})") from None
+    if path.is_relative_to(name):  # a folder on its way that could not be made
+        raise OutputNotWritable(name, exc.strerror or str(exc)) from None
+
+
+def check_writable(folder: str | Path, option: str) -> Path:
+    """Prove that files can be created in `folder`, or that it can be made: before any work.
+
+    A probe file is created, synced and removed in `folder`, or in its nearest existing parent
+    when it does not exist yet (making it needs just that); nothing is left behind, and a missing
+    folder is not created here. The probe is a temp file (`is_temp_file`), so one left by a kill
+    is removed like any other. Raises OutputNotWritable naming the folder and `option` (how to
+    choose another), or DiskFullError. Returns `folder`.
+    """
+    folder = Path(folder)
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        reason = "exists and is not a folder" if existing == folder.absolute() else f"{existing} is not a folder"
+        raise OutputNotWritable(folder, reason, option)
+    probe = temp_path(existing / PROBE_NAME)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise_if_disk_full(exc, probe)
+        raise OutputNotWritable(folder, exc.strerror or str(exc), option) from None
+    return folder
 
 
 def is_temp_file(path: str | Path) -> bool:
@@ -56,18 +121,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     For writers that take file names (libvips); atomic_open is the same for an open file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()  # also gives the space of the partial file back
         if isinstance(exc, OSError):
-            raise_if_disk_full(exc, path)
+            raise_if_unwritable(exc, path)
         raise
 
 
