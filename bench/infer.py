@@ -361,16 +361,16 @@ def flatness_suite(args: argparse.Namespace, work: Path, ckpt: Path, common: dic
     # Start at batch 4 with a budget that only one 256 px tile fits: every batch of 4 must back off.
     from wmcore.config import load_params
     from wmcore.infer.torch_backend import estimate_batch_mb
-    from wmcore.model.checkpoint import load_checkpoint
+    from wmcore.model.checkpoint import load_model
 
-    base_width = load_checkpoint(ckpt)["model_args"]["base_width"]
-    budget = max(1, int(1.5 * estimate_batch_mb(1, 256, 256, base_width)))
+    channels = load_model(ckpt)[0].activation_channels
+    budget = max(1, int(1.5 * estimate_batch_mb(1, 256, 256, channels)))
     runs["oom_backoff_demo"] = (args.oom_images, (256, 256), {"predict.host_memory_budget_mb": budget,
                                 "predict.batch_size": 4, "predict.max_batch_size": 4, "predict.tile_size": 256,
                                 "predict.tile_overlap": 32})  # fmt: skip
     pp = load_params(ROOT / "params.yaml", overrides=common).predict
     results: dict[str, Any] = {
-        "tile_batch_bound_mb": round(estimate_batch_mb(pp.max_batch_size, pp.tile_size, pp.tile_size, base_width), 1)
+        "tile_batch_bound_mb": round(estimate_batch_mb(pp.max_batch_size, pp.tile_size, pp.tile_size, channels), 1)
     }
     for name, (count, size, extra) in runs.items():
         folder = work / "flat" / f"{size[0]}x{size[1]}" / str(count)

@@ -209,7 +209,7 @@ def contention_rows(model: Any, side: int, seconds: float, cores: int) -> list[d
 
 
 def contention(ctx: SuiteContext) -> dict[str, Any]:
-    from wmcore.model.unet import build_model
+    from wmcore.model.factory import build_model
     from wmcore.runtime.device import available_cores
 
     cores = available_cores()

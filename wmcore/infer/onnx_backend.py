@@ -26,15 +26,14 @@ from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.infer.batching import check_budget
 from wmcore.infer.torch_backend import estimate_batch_mb
-from wmcore.model.unet import UNet
 
 log = logging.getLogger(__name__)
 
 
 class _ProbabilityModel(nn.Module):
-    """UNet + sigmoid, so the exported graph returns probabilities."""
+    """Model + sigmoid, so the exported graph returns probabilities."""
 
-    def __init__(self, unet: UNet) -> None:
+    def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
 
@@ -42,8 +41,8 @@ class _ProbabilityModel(nn.Module):
         return torch.sigmoid(self.unet(image))
 
 
-def export_onnx(model: UNet, path: str | Path, max_side: int = 16384) -> None:
-    """Export `model` to an fp32 ONNX file at `path` (atomic); input float (N, 3, H, W) in [0, 1], H, W % 2**depth == 0."""
+def export_onnx(model: nn.Module, path: str | Path, max_side: int = 16384) -> None:
+    """Export `model` to an fp32 ONNX file at `path` (atomic); input float (N, 3, H, W) in [0, 1], H, W multiples of model.multiple."""
     from torch.export import Dim
 
     path = Path(path)
@@ -98,7 +97,7 @@ class OnnxBackend:
         path: str | Path,
         name: str,
         multiple: int,
-        base_width: int,
+        activation_channels: int,
         threads: int,
         device: torch.device,
         budget_mb: float,
@@ -115,11 +114,11 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.name = name
-        self.multiple, self.base_width = multiple, base_width
+        self.multiple, self.activation_channels = multiple, activation_channels
         self.budget_mb = budget_mb if device.type == "cpu" else 0.0
 
     def estimate_mb(self, n: int, height: int, width: int) -> float:
-        return estimate_batch_mb(n, height, width, self.base_width)
+        return estimate_batch_mb(n, height, width, self.activation_channels)
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         """tiles: uint8 (N, h, w, 3) -> float32 probabilities (N, h, w)."""
@@ -201,7 +200,7 @@ def _validation_files(params: Params) -> list[Path]:
 
 
 def build_onnx_backend(
-    model: UNet,
+    model: nn.Module,
     checkpoint: Path,
     params: Params,
     int8: bool,
@@ -230,4 +229,4 @@ def build_onnx_backend(
             quantize_int8(fp32, int8_file, tiles)
     budget = params.predict.host_memory_budget_mb
     name = "onnx-int8" if int8 else "onnx"
-    return OnnxBackend(int8_file if int8 else fp32, name, model.multiple, model.base_width, threads, device, budget)
+    return OnnxBackend(int8_file if int8 else fp32, name, model.multiple, model.activation_channels, threads, device, budget)

@@ -12,26 +12,27 @@ import contextlib
 
 import numpy as np
 import torch
+from torch import nn
 
 from wmcore.infer.batching import check_budget
-from wmcore.model.unet import UNet
 from wmcore.runtime.device import autocast_dtype
 
 
-def estimate_batch_mb(n: int, height: int, width: int, base_width: int) -> float:
-    """Rough peak activation memory of a UNet forward pass on an (n, 3, height, width) batch, MB.
+def estimate_batch_mb(n: int, height: int, width: int, activation_channels: int) -> float:
+    """Rough peak activation memory of a forward pass on an (n, 3, height, width) batch, MB.
 
-    Skips of all stages hold ~2 * base_width channels at full resolution and the last decoder
-    stage ~4 * base_width more (concat, conv, BatchNorm output), float32 each.
+    `activation_channels`: float32 values per input pixel alive at the peak (the model's
+    `activation_channels`; a UNet's skips hold ~2 * base_width at full resolution and its last
+    decoder stage ~4 * base_width more).
     """
-    return n * height * width * 4 * (3 + 6 * base_width) / 2**20
+    return n * height * width * 4 * activation_channels / 2**20
 
 
 class TorchBackend:
-    """Runs a UNet on batches of tiles.
+    """Runs a segmentation model (UNet or TextUNet) on batches of tiles.
 
     Args:
-        model: the UNet (moved to `device`, eval mode).
+        model: the model (moved to `device`, eval mode).
         device: torch device.
         channels_last, amp, non_blocking: optimization switches (see params.predict).
         precision: autocast dtype name when amp is on (params.base.precision).
@@ -42,7 +43,7 @@ class TorchBackend:
 
     def __init__(
         self,
-        model: UNet,
+        model: nn.Module,
         device: torch.device,
         channels_last: bool = True,
         amp: bool = False,
@@ -51,7 +52,7 @@ class TorchBackend:
         host_memory_budget_mb: float = 0.0,
     ) -> None:
         self.device, self.channels_last = device, channels_last
-        self.base_width, self.multiple = model.base_width, model.multiple
+        self.activation_channels, self.multiple = model.activation_channels, model.multiple
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(device, memory_format=fmt)
         cuda = device.type == "cuda"
@@ -60,7 +61,7 @@ class TorchBackend:
         self.budget_mb = 0.0 if cuda else host_memory_budget_mb
 
     def estimate_mb(self, n: int, height: int, width: int) -> float:
-        return estimate_batch_mb(n, height, width, self.base_width)
+        return estimate_batch_mb(n, height, width, self.activation_channels)
 
     @torch.inference_mode()
     def run(self, tiles: np.ndarray) -> np.ndarray:

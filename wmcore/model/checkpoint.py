@@ -7,8 +7,8 @@ changed on disk (a damaged copy or download) are refused too, not loaded silentl
 CRCs are no signature: a deliberate edit that rewrites them is not detected. Keys
 (training checkpoints carry all, exported weights only the first three):
 
-    model        state_dict of the UNet
-    model_args   {"in_channels", "base_width", "depth"}
+    model        state_dict of the model
+    model_args   UNet: {"in_channels", "base_width", "depth"}; TextUNet: {"arch": "text_unet", "in_channels", "width"}
     meta         {"threshold": calibrated pixel threshold or None,
                   "image_threshold": calibrated image score threshold or None, ...}
     optimizer, scheduler, scaler, epoch, step, best_f1, rng, config  (training state)
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from wmcore.errors import WmError, one_line
-from wmcore.model.unet import UNet
+from wmcore.model.factory import model_from_args
 from wmcore.runtime.atomic import write_bytes
 
 
@@ -73,12 +73,12 @@ def damaged_member(path: Path) -> str | None:
     return f"CRC mismatch in {bad}" if bad else None
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
-    """Rebuild the UNet from a checkpoint; returns (model in eval mode, checkpoint dict)."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model (UNet or TextUNet) from a checkpoint; returns (model in eval mode, checkpoint dict)."""
     ckpt = load_checkpoint(path, map_location)
     try:
-        model = UNet(**ckpt["model_args"])
+        model = model_from_args(ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise WmError(f"{path}: weights do not match the stored model_args: {one_line(exc)}") from None
     return model.eval(), ckpt

@@ -87,5 +87,7 @@ class UNet(nn.Module):
             self.train(was_training)
 
 
-def build_model(in_channels: int = 3, base_width: int = 16, depth: int = 4) -> UNet:
-    return UNet(in_channels=in_channels, base_width=base_width, depth=depth)
+    @property
+    def activation_channels(self) -> int:
+        """Float channels per input pixel the forward pass holds at its peak, roughly (for batch memory estimates)."""
+        return 3 + 6 * self.base_width

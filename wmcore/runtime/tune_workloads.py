@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from wmcore.config import Params
-from wmcore.model.unet import UNet, build_model
+from wmcore.model.factory import build_model
+from wmcore.model.unet import UNet
 
 
 def images_per_second(call: Callable[[], int], seconds: float, min_calls: int = 2) -> tuple[float, float]:

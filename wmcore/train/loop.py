@@ -47,7 +47,8 @@ from wmcore.config import Params
 from wmcore.data.dataset import WatermarkDataset
 from wmcore.data.loader import EpochSampler, make_loader
 from wmcore.errors import WmError
-from wmcore.model import build_model
+from wmcore.model import TextUNet, build_model
+from wmcore.model.ocr_import import import_text_detector, text_detector_onnx
 from wmcore.runtime.device import resolve_device
 from wmcore.runtime.memory import MemoryMonitor
 from wmcore.tracking.sink import NullLogger, RunLogger
@@ -178,6 +179,9 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
         log.info("resuming after epoch %d (step %d) from %s", state.epoch, state.step, train_dir / LAST)
     elif params.train.warm_start:
         warm_start(params.train.warm_start, eager)
+    elif isinstance(eager, TextUNet) and params.train.init_encoder == "ppocrv4":
+        counts = import_text_detector(eager, text_detector_onnx(params.paths.cache_dir))
+        log.info("text_unet encoder initialised from PP-OCRv4 det (%d tensors)", counts["tensors"])
     # DDP after resume (it broadcasts rank 0's weights) and inside compile (dynamo then splits
     # the graph at gradient buckets, overlapping the all-reduce with the backward pass).
     eager_train = wrap_ddp(eager, device, params.train.sync_batchnorm) if world_size > 1 else eager

@@ -78,7 +78,7 @@ class RunProgress:
 
 
 class LRSchedule:
-    """Sets the LR of every param group from run progress; `state_dict` for checkpoints."""
+    """Sets the LR of every param group (times its `lr_scale`) from run progress; `state_dict` for checkpoints."""
 
     def __init__(self, optimizer, peak_lr: float, params: SchedulerParams) -> None:
         self.optimizer, self.peak_lr, self.params = optimizer, peak_lr, params
@@ -89,7 +89,7 @@ class LRSchedule:
         p = self.params
         self.last_lr = self.peak_lr * lr_factor(progress, p.kind, p.warmup_fraction, p.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.last_lr
+            group["lr"] = self.last_lr * group.get("lr_scale", 1.0)
         return self.last_lr
 
     def state_dict(self) -> dict:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from wmcore.config import Params
+from wmcore.config import OptimizerParams, Params
 from wmcore.data.dataset import WatermarkDataset
 from wmcore.data.loader import EpochSampler, distributed_rank, make_loader
 from wmcore.errors import WmError
@@ -116,10 +116,7 @@ def build_optimization(
 ) -> tuple[StepTools, LRSchedule]:
     """AdamW (no weight decay on norms and biases), GradScaler (fp16 only), loss, LR schedule."""
     o = params.train.optimizer
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    optimizer = torch.optim.AdamW(param_groups(model, o), lr=o.lr, betas=o.betas, eps=o.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=switches.amp and switches.amp_dtype == "fp16")
     tools = StepTools(
         model,
@@ -133,6 +130,20 @@ def build_optimization(
         params.train.grad_clip,
     )
     return tools, LRSchedule(optimizer, o.lr, params.train.scheduler)
+
+
+def param_groups(model: nn.Module, o: OptimizerParams) -> list[dict]:
+    """AdamW groups: weight decay on weights only (not norms, biases, affine scalars); the pretrained
+    text-detector part of a TextUNet (its `encoder_parameters`) at `lr_scale` = o.encoder_lr_scale."""
+    pretrained = {id(p) for p in getattr(model, "encoder_parameters", list)()}
+    groups = []
+    for scale, part in ((1.0, False), (o.encoder_lr_scale, True)):
+        params = [p for p in model.parameters() if (id(p) in pretrained) == part]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}
+                   for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0)) if ps]  # fmt: skip
+    return groups
 
 
 def scale_batchnorm_momentum(model: nn.Module, accum_steps: int) -> int:

@@ -1,0 +1,124 @@
+"""TextUNet: PP-OCRv4's text detector imported exactly, any input size, no batch statistics, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wmcore.config import OptimizerParams
+from wmcore.errors import WmError
+from wmcore.model import TextUNet, build_model, model_from_args
+from wmcore.model.checkpoint import load_model, save_checkpoint
+from wmcore.model.ocr_import import TEXT_DETECTOR, check_against_onnx, import_text_detector, text_detector_onnx
+from wmcore.train.setup import param_groups
+
+
+def page(height: int, width: int) -> np.ndarray:
+    """uint8 RGB: dark text lines on a light page beside a photo-like gradient (real text for the detector)."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), (235, 232, 225))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=22)
+    for i, line in enumerate(["Watermarks are text", "drawn over a photo,", "SAMPLE 2026 (c) wmdetect"]):
+        draw.text((12, 10 + 34 * i), line, fill=(20, 20, 30), font=font)
+    grad = np.linspace(0, 255, width // 2, dtype=np.uint8)[None, :, None].repeat(height, 0).repeat(3, 2)
+    arr = np.asarray(img).copy()
+    arr[:, width // 2 :] = grad[:, : width - width // 2]
+    return arr
+
+
+@pytest.fixture(scope="module")
+def detector_onnx(tmp_path_factory):
+    # the installed rapidocr-onnxruntime (a dev dependency) holds the pinned file: no download here
+    return text_detector_onnx(tmp_path_factory.mktemp("cache"))
+
+
+def test_imported_encoder_reproduces_the_text_detector_exactly(detector_onnx):
+    model = TextUNet()
+    counts = import_text_detector(model, detector_onnx)
+    assert counts["tensors"] == 234
+    image = page(160, 320)
+    assert check_against_onnx(model, detector_onnx, image) < 1e-5
+    with torch.inference_mode():  # and it finds the text: the lines' band is hot, the gradient is not
+        text = model.text_probability(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0, 0]
+    assert float(text[10:110, 12:150].max()) > 0.9 and float(text[:, 200:].max()) < 0.3
+
+
+def test_a_different_onnx_file_is_refused_naming_the_tensor(tmp_path):
+    from wmcore.infer.onnx_backend import export_onnx
+    from wmcore.model.unet import UNet
+
+    export_onnx(UNet(base_width=4, depth=2).eval(), tmp_path / "unet.onnx")
+    with pytest.raises(WmError, match="not the PP-OCRv4 det model"):
+        import_text_detector(TextUNet(), tmp_path / "unet.onnx")
+
+
+def test_the_detector_file_is_checked_against_its_pinned_checksum(tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "text_detector"
+    cache.mkdir(parents=True)
+    (cache / "ch_PP-OCRv4_det_infer.onnx").write_bytes(b"not the model")
+    wheel = cache / TEXT_DETECTOR["wheel"]
+    import zipfile
+
+    with zipfile.ZipFile(wheel, "w") as zf:  # a wheel whose sha256 differs from the pin is not trusted
+        zf.writestr(TEXT_DETECTOR["member"], b"tampered")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # as if rapidocr were not installed
+    monkeypatch.setitem(TEXT_DETECTOR, "url", (tmp_path / "missing.whl").as_uri())
+    with pytest.raises(WmError, match="cannot download"):
+        text_detector_onnx(tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("h", "w"), [(33, 47), (64, 64), (100, 31)])
+def test_output_has_the_input_size(h, w):
+    torch.manual_seed(0)
+    model = TextUNet(width=16).eval()
+    with torch.inference_mode():
+        out = model(torch.rand(2, 3, h, w))
+    assert out.shape == (2, 1, h, w) and torch.isfinite(out).all()
+
+
+def test_no_batch_statistics_an_image_predicts_the_same_alone_or_in_a_batch_even_in_training():
+    torch.manual_seed(0)
+    model = TextUNet(width=16).train()
+    x = torch.rand(4, 3, 64, 96)
+    together = model(x)
+    alone = torch.cat([model(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    model = TextUNet(width=16).train()
+    x, y = torch.rand(4, 3, 64, 64), (torch.rand(4, 1, 64, 64) > 0.8).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    loss(model(x), y).backward()
+    big = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for i in (0, 2):  # two micro-batches of 2, each loss scaled by 1/2 as the training loop does
+        (loss(model(x[i : i + 2]), y[i : i + 2]) / 2).backward()
+    for g, p in zip(big, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
+
+
+def test_checkpoint_round_trip_rebuilds_the_text_unet(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(arch="text_unet", width=16).eval()
+    assert isinstance(model, TextUNet) and model.model_args() == {"arch": "text_unet", "in_channels": 3, "width": 16}
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "model_args": model.model_args(), "meta": {}})
+    loaded, _ = load_model(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 40, 56)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert model_from_args({"in_channels": 3, "base_width": 4, "depth": 2}).__class__.__name__ == "UNet"
+
+
+def test_the_pretrained_part_trains_at_its_own_learning_rate():
+    model = TextUNet(width=16)
+    groups = param_groups(model, OptimizerParams(encoder_lr_scale=0.25))
+    scaled = {id(p) for g in groups if g["lr_scale"] == 0.25 for p in g["params"]}
+    assert scaled == {id(p) for p in model.encoder_parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert all(g["weight_decay"] == 0.0 for g in groups for p in g["params"] if p.dim() < 2)
