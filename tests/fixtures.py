@@ -133,6 +133,7 @@ def evaluate_params(root: Path, prepared: Path, **evaluate: object):
                 "train_dir": str(root / "train"),
                 "evaluate_dir": str(root / "evaluate"),
                 "cache_dir": str(root / "cache"),
+                "corpus": str(root / "corpus"),  # none: the repo's real photos are not scored here
             },
             "evaluate": {"n_overlay": 3, **evaluate},
             "tracking": {"enabled": False},

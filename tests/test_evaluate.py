@@ -15,6 +15,7 @@ from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_che
 from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.evaluate import run as evaluate_run
+from wmcore.evaluate import score as evaluate_score
 from wmcore.evaluate.plots import pick_overlay_rows, plot_training_curves
 from wmcore.evaluate.run import run_evaluation
 from wmcore.evaluate.samples import load_split
@@ -84,7 +85,7 @@ def test_exported_model_carries_calibrated_thresholds(setup: Params) -> None:
     assert meta["source_checkpoint"].endswith("best.pt") and meta["source_epoch"] == 2
 
 
-def _oracle(prepared: Path, low: float, high: float) -> evaluate_run.ProbabilityFn:
+def _oracle(prepared: Path, low: float, high: float) -> evaluate_score.ProbabilityFn:
     """A 'model' that knows every truth mask: high on watermark pixels, low elsewhere."""
     truth = {}
     for split in ("val", "test"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,14 @@ from wmcore.evaluate.run import run_evaluation
 from wmcore.evaluate.samples import load_split
 from wmcore.infer.predictor import Predictor, get_predictor
 from wmcore.infer.torch_backend import TorchBackend
-from wmcore.infer.working_scale import FUSION_RULES, global_view_shape, resolve_rule, upsample_rows
+from wmcore.infer.working_scale import (
+    FUSION_RULES,
+    RefineSettings,
+    global_view_shape,
+    refine_windows,
+    resolve_rule,
+    upsample_rows,
+)
 from wmcore.metrics import best_threshold, threshold_histograms
 from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
 from wmcore.model.unet import UNet
@@ -54,6 +62,7 @@ def params_for(tmp_path: Path, evaluate: dict | None = None, **predict: object) 
         {
             "base": {"threads": 1, "device": "cpu"},
             "paths": {"cache_dir": str(tmp_path / "cache"), "prepared": str(tmp_path / "prepared"),
+                      "corpus": str(tmp_path / "corpus"),
                       "train_dir": str(tmp_path / "train"), "evaluate_dir": str(tmp_path / "evaluate")},
             "predict": {"tile_size": 64, "tile_overlap": 16, "global_side": 256, **predict},
             "evaluate": evaluate or {"n_overlay": 0},
@@ -143,6 +152,76 @@ def test_fused_map_combines_tiles_and_global_pixel_by_pixel(tmp_path, rule):
     assert not np.allclose(tiles[0], wide[0], atol=1e-3)  # the two passes really differ here
 
 
+# --------------------------------------------------------------------------- native refinement
+
+
+def test_refine_windows_are_the_native_tiles_where_the_working_map_fires():
+    working = np.zeros((40, 60), np.float32)  # a 400x600 image seen at 1/10
+    working[35:38, 50:55] = 0.6  # a faint small mark near the bottom-right corner
+    working[5, 5] = 0.2  # below the refine threshold
+    settings = RefineSettings(threshold=0.3, max_tiles=8, tile=128, overlap=16, multiple=4)
+    windows = refine_windows(working, 400, 600, settings)
+    assert windows and all(h <= 128 and w <= 128 for _, _, h, w in windows)
+    for y, x, h, w in windows:  # each window covers part of the mark (rows 350-380, cols 500-550)
+        assert y < 380 and y + h > 350 and x < 550 and x + w > 500
+    assert refine_windows(np.full((40, 60), 0.29, np.float32), 400, 600, settings) == []
+    capped = RefineSettings(threshold=0.3, max_tiles=1, tile=128, overlap=16, multiple=4)
+    working[2, 2] = 0.9  # the most confident tile is kept first
+    (only,) = refine_windows(working, 400, 600, capped)
+    assert only[0] == 0 and only[1] == 0
+
+
+def test_refine_runs_native_tiles_only_where_the_working_map_fires(tmp_path, monkeypatch):
+    net = make_model(tmp_path / "m.pt")
+    image = photo(300, 200, seed=3)
+    wide = counting_predictor(net, params_for(tmp_path, global_side=60), "global")[0].predict([image])[0]
+    # a threshold above every working probability: refine is the working view alone, at its cost
+    quiet, quiet_cost = counting_predictor(net, params_for(tmp_path, global_side=60), "refine")
+    quiet.refine = dataclasses.replace(quiet.refine, threshold=float(wide.max()) + 1e-3)
+    global_only, global_cost = counting_predictor(net, params_for(tmp_path, global_side=60), "global")
+    np.testing.assert_array_equal(quiet.predict([image])[0], global_only.predict([image])[0])
+    assert quiet_cost.pixels == global_cost.pixels == 60 * 40
+    # a threshold met in part of the image: native tiles there only, fused by max with the working map
+    thr = float(np.quantile(wide, 0.9))
+    params = params_for(tmp_path, global_side=60, refine_threshold=thr)
+    refined, refined_cost = counting_predictor(net, params, "refine")
+    (got,) = refined.predict([image])
+    tiles = counting_predictor(net, params, "tiles")[0].predict([image])[0]
+    assert global_cost.pixels < refined_cost.pixels < global_cost.pixels + 300 * 200
+    changed = got > wide + 1e-6
+    assert changed.any() and np.all(got >= wide - 1e-6)
+    small = np.asarray(Image.fromarray(image).resize((40, 60), Image.Resampling.BILINEAR))
+    working = reference(net, small)
+    windows = refine_windows(working, 300, 200, refined.refine)
+    inside, expected = np.zeros((300, 200), bool), wide.copy()
+    for y, x, h, w in windows:  # overlapping windows: the max of all passes seen at a pixel
+        inside[y : y + h, x : x + w] = True
+        np.maximum(expected[y : y + h, x : x + w], reference(net, image[y : y + h, x : x + w]),
+                   out=expected[y : y + h, x : x + w])  # fmt: skip
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not changed[~inside].any() and not inside.all()
+    assert not np.allclose(got, tiles, atol=1e-3)  # not the full native pass
+
+
+def test_masks_of_images_scored_below_the_image_threshold_are_empty(tmp_path):
+    net = make_model(tmp_path / "m.pt")
+    image = photo(120, 90, seed=7)
+    params = params_for(tmp_path, global_side=60, min_region_pixels=1)
+    predictor, _ = counting_predictor(net, params, "global")
+    (probs,) = predictor.predict([image])
+    thr = float(np.median(probs))
+    (summary,) = predictor.predict_masks([image], threshold=thr)
+    assert summary.mask.any() and not summary.gated
+    predictor.image_threshold = summary.score + 1e-3  # called clean: no mask, no regions
+    (gated,) = predictor.predict_masks([image], threshold=thr)
+    assert gated.gated and not gated.mask.any() and gated.area_fraction == 0.0 and gated.regions == []
+    assert gated.score == summary.score
+    ungated = counting_predictor(net, params_for(tmp_path, global_side=60, min_region_pixels=1, gate_masks=False),
+                                 "global")[0]  # fmt: skip
+    ungated.image_threshold = predictor.image_threshold
+    assert ungated.predict_masks([image], threshold=thr)[0].mask.any()
+
+
 class StripRecorder:
     def __init__(self) -> None:
         self.rows: list[tuple[int, int]] = []
@@ -190,15 +269,16 @@ def test_upsample_rows_matches_torch_bilinear(height, width, small, strip):
 
 @pytest.mark.parametrize(
     ("configured", "stored", "global_side", "expected"),
-    [("auto", "global", 512, "global"), ("auto", "mean", 512, "mean"), ("auto", None, 512, "max"),
-     ("auto", "bogus", 512, "max"), ("auto", 3, 512, "max"), ("tiles", "global", 512, "tiles"),
+    [("auto", "global", 512, "global"), ("auto", "mean", 512, "mean"), ("auto", None, 512, "refine"),
+     ("auto", "bogus", 512, "refine"), ("auto", 3, 512, "refine"), ("auto", "refine", 512, "refine"),
+     ("tiles", "global", 512, "tiles"),
      ("mean", "global", 512, "mean"), ("auto", "global", 0, "tiles")],
 )  # fmt: skip
 def test_resolve_rule(configured, stored, global_side, expected):
     assert resolve_rule(configured, stored, global_side) == expected
 
 
-@pytest.mark.parametrize(("meta_rule", "expected"), [("global", "global"), ("tiles", "tiles"), (None, "max")])
+@pytest.mark.parametrize(("meta_rule", "expected"), [("global", "global"), ("tiles", "tiles"), (None, "refine")])
 def test_auto_reads_the_rule_stored_in_the_model_meta(tmp_path, meta_rule, expected):
     meta = {"threshold": 0.4} | ({"fusion": meta_rule} if meta_rule else {})
     make_model(tmp_path / "m.pt", meta=meta)
@@ -280,9 +360,9 @@ def crafted_maps(prepared: Path, case: str):
                 left = np.zeros_like(t)
                 left[:, : t.shape[1] // 2] = True
                 halves = [np.where(t & side, 0.9, np.where(t, 0.0, 0.6)).astype(np.float32) for side in (left, ~left)]
-                out.append(rule_maps(*halves))
-            else:
-                out.append(rule_maps(good, bad) if case == "tiles" else rule_maps(bad, good))
+                out.append(rule_maps(*halves, refined=noise))
+            else:  # "refine" gets its own (noisy) map, so it never ties with the right rule
+                out.append(rule_maps(good, bad, noise) if case == "tiles" else rule_maps(bad, good, noise))
         return out
 
     return maps
@@ -306,13 +386,14 @@ class TagAndMetricRecorder(NullLogger):
 def test_evaluate_picks_the_better_rule_and_stores_it_in_the_model(tmp_path, monkeypatch, case):
     prepared = make_tiny_prepared(tmp_path / "prepared", n_train=1, n_val=6, n_test=3)
     make_model(tmp_path / "train" / "best.pt")
-    params = params_for(tmp_path, global_side=64)  # the 96x128 fixture images are all larger
+    # the 96x128 fixture images are all larger; every rule may be chosen
+    params = params_for(tmp_path, {"n_overlay": 0, "fusion_rules": list(FUSION_RULES)}, global_side=64)
     maps = crafted_maps(prepared, case)
     monkeypatch.setattr(evaluate_run, "build_rule_maps_fn", lambda *args: maps)
     logged = TagAndMetricRecorder()
     metrics = run_evaluation(params, run_logger=logged)
     fusion = metrics["fusion"]
-    assert logged.tags["fusion"] == case and logged.metrics[f"val_fusion_f1_{case}"] == 1.0
+    assert logged.tags["fusion"] == case and logged.metrics[f"val/fusion_f1_{case}"] == 1.0
     assert fusion["rule"] == case == fusion["applied"]
     assert fusion["n_larger_than_global_side"] == fusion["n_images"] == 6
     assert fusion["val_f1"][case] == 1.0 and all(v < 1.0 for r, v in fusion["val_f1"].items() if r != case)
@@ -321,14 +402,15 @@ def test_evaluate_picks_the_better_rule_and_stores_it_in_the_model(tmp_path, mon
     assert get_predictor(tmp_path / "evaluate" / "model.pt", params).fusion == case  # auto reads it back
 
 
-def test_evaluate_keeps_max_when_validation_images_fit_the_global_side(tmp_path, caplog):
+def test_evaluate_keeps_refine_when_validation_images_fit_the_global_side(tmp_path, caplog):
     make_tiny_prepared(tmp_path / "prepared", n_train=1, n_val=3, n_test=2)
     make_model(tmp_path / "train" / "best.pt")
     params = params_for(tmp_path, global_side=256, fusion="auto")
-    with caplog.at_level("INFO", logger="wmcore.evaluate.run"):
+    with caplog.at_level("INFO", logger="wmcore.evaluate.calibrate"):
         metrics = run_evaluation(params)
     fusion = metrics["fusion"]
-    assert fusion["rule"] == "max" and fusion["n_larger_than_global_side"] == 0
+    assert fusion["rule"] == "refine" and fusion["n_larger_than_global_side"] == 0
+    assert set(fusion["val_f1"]) == {"global", "refine"}  # evaluate.fusion_rules: the working-scale rules
     assert len(set(fusion["val_f1"].values())) == 1  # one pass: every rule scores the same
     assert "tie" in fusion["reason"] and "tie" in caplog.text
 
@@ -336,7 +418,9 @@ def test_evaluate_keeps_max_when_validation_images_fit_the_global_side(tmp_path,
 def test_evaluate_with_real_global_views_scores_every_rule_and_applies_a_fixed_one(tmp_path):
     make_tiny_prepared(tmp_path / "prepared", n_train=1, n_val=3, n_test=2)
     make_model(tmp_path / "train" / "best.pt")
-    params = params_for(tmp_path, global_side=64, fusion="tiles")
+    # image_objective balanced_accuracy and no mask gate: the pixel threshold is the plain best val F1
+    evaluate = {"n_overlay": 0, "fusion_rules": list(FUSION_RULES), "image_objective": "balanced_accuracy"}
+    params = params_for(tmp_path, evaluate, global_side=64, fusion="tiles", gate_masks=False)
     metrics = run_evaluation(params)
     fusion = metrics["fusion"]
     assert set(fusion["val_f1"]) == set(FUSION_RULES) and fusion["applied"] == "tiles"
@@ -356,11 +440,11 @@ def test_evaluate_with_real_global_views_scores_every_rule_and_applies_a_fixed_o
     assert fusion["val_f1"]["tiles"] == pytest.approx(f1, abs=1e-6) == metrics["val"]["f1"]
 
 
-def test_choose_rule_without_watermark_pixels_keeps_max():
+def test_choose_rule_without_watermark_pixels_keeps_the_fallback():
     empty = torch.zeros(2, 5, dtype=torch.long)
     empty[1, 0] = 10
     choice = choose_rule(dict.fromkeys(FUSION_RULES, empty), n_images=2, n_larger=2, global_side=64)
-    assert choice.rule == "max" and "no watermark pixel" in choice.reason
+    assert choice.rule == "refine" and "no watermark pixel" in choice.reason
     assert choice.as_metrics()["val_f1"] == dict.fromkeys(FUSION_RULES)
 
 
@@ -369,12 +453,13 @@ def _hist(tp: int, fn: int, fp: int) -> torch.Tensor:
     return torch.tensor([[fn, tp, 0], [1000, fp, 0]], dtype=torch.long)
 
 
-@pytest.mark.parametrize(("min_gain", "expected"), [(0.0, "tiles"), (0.005, "tiles"), (0.01, "max")])
-def test_choose_rule_needs_a_gain_over_max_beyond_the_noise_margin(min_gain, expected):
-    # F1 at threshold 0.5: max 2*50/(100+50+50) = 0.5; tiles 2*51/(102+49+50) = 0.5075; others lower
+@pytest.mark.parametrize(("min_gain", "expected"), [(0.0, "tiles"), (0.005, "tiles"), (0.01, "refine")])
+def test_choose_rule_needs_a_gain_over_the_fallback_beyond_the_noise_margin(min_gain, expected):
+    # F1 at threshold 0.5: refine and max 2*50/(100+50+50) = 0.5; tiles 2*51/(102+49+50) = 0.5075; others lower
     totals = {
         "tiles": _hist(51, 49, 50),
         "global": _hist(40, 60, 50),
+        "refine": _hist(50, 50, 50),
         "max": _hist(50, 50, 50),
         "mean": _hist(45, 55, 50),
     }

@@ -53,6 +53,11 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "wmcore", root / "wmcore", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    # The corpus stage's outputs are committed (a clone never fetches them): so is its dvc.lock entry.
+    shutil.copy(ROOT / "dvc.lock", root / "dvc.lock")
+    for folder in ("data/corpus", "data/fonts"):
+        shutil.copytree(ROOT / folder, root / folder)
+    shutil.copy(ROOT / "data" / "corpus.yaml", root / "data" / "corpus.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     shutil.copy(ROOT / "params-tuned.yaml", root / "params-tuned.yaml")  # dvc.yaml lists it (comments only)
     (root / "models").mkdir()
@@ -88,7 +93,7 @@ def pipeline_run(project, prefect_harness):
 def test_prepared_data_is_versioned_in_dvc_lock(pipeline_run):
     project, _ = pipeline_run
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "predict"}
+    assert set(lock["stages"]) == {"corpus", "prepare", "train", "evaluate", "predict"}
     out = lock["stages"]["prepare"]["outs"][0]
     assert out["path"] == "data/prepared" and out["md5"].endswith(".dir")
     status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, capture_output=True, text=True)
@@ -129,7 +134,7 @@ def test_mlflow_parent_nested_runs_and_registered_model(pipeline_run):
     names = {r.info.run_name for r in children}
     assert {"train", "evaluate"} <= names
     evaluate = next(r for r in children if r.info.run_name == "evaluate")
-    assert "test_f1" in evaluate.data.metrics
+    assert "test/f1" in evaluate.data.metrics
     assert "train.optimizer.lr" in evaluate.data.params
     versions = client.search_model_versions("name='wmdetect'")
     assert versions

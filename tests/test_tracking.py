@@ -114,7 +114,7 @@ def test_champion_moves_only_on_improvement(store: tuple[str, Path], tmp_path: P
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("wm-champion-test", CHAMPION_ALIAS)
     assert str(champion.version) == "3"
-    assert client.get_run(champion.run_id).data.metrics["test_f1"] == 0.7
+    assert client.get_run(champion.run_id).data.metrics["test/f1"] == 0.7
     assert len(client.search_model_versions("name='wm-champion-test'")) == 3
 
 
@@ -175,7 +175,7 @@ def test_evaluate_tracked_logs_reports_and_registers(store: tuple[str, Path], tm
     version = client.get_model_version_by_alias("wm-evaluate-test", CHAMPION_ALIAS)
     run = client.get_run(version.run_id)
     assert run.data.tags["step"] == "evaluate"
-    assert run.data.metrics["test_f1"] == pytest.approx(metrics["test"]["f1"])
-    assert run.data.metrics["val_n_images"] == 3
+    assert run.data.metrics["test/f1"] == pytest.approx(metrics["test"]["f1"])
+    assert run.data.metrics["val/n_images"] == 3
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/metrics.json", "evaluate/pr_curve.png", "evaluate/overlays.png"} <= logged

@@ -2,7 +2,9 @@
 
 DVC stage commands and Prefect tasks call the same `wmcore` functions as these
 subcommands. Configuration errors and user errors end with one clear line and
-exit code 2; skipped inputs end with exit code 3.
+exit code 2; skipped inputs end with exit code 3; an output folder that cannot be
+written (checked before any work, or turned read-only mid-run) ends with one line
+"cannot write to FOLDER: REASON; choose another OPTION" and exit code 4.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from wmcore.config import ConfigError, Params, load_params
 from wmcore.errors import WmError
+from wmcore.runtime.atomic import WRITE_DENIED_ERRNOS, OutputNotWritable, check_writable
 
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_UNWRITABLE = 4
 
 log = logging.getLogger("wmdetect")
 
@@ -25,10 +30,37 @@ def _load(args: argparse.Namespace) -> Params:
     return load_params(args.params, overrides=args.set, extra_files=args.params_extra)
 
 
+def _output_folder(args: argparse.Namespace, folder: str | Path, option: str, check: bool = True) -> None:
+    """Declare an output folder of this command (`option` chooses another); prove it writable now.
+
+    A write that fails there later, mid-run, is reported with the same one line (see `main`).
+    """
+    if check:
+        check_writable(folder, option)
+    args.output_folders.append((Path(folder), option))
+
+
+def _unwritable(exc: OSError | OutputNotWritable, outputs: list[tuple[Path, str]]) -> OutputNotWritable | None:
+    """`exc` as the one-line error of an output folder of the command, naming its option; None if not one."""
+    if isinstance(exc, OutputNotWritable):
+        where, reason = exc.folder, exc.reason
+    elif exc.errno in WRITE_DENIED_ERRNOS and exc.filename:
+        where, reason = Path(exc.filename), f"{exc.strerror} ({exc.filename})"
+    else:
+        return None
+    for folder, option in outputs:
+        if where.absolute().is_relative_to(folder.absolute()):
+            return OutputNotWritable(where if isinstance(exc, OutputNotWritable) else folder, reason, option)
+    return exc if isinstance(exc, OutputNotWritable) else None
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from wmcore.data.prepare import run_prepare
 
-    stats = run_prepare(_load(args))
+    params = _load(args)
+    # The dataset is built in a hidden folder beside paths.prepared, then renamed into place.
+    _output_folder(args, Path(params.paths.prepared).parent, "paths.prepared")
+    stats = run_prepare(params)
     skipped = stats.get("backgrounds_skipped", {}).get("count", 0)
     print(json.dumps({"counts": stats.get("counts"), "backgrounds_used": stats.get("backgrounds_used")}))
     if skipped:
@@ -36,6 +68,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     bad_pairs = len((stats.get("import") or {}).get("skipped", []))
     if bad_pairs:  # still exit 0: a DVC stage must not fail on some unusable pairs of a user's dataset
         print(f"{bad_pairs} files of prepare.import_dir skipped (reasons in stats.json)")
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    """Build paths.corpus (real pictures) and data/fonts (the font pack) from the pinned packages of the spec."""
+    from pathlib import Path
+
+    from wmcore.config import load_corpus_spec
+    from wmcore.data.corpus import SPEC_PATH, build_corpus, build_fonts, summary_table
+
+    p = _load(args)
+    spec = load_corpus_spec(args.spec or SPEC_PATH)
+    downloads = Path(p.paths.cache_dir) / "registry"
+    if args.only in (None, "images"):
+        summary = build_corpus(spec, downloads, Path(p.paths.corpus))
+        print(summary_table(summary))
+        print(f"corpus: {summary['pictures']} pictures, {summary['mib']} MiB; licenses: {summary['licenses']}")
+    if args.only in (None, "fonts"):
+        fonts = build_fonts(spec, downloads)
+        print(f"fonts: {fonts['faces']} faces of {fonts['families']} families, {fonts['mib']} MiB; scripts {fonts['scripts']}")
     return 0
 
 
@@ -61,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wmcore.train import distributed as ddp
 
     params = _load(args)
+    _output_folder(args, params.paths.train_dir, "paths.train_dir")
     if params.train.nproc > 1 and not ddp.under_torchrun():
         ddp.check_local_ranks(params.train.nproc, params.base.device)
         argv = ddp.train_module_args(args.params, args.params_extra, args.set, args.resume, args.verbose)
@@ -90,8 +143,20 @@ def _rank_tracking(params: Params, is_main: bool):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from wmcore.evaluate.run import evaluate_tracked
 
-    metrics = evaluate_tracked(_load(args), backend=args.backend, checkpoint=args.model)
+    params = _load(args)
+    _output_folder(args, params.paths.evaluate_dir, "paths.evaluate_dir")
+    metrics = evaluate_tracked(params, backend=args.backend, checkpoint=args.model)
     print(json.dumps(metrics.get("test", metrics), default=str))
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from wmcore.evaluate.mine import mine_hard_negatives
+
+    params = _load(args)
+    _output_folder(args, str(Path(params.paths.hard_negatives).parent), "paths.hard_negatives")
+    summary = mine_hard_negatives(params, model=args.model)
+    print(json.dumps(summary))
     return 0
 
 
@@ -100,6 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     p = _load(args)
     out = args.out or p.paths.predict_dir
+    _output_folder(args, out, "--out", check=False)  # predict_inputs checks it, after finding the inputs
     summary = predict_inputs(p, args.inputs or [p.paths.inbox], out, model=args.model, force=args.force)
     return EXIT_PARTIAL if summary.get("skipped", 0) else 0
 
@@ -109,7 +175,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
     if args.params_extra:
         raise WmError("wm screen: --params-extra is not supported (the flow reloads --params); use -S KEY=VALUE")
-    _load(args)  # a bad params file or override fails here, before a flow or a cluster starts
+    params = _load(args)  # a bad params file or override fails here, before a flow or a cluster starts
+    _output_folder(args, args.out or params.schedule.screening_out, "--out")
     result = run_screening(
         args.inbox, args.out, args.model, args.params, runner=args.runner, workers=args.workers,
         address=args.dask_address, chunk_size=args.chunk, overrides=args.set,
@@ -238,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("prepare", help="generate/import the versioned dataset").set_defaults(func=cmd_prepare)
+    co = sub.add_parser("corpus", help="build paths.corpus and data/fonts from the pinned packages of data/corpus.yaml")
+    co.add_argument("--spec", default=None, help="corpus spec (default: data/corpus.yaml of the source tree)")
+    co.add_argument("--only", choices=["images", "fonts"], default=None, help="build only the pictures or only the fonts")
+    co.set_defaults(func=cmd_corpus)
     mi = sub.add_parser("model-info", help="parameter count and FLOPs per image")
     mi.add_argument("--size", type=int, default=256, help="image side for the FLOPs figure, px")
     mi.set_defaults(func=cmd_model_info)
@@ -248,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default=None, help="inference backend")
     ev.add_argument("--model", default=None, help="checkpoint to evaluate (default: best of train_dir)")
     ev.set_defaults(func=cmd_evaluate)
+    mn = sub.add_parser("mine", help="hard negatives: where a model marks the corpus's clean train photos")
+    mn.add_argument("--model", help="checkpoint or models:/ URI (default: paths.pretrained)")
+    mn.set_defaults(func=cmd_mine)
     pr = sub.add_parser("predict", help="batched inference over files, folders and globs")
     pr.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs (default: paths.inbox)")
     pr.add_argument("--out", default=None, help="output folder (default: paths.predict_dir)")
@@ -303,11 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.output_folders = []  # (folder, option) declared by the command (_output_folder)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.func(args) or 0)
+    except (OutputNotWritable, OSError) as exc:  # before WmError: OutputNotWritable is one
+        unwritable = _unwritable(exc, args.output_folders)
+        if unwritable is None:
+            raise  # not about an output folder: a bug, with its traceback
+        print(f"wm {args.command}: error: {unwritable}", file=sys.stderr)
+        return EXIT_UNWRITABLE
     except (ConfigError, WmError) as exc:
         print(f"wm {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

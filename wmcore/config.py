@@ -54,6 +54,13 @@ class PathsParams(_Group):
     evaluate_dir: str = Field("results/evaluate", description="Evaluation outputs: metrics.json, curves, PNGs.")
     predict_dir: str = Field("results/predict", description="Batch inference outputs of the sample inbox.")
     inbox: str = Field("data/inbox", description="Folder of images screened by the predict step.")
+    corpus: str = Field(
+        "data/corpus", description="Real-photo corpus built by `wm corpus` (train backgrounds; val/test real clean photos)."
+    )
+    hard_negatives: str = Field(
+        "data/hard_negatives.jsonl",
+        description="Hard negatives `wm mine` found in the corpus's train photos (regions a model marked wrongly).",
+    )
     cache_dir: str = Field(".cache/wmdetect", description="Local cache: decoded images, tuned batch sizes.")
     pretrained: str | None = Field(
         None,
@@ -80,9 +87,12 @@ class PrepareParams(_Group):
     max_background_side: int = Field(
         2048, ge=64, le=8192, description="Backgrounds larger than this are downscaled once at load, px."
     )
-    background_sources: list[Literal["skimage", "matplotlib", "sklearn", "system", "procedural", "user"]] = Field(
-        default_factory=lambda: ["skimage", "matplotlib", "sklearn", "system", "procedural", "user"],
-        description="Background sources; missing optional ones are skipped and counted in stats.json.",
+    background_sources: list[
+        Literal["skimage", "matplotlib", "sklearn", "system", "corpus", "procedural", "user"]
+    ] = Field(
+        default_factory=lambda: ["skimage", "matplotlib", "sklearn", "system", "corpus", "procedural", "user"],
+        description="Background sources; missing optional ones are skipped and counted in stats.json. "
+        "corpus = the train split of data/corpus (real photos built by `wm corpus`; val/test never).",
     )
     user_backgrounds: str | None = Field(None, description="Folder of the user's own background photos (recursive).")
     procedural_share: float = Field(
@@ -115,6 +125,13 @@ class PrepareParams(_Group):
     import_val_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of imported pairs sent to val.")
     import_test_share: float = Field(0.1, ge=0.0, lt=1.0, description="Share of imported pairs sent to test.")
     workers: int = Field(0, ge=0, le=64, description="Generator processes; 0 = in process (deterministic either way).")
+    hard_negative_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of photo backgrounds cropped around a hard negative of paths.hard_negatives (a region of "
+        "a corpus train photo a model marked wrongly, found by `wm mine`); 0 = none, or no such file.",
+    )
     min_background_side: int = Field(
         128, ge=16, le=4096, description="Background photos with a shorter side are skipped as too small, px."
     )
@@ -150,9 +167,15 @@ class PrepareParams(_Group):
 
 
 class ModelParams(_Group):
-    depth: int = Field(4, ge=1, le=7, description="Number of down-sampling stages of the UNet.")
-    base_width: int = Field(16, ge=4, le=256, description="Channels of the first stage; doubles per stage.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input channels (RGB).")
+    arch: Literal["unet", "text_unet"] = Field(
+        "unet",
+        description="unet = the classic UNet trained from scratch; text_unet = PP-OCRv4's text-detector encoder "
+        "and FPN (trained on real text) with a GroupNorm watermark decoder (wmcore/model/text_unet.py).",
+    )
+    depth: int = Field(4, ge=1, le=7, description="unet: number of down-sampling stages.")
+    base_width: int = Field(16, ge=4, le=256, description="unet: channels of the first stage; doubles per stage.")
+    width: int = Field(64, ge=8, le=512, description="text_unet: decoder channels at 1/4 resolution (1/2 gets half).")
+    in_channels: int = Field(3, ge=1, le=4, description="Input channels (RGB; text_unet takes 3 only).")
 
 
 class LoaderParams(_Group):
@@ -176,6 +199,13 @@ class OptimizerParams(_Group):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (each in [0, 1)).")
     eps: float = Field(1e-8, gt=0.0, le=1e-2, description="AdamW epsilon.")
+    encoder_lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Learning-rate factor of the pretrained text-detector part of text_unet (its encoder, FPN "
+        "and DB head); the decoder trains at the full rate. 1 = one rate for all.",
+    )
 
     @model_validator(mode="after")
     def _betas(self) -> OptimizerParams:
@@ -232,6 +262,11 @@ class TrainParams(_Group):
     val_crop: int = Field(256, ge=32, le=4096, description="Centre crop side of validation images, px.")
     patience: int = Field(0, ge=0, description="Early stop after N validations without F1 gain; 0 = off.")
     warm_start: str | None = Field(None, description="Checkpoint or weights file to initialise the model from.")
+    init_encoder: Literal["ppocrv4"] | None = Field(
+        "ppocrv4",
+        description="text_unet without warm_start/resume: load PP-OCRv4's text-detector weights into the encoder "
+        "(fetched once from the pinned rapidocr-onnxruntime wheel, sha256-checked); null = random init.",
+    )
     max_nonfinite_steps: int = Field(5, ge=1, description="Stop after this many consecutive non-finite losses.")
     log_every: int = Field(10, ge=1, description="Log step metrics every N optimizer steps.")
     memory_cleanup_threshold: float = Field(
@@ -270,8 +305,24 @@ class EvaluateParams(_Group):
     crop: int = Field(0, ge=0, le=8192, description="Centre crop for evaluation, px; 0 = whole image (tiled).")
     n_overlay: int = Field(12, ge=0, le=256, description="Test predictions shown in the overlay grid.")
     backend: Literal["torch", "onnx", "onnx-int8"] = Field("torch", description="Inference backend evaluated.")
-    image_objective: Literal["balanced_accuracy", "f1"] = Field(
-        "balanced_accuracy", description="What the has-watermark score threshold maximises on validation."
+    image_objective: Literal["pixel_f1", "balanced_accuracy", "f1"] = Field(
+        "pixel_f1",
+        description="How the has-watermark threshold is chosen on validation: pixel_f1 = jointly with the pixel "
+        "threshold, for the best pixel F1 of the gated masks (predict.gate_masks) within the real-photo budgets "
+        "below; balanced_accuracy / f1 = on its own, for that image-level score.",
+    )
+    max_real_fp_area: float = Field(
+        0.002,
+        ge=0.0,
+        le=1.0,
+        description="Calibration budget: share of the corpus's real clean val photos' pixels the gated masks may "
+        "mark (image_objective pixel_f1; ignored without a corpus).",
+    )
+    max_real_flagged: float = Field(
+        0.08,
+        ge=0.0,
+        le=1.0,
+        description="Calibration budget: share of the corpus's real clean val photos that may get a non-empty mask.",
     )
     overlay_side: int = Field(160, ge=32, le=1024, description="Long side of each picture in overlays.png, px.")
     fusion_min_gain: float = Field(
@@ -283,6 +334,12 @@ class EvaluateParams(_Group):
     compare_pretrained: bool = Field(
         True,
         description="Also score paths.pretrained on test; export it instead when the new model does not beat it.",
+    )
+    fusion_rules: list[Literal["tiles", "global", "refine", "max", "mean"]] = Field(
+        default_factory=lambda: ["global", "refine"],
+        min_length=1,
+        description="Rules `wm evaluate` may choose for predict.fusion auto; tiles/max/mean run native tiles over "
+        "the whole image (cost grows with the megapixels).",
     )
 
 
@@ -302,7 +359,11 @@ class PredictParams(_Group):
     channels_last: bool = Field(True, description="NHWC memory format for inference.")
     non_blocking: bool = Field(True, description="Pinned host batches and non_blocking copies on CUDA.")
     tile_size: int = Field(
-        512, ge=32, le=8192, description="Largest tile side, px; larger images get the fewest tiles, sized evenly."
+        1024,
+        ge=32,
+        le=8192,
+        description="Largest input run whole, px: larger inputs get the fewest tiles, sized evenly. Keep it >= "
+        "global_side so a working view is one pass.",
     )
     tile_overlap: int = Field(64, ge=0, le=4096, description="Least overlap between neighbouring tiles, px.")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Pixel threshold when no calibrated one is stored.")
@@ -317,15 +378,28 @@ class PredictParams(_Group):
     calibration_images: int = Field(16, ge=1, le=1024, description="Images used to calibrate onnx-int8 ranges.")
     queue_size: int = Field(8, ge=1, le=1024, description="Decoded images waiting for the model (bounds memory).")
     global_side: int = Field(
-        512,
+        1024,
         ge=0,
         le=8192,
-        description="Long side of the downscaled global view of images larger than it, px (>= 32); 0 = no global view.",
+        description="Working side: images with a longer side are run as a view downscaled to it, px (>= 32); "
+        "0 = native tiles only.",
     )
-    fusion: Literal["tiles", "global", "max", "mean", "auto"] = Field(
+    fusion: Literal["tiles", "global", "refine", "max", "mean", "auto"] = Field(
         "auto",
-        description="How native tiles and the global view combine: one only, pixel max or mean; "
-        "auto = the rule calibrated by `wm evaluate` (model meta), else max.",
+        description="How the working view and native resolution combine: global = working view only; refine = "
+        "plus native tiles where it fires; tiles = native tiles only; max/mean = both everywhere; "
+        "auto = the rule calibrated by `wm evaluate` (model meta), else refine.",
+    )
+    refine_threshold: float = Field(
+        0.3, gt=0.0, lt=1.0, description="Rule refine: native tiles run where the working map reaches this probability."
+    )
+    refine_max_tiles: int = Field(
+        8, ge=0, le=4096, description="Rule refine: most native tiles per image (highest working probability first)."
+    )
+    gate_masks: bool = Field(
+        True,
+        description="Empty the binary mask (and its regions) of an image whose has-watermark score is below the "
+        "calibrated image threshold, so an image called clean gets no mask.",
     )
     tta_flip: bool = Field(False, description="Average every pass with its horizontally flipped pass (2x the cost).")
     max_batch_megapixels: float = Field(
@@ -338,9 +412,16 @@ class PredictParams(_Group):
     malloc_mmap_threshold_kb: int = Field(
         0,
         ge=0,
-        le=1 << 20,
-        description="glibc: tensors of at least this many KiB get their own mapping, returned when freed "
-        "(steady, lower peak RSS; costs page faults); 0 = glibc's dynamic default.",
+        le=32768,
+        description="glibc: tensors of at least this many KiB get their own mapping, returned when freed; 0 = "
+        "glibc's dynamic default. 1024 = low-memory mode (steady, lower peak RSS; costs page faults); 32768 with a "
+        "large trim threshold = fast mode (activations reuse heap pages: no page faults per pass).",
+    )
+    malloc_trim_threshold_kb: int = Field(
+        0,
+        ge=0,
+        le=1 << 22,
+        description="glibc: free heap kept before it is returned to the system, KiB; 0 = twice malloc_mmap_threshold_kb.",
     )
     stream_megapixels: float = Field(
         12.0,
@@ -356,11 +437,19 @@ class PredictParams(_Group):
             raise ValueError("min_batch_size must be <= max_batch_size")
         if 0 < self.global_side < 32:
             raise ValueError(f"global_side ({self.global_side}) must be 0 (off) or >= 32 px")
-        if self.global_side == 0 and self.fusion in ("global", "max", "mean"):
+        if self.global_side == 0 and self.fusion in ("global", "refine", "max", "mean"):
             raise ValueError(f"fusion {self.fusion!r} needs a global view: set global_side > 0, or fusion tiles/auto")
         if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError(f"tile_overlap ({self.tile_overlap}) must be < tile_size/2 ({self.tile_size // 2})")
         return self
+
+
+class MineParams(_Group):
+    threshold: float = Field(
+        0.3, gt=0.0, lt=1.0, description="Probability at which a region of a real clean train photo counts as mined."
+    )
+    min_pixels: int = Field(16, ge=1, description="Smallest mined region, px (at the photo's stored size).")
+    max_per_photo: int = Field(5, ge=1, le=1000, description="Most regions kept per photo, largest first.")
 
 
 class TrackingParams(_Group):
@@ -453,6 +542,7 @@ class Params(_Group):
     loader: LoaderParams = Field(default_factory=LoaderParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    mine: MineParams = Field(default_factory=MineParams)
     predict: PredictParams = Field(default_factory=PredictParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
@@ -462,6 +552,159 @@ class Params(_Group):
     def flat(self) -> dict[str, Any]:
         """All parameters as a flat {"group.key": value} dict (for MLflow)."""
         return flatten(self.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------- the corpus spec (data/corpus.yaml)
+# A lock of pinned registry packages, not an experiment knob: it lives in its own file so params.yaml
+# (and every MLflow run's flat params) stays free of ~40 package hashes, and only `wm corpus` reads it.
+
+CorpusSplit = Literal["train", "val", "test"]
+CorpusCategory = Literal[
+    "landscape", "nature", "water", "mountain", "animal", "people", "food", "product", "interior", "street",
+    "facade", "monument", "artwork", "line_art", "texture", "scene_text", "screenshot", "document", "abstract",
+]  # fmt: skip
+FontStyle = Literal["sans", "serif", "mono", "condensed", "script", "handwritten", "display", "rounded", "slab"]
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+FACE_NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+
+
+class CorpusCrops(_Group):
+    """Views cut from each taken picture (a panorama strip, a texture atlas) instead of the whole picture."""
+
+    aspect: float = Field(4 / 3, ge=0.25, le=4.0, description="Width / height of every view.")
+    region: list[float] = Field(
+        default_factory=lambda: [0.0, 0.0, 1.0, 1.0], min_length=4, max_length=4,
+        description="[left, top, right, bottom] of the picture the views come from, as shares of its width and "
+        "height (e.g. the band of a panorama below its transparent sky).",
+    )  # fmt: skip
+    views: int | None = Field(
+        None, ge=1, le=200, description="Views spread evenly along the region's long side; null = as many as fit "
+        "side by side without overlapping.",
+    )  # fmt: skip
+    max_overlap: float = Field(
+        0.25, ge=0.0, le=0.5, description="Share of its long side a view may share with its neighbour (more "
+        "`views` than fit overlap; beyond this they are one picture twice and the build refuses them).",
+    )  # fmt: skip
+    skip: list[int] = Field(
+        default_factory=list, description="Views left out, counted from 0 along the region (text, a seam, a flat patch)."
+    )
+
+    @model_validator(mode="after")
+    def _valid_region(self) -> CorpusCrops:
+        left, top, right, bottom = self.region
+        if not (0.0 <= left < right <= 1.0 and 0.0 <= top < bottom <= 1.0):
+            raise ValueError(f"region {self.region}: needs 0 <= left < right <= 1 and 0 <= top < bottom <= 1")
+        if any(i < 0 for i in self.skip) or len(set(self.skip)) != len(self.skip):
+            raise ValueError(f"skip {self.skip}: view numbers are distinct and >= 0")
+        if self.views is not None and any(i >= self.views for i in self.skip):
+            raise ValueError(f"skip {self.skip}: only views 0..{self.views - 1} exist")
+        return self
+
+
+class CorpusTake(_Group):
+    globs: list[str] = Field(
+        ..., min_length=1,
+        description="Paths inside the package to take: `*` within a folder, `**` across folders; "
+        "`bundle.rcc!inner/*.webp` reaches into a Qt resource bundle, `bundle.pk3!inner/*.png` into a zip (.pk3).",
+    )  # fmt: skip
+    exclude: list[str] = Field(default_factory=list, description="Paths the globs take that are left out.")
+    every: int = Field(1, ge=1, le=1000, description="Take every n-th of the matching paths (sorted): thins big folders.")
+    category: CorpusCategory = Field(..., description="What the pictures show (per-category counts, page backgrounds).")
+    license: str | None = Field(
+        None, description="License of these files; null = the package's machine-readable copyright file says it per file."
+    )
+    has_text: bool = Field(False, description="The pictures hold ordinary text of their own (never mirrored).")
+    crops: CorpusCrops | None = Field(
+        None, description="Cut each picture into views (each stored as a picture of its own); null = the whole picture."
+    )
+
+
+class CorpusPackage(_Group):
+    name: str = Field(..., min_length=1, description="Registry package name.")
+    version: str = Field(..., min_length=1, description="Exact package version.")
+    kind: Literal["deb", "sdist"] = Field("deb", description="Debian binary package or Python source tarball.")
+    urls: list[str] = Field(..., min_length=1, description="Where to fetch it, tried in order (same file, same sha256).")
+    sha256: str = Field(..., pattern=SHA256_PATTERN, description="sha256 of the package file.")
+    split: CorpusSplit | None = Field(
+        None, description="The one corpus split all its pictures go to (a package never feeds two splits); "
+        "null for a package that only lends its copyright file.",
+    )  # fmt: skip
+    copyright: str | None = Field(
+        None, description="Path of the copyright file inside; null = usr/share/doc/<name>/copyright (deb)."
+    )
+    copyright_from: str | None = Field(
+        None, description="Another package of the spec whose copyright file covers this one (a symlinked doc folder)."
+    )
+    take: list[CorpusTake] = Field(default_factory=list, description="The files taken and what they are.")
+
+    @model_validator(mode="after")
+    def _needs_split(self) -> CorpusPackage:
+        if self.take and self.split is None:
+            raise ValueError(f"package {self.name} takes files, so it needs a split (train, val or test)")
+        return self
+
+
+class CorpusImages(_Group):
+    long_side: int = Field(768, ge=128, le=4096, description="Stored pictures are downscaled to this long side, px.")
+    min_side: int = Field(200, ge=16, le=4096, description="Source pictures with a shorter side are skipped, px.")
+    webp_quality: int = Field(70, ge=1, le=100, description="WebP quality of the stored pictures.")
+    dedup_bits: int = Field(
+        24, ge=0, le=256, description="Pictures whose 256-bit difference hashes differ in at most this many bits "
+        "are one picture (the same wallpaper in several sizes): the first kept, test before val before train.",
+    )  # fmt: skip
+    max_mib: float = Field(32.0, gt=0.0, description="The built corpus folder must stay under this size, MiB.")
+
+
+class FontFaceSpec(_Group):
+    name: str = Field(..., pattern=FACE_NAME_PATTERN, description="Stable face name (the held-out split uses it).")
+    file: str = Field(..., min_length=1, description="Path of the .ttf/.otf/.ttc inside the package.")
+    index: int = Field(0, ge=0, le=64, description="Face index inside a .ttc collection.")
+    bold: bool = Field(False, description="A bold face (offered when a style asks for bold).")
+    style: FontStyle = Field(..., description="What kind of typeface it is (counts in the build summary).")
+    subset: Literal["latin", "cjk", "none"] = Field(
+        ..., description="Characters kept: latin ranges, latin + the CJK text, or the file unchanged "
+        "(required for fonts with a Reserved Font Name: a subset is a modified version).",
+    )  # fmt: skip
+
+
+class FontPackage(_Group):
+    name: str = Field(..., min_length=1, description="Registry package name.")
+    version: str = Field(..., min_length=1, description="Exact package version.")
+    urls: list[str] = Field(..., min_length=1, description="Where to fetch it, tried in order.")
+    sha256: str = Field(..., pattern=SHA256_PATTERN, description="sha256 of the package file.")
+    license: str = Field(..., min_length=1, description="License of the fonts, as its copyright file states it.")
+    faces: list[FontFaceSpec] = Field(..., min_length=1, description="The faces taken.")
+
+
+class FontBuild(_Group):
+    latin_ranges: list[str] = Field(
+        ..., min_length=1, description="Unicode ranges every subset keeps, e.g. U+0020-007E."
+    )
+    cjk_text: str = Field(..., min_length=1, description="Characters CJK subsets keep besides the phrases' own.")
+    cjk_ranges: list[str] = Field(default_factory=list, description="Unicode ranges CJK subsets keep (kana, punctuation).")
+    max_mib: float = Field(8.0, gt=0.0, description="The built fonts folder must stay under this size, MiB.")
+
+
+class CorpusSpec(_Group):
+    images: CorpusImages = Field(default_factory=CorpusImages)
+    packages: list[CorpusPackage] = Field(..., min_length=1)
+    fonts: FontBuild
+    font_packages: list[FontPackage] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CorpusSpec:
+        names = [p.name for p in self.packages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"packages listed twice: {dupes}")
+        for p in self.packages:
+            if p.copyright_from is not None and p.copyright_from not in names:
+                raise ValueError(f"package {p.name}: copyright_from {p.copyright_from!r} is not a package of the spec")
+        faces = [f.name for fp in self.font_packages for f in fp.faces]
+        dupes = sorted({n for n in faces if faces.count(n) > 1})
+        if dupes:
+            raise ValueError(f"font faces named twice: {dupes}")
+        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -620,3 +863,18 @@ def validate(tree: dict[str, Any], source: str = "params") -> Params:
         return Params.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
+
+
+def load_corpus_spec(path: str | Path) -> CorpusSpec:
+    """The validated corpus spec (data/corpus.yaml: pinned packages, files taken, fonts); ConfigError names the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: corpus spec not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return CorpusSpec.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, str(path))) from None

@@ -294,6 +294,67 @@ def background_kind(source: str) -> str:
     return "procedural" if source.startswith("procedural:") else "photo"
 
 
+# --------------------------------------------------------------------------- hard negatives
+
+
+@dataclass(frozen=True)
+class HardNegative:
+    """A region of a background photo that a model marked although it holds no watermark (`wm mine`).
+
+    box: (x0, y0, x1, y1) relative to the photo (0..1); peak: the model's highest probability there.
+    """
+
+    ref: PhotoRef
+    box: tuple[float, float, float, float]
+    peak: float
+
+
+def load_hard_negatives(path: str | Path, photos: list[PhotoRef], corpus: str | Path) -> list[HardNegative]:
+    """The mined regions of `path` (JSONL from `wm mine`) whose photo is one of `photos`; [] without the file.
+
+    Lines naming a photo that is not a usable background (another corpus build, a held-out photo)
+    are left out; unreadable lines are logged and skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    by_path = {str(Path(r.path).resolve()): r for r in photos}
+    out: list[HardNegative] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ref = by_path.get(str((Path(corpus) / row["file"]).resolve()))
+            box = tuple(float(v) for v in row["box"])
+            peak = float(row.get("peak", 1.0))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s:%d: skipped, not a hard-negative line (%s)", path, number, exc)
+            continue
+        if ref is not None and len(box) == 4 and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1:
+            out.append(HardNegative(ref, box, peak))  # type: ignore[arg-type]
+    return out
+
+
+def crop_around(rng: np.random.Generator, photo: Image.Image, hard: HardNegative, width: int, height: int) -> np.ndarray:
+    """A crop of `photo` holding the hard-negative box, the box 10..60% of the crop's width, resized to
+    (height, width, 3) float32 0..1 and jittered like `augmented_crop` (the model must learn it is clean)."""
+    x0, y0, x1, y1 = (hard.box[0] * photo.width, hard.box[1] * photo.height,
+                      hard.box[2] * photo.width, hard.box[3] * photo.height)  # fmt: skip
+    aspect = width / height
+    box_w = max(x1 - x0, (y1 - y0) * aspect, 8.0)
+    cw = min(box_w / rng.uniform(0.1, 0.6), photo.width, photo.height * aspect)
+    ch = cw / aspect
+    # anywhere that keeps the box's centre inside the crop
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left = float(np.clip(cx - rng.uniform(0.15, 0.85) * cw, 0, photo.width - cw))
+    top = float(np.clip(cy - rng.uniform(0.15, 0.85) * ch, 0, photo.height - ch))
+    crop = photo.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
+    if not hard.ref.has_text and rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return colour_jitter(rng, crop, hard.ref.grey)
+
+
 # --------------------------------------------------------------------------- augmentation
 
 

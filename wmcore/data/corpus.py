@@ -4,12 +4,13 @@
 they show and which split they feed; it is validated by `wmcore.config.load_corpus_spec`. The build:
 
     fetch each package (cached under <paths.cache_dir>/registry, sha256 checked)
-    -> take the files the globs name (inside .deb, sdist and Qt .rcc bundles)
-    -> decode, flatten transparency onto white, skip tiny or flat pictures
+    -> take the files the globs name (inside .deb, sdist, Qt .rcc and zip/.pk3 bundles)
+    -> decode, flatten transparency onto white, cut views where a take asks (`crops`: a panorama
+       strip or a texture atlas becomes several ordinary pictures), skip tiny or flat pictures
     -> drop near-duplicates (256-bit difference hash; test before val before train, so no
        evaluation picture has a twin in training) -> downscale to `images.long_side`, WebP
     -> data/corpus/<split>/<package>--<name>.webp, manifest.jsonl (one row per picture: package,
-       version, package sha256, path inside, license, category, split, sha256 of the stored file),
+       version, package sha256, path inside, view box, license, category, split, sha256 of the stored file),
        licenses/<package>.copyright, README.md
 
 Fonts are subset (fontTools) to the characters the phrases need plus `fonts.cjk_text`, checked
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +37,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wmcore.config import CorpusPackage, CorpusSpec, CorpusTake, FontBuild, FontFaceSpec, FontPackage
+from wmcore.config import CorpusCrops, CorpusPackage, CorpusSpec, CorpusTake, FontBuild, FontFaceSpec, FontPackage
 from wmcore.data.backgrounds import CORPUS_DIR, PAGE_CATEGORIES, TEXT_CATEGORIES
 from wmcore.data.fonts import FONT_PACK_DIR, SCRIPTS, covered_scripts, script_characters
-from wmcore.data.packages import NESTED, Dep5Copyright, fetch, glob_match, iter_package_files, rcc_files
+from wmcore.data.packages import NESTED, Dep5Copyright, bundle_files, fetch, glob_match, iter_package_files
 from wmcore.errors import WmError
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,10 @@ def read_package(path: Path, kind: str, globs: list[str], copyright_path: str) -
         nested = [g.split(NESTED, 1)[1] for g in globs if NESTED in g and glob_match(inner, _outer(g))]
         if nested:
             try:
-                bundle = list(rcc_files(data))
-            except (ValueError, IndexError) as exc:
-                raise WmError(f"{path}: {inner}: unreadable Qt resource bundle ({exc})") from None
-            out.files.update({f"{inner}{NESTED}{p}": b for p, b in bundle if any(glob_match(p, g) for g in nested)})
+                bundle = list(bundle_files(data, lambda p, nested=nested: any(glob_match(p, g) for g in nested)))
+            except (ValueError, IndexError, zlib.error) as exc:
+                raise WmError(f"{path}: {inner}: unreadable bundle ({exc})") from None
+            out.files.update({f"{inner}{NESTED}{p}": b for p, b in bundle})
         if any(NESTED not in g and glob_match(inner, g) for g in globs):
             out.files[inner] = data
     return out
@@ -117,6 +119,8 @@ class Candidate:
     license: str
     license_basis: str
     copyright: str
+    crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) px of the source picture
+    view: int | None = None  # the view's number along the take's crops region
 
 
 def decode_picture(data: bytes, min_side: int) -> tuple[Image.Image | None, str]:
@@ -133,12 +137,53 @@ def decode_picture(data: bytes, min_side: int) -> tuple[Image.Image | None, str]
         img = Image.new("RGB", rgba.size, (255, 255, 255))
         img.paste(rgba, mask=rgba.getchannel("A"))
     assert img is not None
+    why = picture_problem(img, min_side)
+    return (None, why) if why else (img, "")
+
+
+def picture_problem(img: Image.Image, min_side: int) -> str:
+    """Why a decoded picture (or a view of one) is no background: too small or flat; "" when it is one."""
     if min(img.size) < min_side:
-        return None, f"too small: {img.width}x{img.height} < {min_side} px (images.min_side)"
+        return f"too small: {img.width}x{img.height} < {min_side} px (images.min_side)"
     small = np.asarray(img.resize((64, 64), Image.Resampling.BILINEAR).convert("L"))
     if len(np.unique(small // 8)) <= FLAT_LEVELS:
-        return None, "flat: no picture to speak of"
-    return img, ""
+        return "flat: no picture to speak of"
+    return ""
+
+
+def view_boxes(size: tuple[int, int], crops: CorpusCrops) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(view number, (left, top, right, bottom) px) of the views `crops` cuts from a picture of `size` (w, h).
+
+    Each view has the aspect `crops.aspect` and fills the region's short side; the views are spread
+    evenly along its long side, first to last end, `crops.views` of them or as many as fit without
+    overlapping. Skipped views keep their numbers out of the list. WmError when neighbours would share
+    more than `crops.max_overlap` of a view, or a skipped number does not exist.
+    """
+    width, height = size
+    left, top, right, bottom = crops.region
+    x0, y0, x1, y1 = round(left * width), round(top * height), round(right * width), round(bottom * height)
+    along_x = (x1 - x0) >= (y1 - y0) * crops.aspect
+    if along_x:
+        view_w, view_h = max(1, min(x1 - x0, int((y1 - y0) * crops.aspect + 1e-6))), y1 - y0
+        long, view = x1 - x0, view_w
+    else:
+        view_w, view_h = x1 - x0, max(1, min(y1 - y0, int((x1 - x0) / crops.aspect + 1e-6)))
+        long, view = y1 - y0, view_h
+    count = crops.views or max(1, long // view)
+    if count > 1:
+        overlap = (count * view - long) / ((count - 1) * view)
+        if overlap > crops.max_overlap + 1e-9:
+            raise WmError(f"crops: {count} views of {view} px along {long} px share {overlap:.0%} of a view "
+                          f"> max_overlap {crops.max_overlap:.0%}; ask for fewer views (data/corpus.yaml)")  # fmt: skip
+        offsets = [round(i * (long - view) / (count - 1)) for i in range(count)]
+    else:
+        offsets = [(long - view) // 2]
+    missing = [i for i in crops.skip if i >= count]
+    if missing:
+        raise WmError(f"crops: skip {missing}: a {width}x{height} picture has views 0..{count - 1} only "
+                      "(data/corpus.yaml)")  # fmt: skip
+    boxes = [(x0 + o, y0, x0 + o + view_w, y1) if along_x else (x0, y0 + o, x1, y0 + o + view_h) for o in offsets]
+    return [(i, box) for i, box in enumerate(boxes) if i not in crops.skip]
 
 
 def difference_hash(img: Image.Image) -> int:
@@ -171,12 +216,12 @@ def is_grey(img: Image.Image) -> bool:
     return bool(np.abs(arr[..., 0] - arr[..., 1]).max() <= 2 and np.abs(arr[..., 1] - arr[..., 2]).max() <= 2)
 
 
-def stored_name(package: str, path: str, taken: set[str]) -> str:
-    """"<package>--<last two path parts>" in [a-z0-9-], unique among `taken` (a counter is appended)."""
+def stored_name(package: str, path: str, taken: set[str], view: int | None = None) -> str:
+    """"<package>--<last two path parts>[-v<view>]" in [a-z0-9-], unique among `taken` (a counter is appended)."""
     parts = re.split(r"[/!]", path)
     stem = "-".join([*parts[-2:-1], Path(parts[-1]).stem])
     slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:60].strip("-")
-    base = f"{package}--{slug}"
+    base = f"{package}--{slug}" + (f"-v{view}" if view is not None else "")
     name, n = base, 2
     while name in taken:
         name, n = f"{base}-{n}", n + 1
@@ -214,11 +259,9 @@ def build_corpus(spec: CorpusSpec, download_dir: Path, out: Path = CORPUS_DIR) -
             if not paths:
                 raise WmError(f"{pkg.name} {pkg.version}: no file left for {take.globs} (data/corpus.yaml)")
             for path in tqdm(paths, desc=pkg.name, unit="img", leave=False, dynamic_ncols=True):
-                candidate, why = make_candidate(pkg, take, path, files.files.pop(path), pkg_copyright, spec)
-                if candidate is None:
-                    skipped.append({"package": pkg.name, "path": path, "reason": why})
-                else:
-                    candidates.append(candidate)
+                made, whys = make_candidates(pkg, take, path, files.files.pop(path), pkg_copyright, spec)
+                candidates += made
+                skipped += [{"package": pkg.name, "path": path, "reason": why} for why in whys]
     kept, dupes = deduplicate(candidates, spec.images.dedup_bits)
     skipped += dupes
     rows = _write_folder(out, kept, spec, copyrights)
@@ -247,18 +290,30 @@ def _package_copyright(
     return Dep5Copyright(texts[source.name])
 
 
-def make_candidate(
+def make_candidates(
     pkg: CorpusPackage, take: CorpusTake, path: str, data: bytes, copyright: Dep5Copyright, spec: CorpusSpec
-) -> tuple[Candidate | None, str]:
-    """The stored form of one taken file (downscaled WebP, hash, license) or (None, why it is skipped)."""
+) -> tuple[list[Candidate], list[str]]:
+    """The stored forms of one taken file (downscaled WebP, hash, license): the whole picture, or each view
+    its take's `crops` cuts; and why any picture or view is skipped."""
     img, why = decode_picture(data, spec.images.min_side)
     if img is None:
-        return None, why
+        return [], [why]
     lic, basis, holder = resolve_license(take, copyright, path, pkg.name)
-    small = downscale(img, spec.images.long_side)
-    webp = encode_webp(small, spec.images.webp_quality)
-    return Candidate(pkg, take, path, webp, small.size, img.size, is_grey(small), difference_hash(small),
-                     lic, basis, holder), ""  # fmt: skip
+    if take.crops is None:
+        pieces = [(None, None, img)]
+    else:
+        pieces = [(i, box, img.crop(box)) for i, box in view_boxes(img.size, take.crops)]
+    made, whys = [], []
+    for view, box, picture in pieces:
+        why = picture_problem(picture, spec.images.min_side) if view is not None else ""
+        if why:
+            whys.append(f"{why} (view {view})")
+            continue
+        small = downscale(picture, spec.images.long_side)
+        webp = encode_webp(small, spec.images.webp_quality)
+        made.append(Candidate(pkg, take, path, webp, small.size, picture.size, is_grey(small), difference_hash(small),
+                              lic, basis, holder, box, view))  # fmt: skip
+    return made, whys
 
 
 def deduplicate(candidates: list[Candidate], max_bits: int) -> tuple[list[Candidate], list[dict[str, str]]]:
@@ -270,9 +325,13 @@ def deduplicate(candidates: list[Candidate], max_bits: int) -> tuple[list[Candid
         if twin is None:
             kept.append(c)
         else:
-            dropped.append({"package": c.package.name, "path": c.path,
-                            "reason": f"near-duplicate of {twin.package.name}:{twin.path}"})  # fmt: skip
+            dropped.append({"package": c.package.name, "path": _label(c),
+                            "reason": f"near-duplicate of {twin.package.name}:{_label(twin)}"})  # fmt: skip
     return kept, dropped
+
+
+def _label(c: Candidate) -> str:
+    return c.path if c.view is None else f"{c.path} (view {c.view})"
 
 
 def _write_folder(out: Path, kept: list[Candidate], spec: CorpusSpec, copyrights: dict[str, str]) -> list[dict]:
@@ -282,7 +341,7 @@ def _write_folder(out: Path, kept: list[Candidate], spec: CorpusSpec, copyrights
     rows = []
     for c in kept:
         split = c.package.split or "train"
-        rel = f"{split}/{stored_name(c.package.name, c.path, names)}.webp"
+        rel = f"{split}/{stored_name(c.package.name, c.path, names, c.view)}.webp"
         (work / split).mkdir(parents=True, exist_ok=True)
         (work / rel).write_bytes(c.data)
         rows.append(_manifest_row(c, rel))
@@ -307,6 +366,7 @@ def _manifest_row(c: Candidate, rel: str) -> dict:
         "source_width": c.source_size[0], "source_height": c.source_size[1],
         "package": c.package.name, "package_version": c.package.version, "package_kind": c.package.kind,
         "package_sha256": c.package.sha256, "package_url": c.package.urls[0], "path": c.path,
+        "crop": list(c.crop) if c.crop else None,
         "license": c.license, "license_basis": c.license_basis, "copyright": c.copyright,
         "sha256": hashlib.sha256(c.data).hexdigest(), "bytes": len(c.data), "dhash": f"{c.dhash:064x}",
     }  # fmt: skip

@@ -31,9 +31,11 @@ from wmcore.data.backgrounds import (
     CORPUS_DOCUMENT,
     PAGE_BACKGROUNDS,
     BackgroundCatalog,
+    HardNegative,
     PhotoRef,
     augmented_crop,
     background_kind,
+    crop_around,
     is_page_background,
     load_photo,
 )
@@ -76,6 +78,7 @@ class GeneratorContext:
     seed: int
     catalog: BackgroundCatalog
     heldout: HeldoutPlan = field(default_factory=HeldoutPlan)
+    hard_negatives: tuple[HardNegative, ...] = ()  # mined regions of catalog photos (wm mine)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class DrawPool:
     photos: tuple[PhotoRef, ...]
     procedural: tuple[str, ...]
     style_weights: dict[str, float]
+    hard_negatives: tuple[HardNegative, ...]  # those on this pool's photos
     phrases: PhrasePolicy
     held_out_fonts: frozenset[str]
     prefer_held_out: bool  # the held-out split: held-out items only, where a registry has any
@@ -191,8 +195,10 @@ def draw_pool(ctx: GeneratorContext, split: str) -> DrawPool:
         photos, procedural = tuple(cat.photos), tuple(cat.procedural)
     positive = sorted(n for n, w in ctx.prepare.style_weights.items() if w > 0)
     styles = _pool(positive, plan.styles, unseen)
+    ids = {r.id for r in photos}
+    hard = tuple(h for h in ctx.hard_negatives if h.ref.id in ids)
     return DrawPool(
-        photos, procedural, {n: ctx.prepare.style_weights[n] for n in styles},
+        photos, procedural, {n: ctx.prepare.style_weights[n] for n in styles}, hard,
         PhrasePolicy(frozenset(plan.phrase_kinds), unseen), frozenset(plan.fonts), unseen,
     )
 
@@ -213,12 +219,17 @@ def sample_size(rng: np.random.Generator, p: PrepareParams) -> tuple[int, int]:
 def make_background(
     rng: np.random.Generator, pool: DrawPool, p: PrepareParams, width: int, height: int
 ) -> tuple[np.ndarray, str, bool]:
-    """(RGB float32 (H, W, 3), source id, has text of its own): procedural for procedural_share, else a photo."""
+    """(RGB float32 (H, W, 3), source id, has text of its own): procedural for procedural_share, else a photo;
+    a photo is cropped around a hard negative for prepare.hard_negative_share of them (when there are any)."""
     use_procedural = pool.procedural and (not pool.photos or rng.random() < p.procedural_share)
     if use_procedural:
         kind = pool.procedural[int(rng.integers(len(pool.procedural)))]
         img, has_text = render_procedural(kind, rng, width, height)
         return img, f"procedural:{kind}", has_text
+    if pool.hard_negatives and rng.random() < p.hard_negative_share:  # no draw without mined regions: same data
+        hard = pool.hard_negatives[int(rng.integers(len(pool.hard_negatives)))]
+        img = crop_around(rng, load_photo(hard.ref, p.max_background_side), hard, width, height)
+        return img, hard.ref.id, hard.ref.has_text
     ref = pool.photos[int(rng.integers(len(pool.photos)))]
     img = augmented_crop(rng, load_photo(ref, p.max_background_side), ref, width, height)
     return img, ref.id, ref.has_text

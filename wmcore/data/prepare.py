@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wmcore.config import Params
-from wmcore.data.backgrounds import BackgroundCatalog, discover_backgrounds
+from wmcore.data.backgrounds import BackgroundCatalog, discover_backgrounds, load_hard_negatives
 from wmcore.data.contact_sheet import write_contact_sheet
 from wmcore.data.fonts import FONT_LICENSES, FONT_PACK_DIR
 from wmcore.data.generator import HELDOUT_SPLIT, GeneratorContext, HeldoutPlan, generate_sample, plan_heldout
@@ -164,8 +164,9 @@ def fingerprint(params: Params) -> str:
                                   sort_keys=True).encode())
     for module in GENERATOR_MODULES:
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
-    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl"):  # rebuilt data
-        h.update(manifest.read_bytes() if manifest.is_file() else b"-")
+    mined = [Path(params.paths.hard_negatives)] if params.prepare.hard_negative_share > 0 else []
+    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl", *mined):
+        h.update(manifest.read_bytes() if manifest.is_file() else b"-")  # rebuilt or re-mined inputs
     return h.hexdigest()[:12]
 
 
@@ -278,7 +279,12 @@ def run_prepare(params: Params) -> dict:
     if (p.heldout_style_share > 0) != (p.n_test_heldout > 0):
         log.info("no %s split: it needs prepare.heldout_style_share > 0 and prepare.n_test_heldout > 0", HELDOUT_SPLIT)
     t_discover = time.perf_counter() - t0
-    ctx = GeneratorContext(p, params.base.seed, catalog, plan)
+    hard = load_hard_negatives(params.paths.hard_negatives, catalog.photos, params.paths.corpus) if (
+        p.hard_negative_share > 0) else []  # fmt: skip
+    if p.hard_negative_share > 0:
+        log.info("%d hard negatives on %d photos from %s", len(hard), len({h.ref.id for h in hard}),
+                 params.paths.hard_negatives)  # fmt: skip
+    ctx = GeneratorContext(p, params.base.seed, catalog, plan, tuple(hard))
     counts = split_counts(ctx)
     work, resumed = open_work_dir(target, fingerprint(params), [s for s in SPLITS if counts[s]])
     if resumed:

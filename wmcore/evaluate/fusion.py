@@ -5,7 +5,7 @@ global view (wmcore.infer.working_scale), so every rule of FUSION_RULES is score
 two maps: `rule_maps` turns them into one probability map per rule. `choose_rule` then takes the
 rule with the best pixel F1, each rule at its own best threshold. Only images whose long side
 exceeds predict.global_side can tell the rules apart (the others are their own global view);
-when there are none, or no watermark pixel to score, the rules tie and the fallback rule (max)
+when there are none, or no watermark pixel to score, the rules tie and the fallback rule (refine)
 is kept, with the reason in the log and in metrics.json.
 """
 
@@ -23,18 +23,23 @@ from wmcore.metrics import best_threshold
 
 log = logging.getLogger(__name__)
 
-# Order in which equal F1 scores are resolved: the fallback first, then the cheaper single passes.
-TIE_ORDER = (FALLBACK_RULE, *(r for r in ("tiles", "mean", "global") if r != FALLBACK_RULE))
+# Order in which equal F1 scores are resolved: the fallback first, then the cheaper passes.
+TIE_ORDER = (FALLBACK_RULE, *(r for r in ("global", "tiles", "mean", "max") if r != FALLBACK_RULE))
 
 
-def rule_maps(native: np.ndarray, global_probs: np.ndarray | None) -> dict[str, np.ndarray]:
-    """{rule: float32 (H, W)} for every rule of FUSION_RULES from the two passes of one image.
+def rule_maps(
+    native: np.ndarray, global_probs: np.ndarray | None, refined: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """{rule: float32 (H, W)} for every rule of FUSION_RULES from the passes of one image.
 
     global_probs None (the image fits global_side): every rule is the native map itself.
+    refined: the "refine" rule's map (working map raised where native windows ran); None = the working map.
     """
     if global_probs is None:
         return dict.fromkeys(FUSION_RULES, native)
-    return {rule: fuse(native, global_probs, rule) for rule in FUSION_RULES}
+    maps = {rule: fuse(native, global_probs, rule) for rule in FUSION_RULES if rule != "refine"}
+    maps["refine"] = global_probs if refined is None else refined
+    return maps
 
 
 @dataclass
@@ -83,22 +88,23 @@ def choose_rule(
         global_side: predict.global_side, px (0 = no global view).
         min_gain: F1 within this of the best counts as a tie (evaluate.fusion_min_gain): a few
             validation images cannot tell 0.1535 from 0.1534, so no rule wins on noise.
-    Ties go to the first rule of TIE_ORDER (the fallback, max).
+    Ties go to the first rule of TIE_ORDER present in `totals` (the fallback, refine).
     """
-    choice = FusionChoice(FALLBACK_RULE, global_side, n_images, n_larger, "")
+    fallback = FALLBACK_RULE if FALLBACK_RULE in totals else next(r for r in TIE_ORDER if r in totals)
+    choice = FusionChoice(fallback, global_side, n_images, n_larger, "")
     if not all(int(h[0].sum()) > 0 for h in totals.values()):
-        choice.reason = f"validation has no watermark pixel: rules not compared, {FALLBACK_RULE} kept"
+        choice.reason = f"validation has no watermark pixel: rules not compared, {fallback} kept"
         choice.f1, choice.threshold = dict.fromkeys(totals), dict.fromkeys(totals)
         return choice
     for rule, hist in totals.items():
         choice.threshold[rule], choice.f1[rule] = best_threshold(hist, interior=True)
     if global_side == 0:
-        choice.reason = f"predict.global_side is 0 (no global view): every rule is the native pass, {FALLBACK_RULE} kept"
+        choice.reason = f"predict.global_side is 0 (no global view): every rule is the native pass, {fallback} kept"
         return choice
     if n_larger == 0:
         choice.reason = (
             f"no validation image is larger than global_side={global_side} px: every rule is the same "
-            f"single pass (tie), {FALLBACK_RULE} kept"
+            f"single pass (tie), {fallback} kept"
         )
         return choice
     best = max(choice.f1[r] or 0.0 for r in TIE_ORDER if r in choice.f1)

@@ -39,10 +39,10 @@ class EvalSample:
 
     id: str
     image: Path
-    mask: Path
+    mask: Path | None  # None: a clean picture (every pixel is clean), e.g. the corpus's real photos
     has_watermark: bool | None = None  # None: not in a manifest, taken from the mask
     scene_text: bool = False  # opaque scene text (not a watermark) drawn on the image
-    background_kind: str | None = None  # "photo", "page" (text page) or "procedural"; None: unknown (imported)
+    background_kind: str | None = None  # "photo", "page" (text page), "procedural", a corpus category; None: unknown
 
 
 class SampleError(Exception):
@@ -118,11 +118,14 @@ def centre_crop(array: np.ndarray, side: int) -> np.ndarray:
 def read_sample(sample: EvalSample, crop: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Image (H, W, 3) uint8 RGB and truth mask (H, W) bool of `sample`, centre-cropped to `crop` px.
 
-    Any image mode (RGBA, gray, palette) is converted to RGB. Raises SampleError naming the file.
+    Any image mode (RGBA, gray, palette) is converted to RGB; a sample without a mask is all clean.
+    Raises SampleError naming the file.
     """
     try:
         with Image.open(sample.image) as im:
             image = np.asarray(im.convert("RGB"))
+        if sample.mask is None:
+            return centre_crop(image, crop), centre_crop(np.zeros(image.shape[:2], bool), crop)
         with Image.open(sample.mask) as im:
             truth = np.asarray(im.convert("L")) > 127
     except (OSError, UnidentifiedImageError, ValueError) as exc:

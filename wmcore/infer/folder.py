@@ -9,11 +9,15 @@ ones go alone (their tiles are batched). Each finished image writes, atomically:
 `predict.stream_megapixels` are decoded and written strip by strip instead
 (wmcore.infer.large_images), so memory does not grow with the image size. A rerun skips images
 whose row says ok and whose files exist (`force` redoes them); unreadable
-inputs become `skipped` rows with the reason, and the run goes on.
+inputs (and every non-image file found, wmcore.infer.inputs) become `skipped` rows
+with the reason, and the run goes on. The output folder is proved writable before
+the model loads; one that turns read-only mid-run ends the run with OutputNotWritable,
+every finished image and row intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -39,12 +43,20 @@ from wmcore.infer.large_images import (
     NotStreamable,
     PngMaskWriter,
     StreamedImage,
+    write_empty_png,
     write_overlay,
 )
 from wmcore.infer.predictor import Predictor, get_predictor
 from wmcore.infer.results_table import ResultsTable
 from wmcore.infer.sinks import MaskSummary
-from wmcore.runtime.atomic import atomic_open, atomic_path, remove_stale_temp_files, save_image, write_json
+from wmcore.runtime.atomic import (
+    atomic_open,
+    atomic_path,
+    check_writable,
+    remove_stale_temp_files,
+    save_image,
+    write_json,
+)
 from wmcore.runtime.report import console_table
 
 log = logging.getLogger(__name__)
@@ -85,6 +97,8 @@ class DecodeDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Decoded:
+        if self.items[index].skip:  # found not to be an image file: never opened (a FIFO would block)
+            return Decoded(index, None, self.items[index].skip, 0.0)
         set_pixel_cap(self.max_megapixels)  # workers are fresh processes: set PIL's cap there too
         start = time.perf_counter()
         path = self.items[index].path
@@ -132,20 +146,19 @@ def predict_inputs(
     images, missing = discover_inputs(inputs, exclude=out)
     if not images and missing and all(m.reason == "not found" for m in missing):
         raise WmError(f"nothing to predict: {', '.join(m.arg for m in missing)} not found")
+    check_writable(out, "--out")  # before the model loads: a read-only --out is one line, not a traceback
     table = ResultsTable(out)
-    if out.is_dir() and (stale := remove_stale_temp_files(out)):
+    if stale := remove_stale_temp_files(out):
         log.info("%s: removed %d temp files left by a killed run", out, stale)
     todo = images if force else _still_to_do(images, table, out, params.predict.save_overlay)
-    predictor = get_predictor(model, params, calibration=[i.path for i in todo[: params.predict.calibration_images]])
+    predictor = get_predictor(model, params, calibration=_calibration_files(todo, params))
     predictor.sizer.reset_stats()  # the cached predictor may have served earlier runs
     run = FolderRun(params, predictor, table, out, todo)
-    for m in missing:
-        run.skip(InputImage(Path(m.arg), m.arg), m.reason, 0.0)
     start = time.perf_counter()
-    try:
+    with _compacted(table):  # also after Ctrl-C: the table on disk always has one row per image
+        for m in missing:
+            run.skip(InputImage(Path(m.arg), m.arg), m.reason, 0.0)
         run.process()
-    finally:
-        table.compact()  # also after Ctrl-C: the table on disk always has one row per image
     seconds = time.perf_counter() - start
     summary = run.summary(len(images) - len(todo), len(images) + len(missing), seconds)
     write_json(out / "summary.json", summary)
@@ -165,13 +178,33 @@ def predict_images(
     out = Path(out_dir)
     table = ResultsTable(out)
     set_pixel_cap(params.predict.max_image_megapixels)
-    predictor = get_predictor(model, params, calibration=[i.path for i in items[: params.predict.calibration_images]])
+    predictor = get_predictor(model, params, calibration=_calibration_files(items, params))
     run = FolderRun(params, predictor, table, out, list(items), keep_rows=True)
-    try:
+    with _compacted(table):
         run.process()
-    finally:
-        table.compact()
     return run.rows
+
+
+def _calibration_files(items: list[InputImage], params: Params) -> list[Path]:
+    """Image files for onnx-int8 calibration: the first inputs that are to be decoded."""
+    return [i.path for i in items if not i.skip][: params.predict.calibration_images]
+
+
+@contextlib.contextmanager
+def _compacted(table: ResultsTable) -> Iterator[None]:
+    """Compact `table` when the block ends, however it ends.
+
+    After an error the compaction is best effort: in a folder that turned read-only or full it
+    fails too, and the error that stopped the run is the one to report (the journal keeps every
+    row; the next run compacts it).
+    """
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(WmError):
+            table.compact()
+        raise
+    table.compact()
 
 
 def _still_to_do(images: list[InputImage], table: ResultsTable, out: Path, overlay: bool) -> list[InputImage]:
@@ -278,6 +311,9 @@ class FolderRun:
                 writer = PngMaskWriter(mask_fh, prob_fh, width, height)
                 result = self.predictor.predict_streamed(source, writer)
                 writer.close()
+            if result.gated:  # the rows went out before the score was known: the image was called clean
+                with atomic_open(files["mask"]) as mask_fh:
+                    write_empty_png(mask_fh, width, height)
             if "overlay" in files:
                 with atomic_path(files["overlay"]) as tmp:
                     write_overlay(source, files["mask"], tmp)

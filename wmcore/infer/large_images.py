@@ -221,6 +221,14 @@ class PngMaskWriter:
         self.prob.close()
 
 
+def write_empty_png(fh: IO[bytes], width: int, height: int, band: int = 256) -> None:
+    """An all-zero 8-bit greyscale PNG of width x height, written one band of rows at a time."""
+    writer = PngStripWriter(fh, width, height)
+    zeros = np.zeros((band, width), np.uint8)
+    for y0 in range(0, height, band):
+        writer.write_rows(zeros[: min(band, height - y0)])
+    writer.close()
+
 def write_overlay(image: StreamedImage, mask_path: Path, out_path: Path) -> None:
     """Overlay JPEG (mask pixels blended 50% towards red, as folder.overlay_image) streamed by libvips."""
     vips = _vips()

@@ -38,6 +38,7 @@ from wmcore.infer.sinks import MaskSummary, MaskSummarySink, MaskWriter, Probabi
 from wmcore.infer.tiling import RowSource, StripSink, as_row_source, predict_tiled
 from wmcore.infer.working_scale import (
     FUSION_RULES,
+    RefineSettings,
     flip_averaged,
     native_and_global_maps,
     resolve_rule,
@@ -102,6 +103,8 @@ class Predictor:
             pp.batch_size, pp.min_batch_size, pp.max_batch_size, pp.auto_batch, self._memory_ok, cache, key
         )
         self._lock = threading.Lock()  # one batch at a time per predictor (threads share the cached one)
+        self.refine = RefineSettings(pp.refine_threshold, pp.refine_max_tiles, pp.tile_size, pp.tile_overlap,
+                                     backend.multiple)  # fmt: skip
 
     def _memory_ok(self, batch: int) -> bool:
         pp = self.params.predict
@@ -121,24 +124,35 @@ class Predictor:
         self._run(images, sinks, fusion)
         return [s.probs for s in sinks]
 
-    def predict_paths(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Native and upsampled global probabilities apart: [(float32 (H, W), float32 (H, W) or None)].
+    def predict_paths(
+        self, images: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        """The passes apart: [(native, upsampled working map or None, refined map or None)], float32 (H, W).
 
-        The global map is None where the image fits predict.global_side (one pass: every rule agrees).
+        The working and refined maps are None where the image fits predict.global_side (one pass:
+        every rule agrees).
         """
         for i, im in enumerate(images):
             _check_image(im, i)
         with self._lock:
-            maps = native_and_global_maps(images, self._run_native, self.params.predict.global_side)
+            maps = native_and_global_maps(images, self._run_native, self.params.predict.global_side, self.refine)
             self.sizer.save()
         return maps
 
+    @property
+    def mask_gate(self) -> float:
+        """Image score below which masks are emptied (predict.gate_masks), 0 = never."""
+        return self.image_threshold if self.params.predict.gate_masks else 0.0
+
     def predict_masks(self, images: Sequence[np.ndarray], threshold: float | None = None) -> list[MaskSummary]:
-        """Like predict, but keeps only uint8 maps, binary masks (>= threshold) and their statistics."""
+        """Like predict, but keeps only uint8 maps, binary masks (>= threshold) and their statistics.
+
+        With predict.gate_masks an image scored below the image threshold gets an empty mask.
+        """
         thr = self.threshold if threshold is None else threshold
         pp = self.params.predict
         sinks = [
-            MaskSummarySink(*_check_image(im, i)[:2], thr, pp.min_region_pixels, pp.max_regions)
+            MaskSummarySink(*_check_image(im, i)[:2], thr, pp.min_region_pixels, pp.max_regions, gate=self.mask_gate)
             for i, im in enumerate(images)
         ]
         self._run(images, sinks)
@@ -153,14 +167,15 @@ class Predictor:
         thr = self.threshold if threshold is None else threshold
         pp = self.params.predict
         height, width = image.shape[:2]
-        sink = MaskSummarySink(height, width, thr, pp.min_region_pixels, pp.max_regions, writer)
+        sink = MaskSummarySink(height, width, thr, pp.min_region_pixels, pp.max_regions, writer, gate=self.mask_gate)
         self._run([image], [sink])
         return sink.finish()
 
     def _run(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink], fusion: str | None = None) -> None:
         pp = self.params.predict
         with self._lock:
-            run_working_scale(images, sinks, self._run_native, fusion or self.fusion, pp.global_side, pp.tile_size)
+            run_working_scale(images, sinks, self._run_native, fusion or self.fusion, pp.global_side, pp.tile_size,
+                              self.refine)  # fmt: skip
             self.sizer.save()
 
     def _run_native(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink]) -> None:
@@ -347,8 +362,10 @@ def _build(
     from wmcore.model.checkpoint import load_model
 
     threads = configure_threads(params.base.threads, reserved=params.predict.loader_workers)  # decoders' cores
-    if set_malloc_mmap_threshold(params.predict.malloc_mmap_threshold_kb):
-        log.info("glibc mmap threshold fixed at %d KiB", params.predict.malloc_mmap_threshold_kb)
+    pp = params.predict
+    if set_malloc_mmap_threshold(pp.malloc_mmap_threshold_kb, pp.malloc_trim_threshold_kb):
+        log.info("glibc mmap threshold fixed at %d KiB (trim at %d KiB)", pp.malloc_mmap_threshold_kb,
+                 pp.malloc_trim_threshold_kb or 2 * pp.malloc_mmap_threshold_kb)  # fmt: skip
     net, ckpt = load_model(model.path, map_location="cpu")
     meta = ckpt.get("meta") or {}
     threshold = _meta_float(meta, "threshold", params.predict.threshold)

@@ -42,7 +42,9 @@ class MaskSummary:
     prob_u8: uint8 (H, W) probability * 255 (rounded); mask: bool (H, W) probability >= threshold
     (both None when a MaskWriter took the rows); height, width: image size, px;
     score: has-watermark score in [0, 1] (wmcore.metrics.image_score of the float probabilities);
-    area_fraction: share of mask pixels; regions: connected mask regions, largest first.
+    area_fraction: share of mask pixels; regions: connected mask regions, largest first;
+    gated: the score fell below the sink's gate, so the mask was emptied (area 0, no regions); a
+    MaskWriter already holds the ungated rows then, and its caller writes an empty mask instead.
     """
 
     prob_u8: np.ndarray | None
@@ -52,12 +54,14 @@ class MaskSummary:
     score: float
     area_fraction: float
     regions: list[Region]
+    gated: bool = False
 
 
 class MaskSummarySink:
     """Turns strips into the uint8 map, the thresholded mask and their statistics.
 
     writer: None = keep both maps in memory (MaskSummary.prob_u8/.mask); else each strip's rows go to it.
+    gate: an image whose has-watermark score is below this gets an empty mask (0 = never).
     """
 
     def __init__(
@@ -68,12 +72,14 @@ class MaskSummarySink:
         min_region_px: int,
         max_regions: int,
         writer: MaskWriter | None = None,
+        gate: float = 0.0,
     ) -> None:
         self.height, self.width, self.writer = height, width, writer
         keep = writer is None
         self.prob_u8 = np.empty((height, width), dtype=np.uint8) if keep else None
         self.mask = np.empty((height, width), dtype=bool) if keep else None
         self.threshold, self.min_region_px, self.max_regions = threshold, min_region_px, max_regions
+        self.gate = gate
         self._score = TopKMean(height * width)
         self._regions = RegionFinder()
         self._positive = 0
@@ -91,12 +97,17 @@ class MaskSummarySink:
         self._regions.add(y0, mask)
 
     def finish(self) -> MaskSummary:
+        score = self._score.value()
+        gated = score < self.gate
+        if gated and self.mask is not None:
+            self.mask[:] = False
         return MaskSummary(
             prob_u8=self.prob_u8,
             mask=self.mask,
             height=self.height,
             width=self.width,
-            score=self._score.value(),
-            area_fraction=self._positive / max(1, self.height * self.width),
-            regions=self._regions.regions(self.min_region_px, self.max_regions),
+            score=score,
+            area_fraction=0.0 if gated else self._positive / max(1, self.height * self.width),
+            regions=[] if gated else self._regions.regions(self.min_region_px, self.max_regions),
+            gated=gated,
         )

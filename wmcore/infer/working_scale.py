@@ -1,19 +1,26 @@
-"""Working-scale inference: a downscaled global view fused with native-resolution tiles, and flip TTA.
+"""Working-scale inference: a downscaled working view, native refinement where it fires, fusion, flip TTA.
 
 Watermarks are sized relative to the whole image: a mark across a 4000 px photo is seen only in
-fragments by 512 px native tiles, while a small corner label vanishes when the photo is shrunk
-to 512 px. So an image whose long side exceeds `predict.global_side` gets two passes:
+fragments by native tiles, while a small corner label may shrink to a smudge when the photo is
+scaled down. An image whose long side exceeds `predict.global_side` (the working side) gets its
+working view: the image downscaled with PIL (antialiased bilinear, as training's multiscale crops)
+to that long side, run through the same native path (whole when it fits `predict.tile_size`).
+What happens next is the fusion rule (`FUSION_RULES`):
 
-- the global view: the image downscaled with PIL (antialiased bilinear, as training's multiscale
-  crops) to that long side, run through the same native path (tiled if it exceeds the tile);
-- the native pass: today's tiling at full resolution.
+- "global": the working view alone, upsampled. Cost bounded by the working side, not the megapixels.
+- "refine" (the default): the working view, plus native-resolution tiles only where the working map
+  reaches `predict.refine_threshold` (at most `predict.refine_max_tiles`, the most confident first),
+  fused there by max: a small label the working view sees faintly is confirmed at full detail, and
+  an image where nothing fires costs one working-scale pass.
+- "tiles": native tiles everywhere (the path before working scale); "max" / "mean": both passes
+  everywhere, fused per pixel.
 
-The global map (at most global_side^2 float32) is upsampled bilinearly (half-pixel centres, as
-torch's `align_corners=False`) strip by strip while the native tiles stream their strips, and the
-two are fused per pixel (`FUSION_RULES`): so no full-size float32 map beyond the sink's own is
-allocated. An image that fits the global side *is* its own global view: it gets one pass, and
-every rule gives exactly the single-path result. Rule "auto" is resolved by the predictor from
-the model's meta (`wm evaluate` calibrates it on validation), else "max".
+The working map (at most global_side^2 float32) is upsampled bilinearly (half-pixel centres, as
+torch's `align_corners=False`) strip by strip as the sink consumes rows, so no full-size float32
+map beyond the sink's own is allocated. An image that fits the working side *is* its own working
+view: it gets one pass, and every rule gives exactly the single-path result. Rule "auto" is
+resolved by the predictor from the model's meta (`wm evaluate` calibrates it on validation), else
+"refine".
 
 `flip_averaged` wraps a tile runner so every batch is averaged with its horizontally flipped pass
 (test-time augmentation; twice the compute, same memory per call).
@@ -23,18 +30,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from wmcore.infer.sinks import ProbabilityMapSink
-from wmcore.infer.tiling import RowSource, StripSink, TileRunner
+from wmcore.infer.tiling import RowSource, StripSink, TileRunner, as_row_source, tile_layout
 
 log = logging.getLogger(__name__)
 
-FUSION_RULES = ("tiles", "global", "max", "mean")
-FALLBACK_RULE = "max"  # catches both large marks (global) and small labels (tiles) when nothing was calibrated
+FUSION_RULES = ("tiles", "global", "refine", "max", "mean")
+# Uncalibrated: the working view for large marks, native tiles where it fires for small labels.
+FALLBACK_RULE = "refine"
+# Rules that need the native pass over the whole image (cost grows with the megapixels).
+FULL_NATIVE_RULES = ("tiles", "max", "mean")
 
 # Runs images of any size through the native path into their sinks (Predictor._run_native).
 NativeRunner = Callable[[Sequence[np.ndarray], Sequence[StripSink]], None]
@@ -106,7 +117,10 @@ def upsample_rows(small: np.ndarray, height: int, width: int, y0: int, rows: int
 
 
 def fuse(native: np.ndarray, global_probs: np.ndarray, rule: str) -> np.ndarray:
-    """Per-pixel fusion of two same-shape float32 maps by `rule` (max, mean, tiles or global)."""
+    """Per-pixel fusion of two same-shape float32 maps by `rule` (max, mean, tiles or global).
+
+    "refine" is "max" inside its refined windows only (see `RefinedStripSink`).
+    """
     if rule == "max":
         return np.maximum(native, global_probs)
     if rule == "mean":
@@ -144,6 +158,83 @@ def stream_upsampled(global_probs: np.ndarray, height: int, width: int, sink: St
         sink.consume(y0, upsample_rows(global_probs, height, width, y0, rows))
 
 
+@dataclass(frozen=True)
+class RefineSettings:
+    """Where native refinement runs: tiles of at most `tile` px (rounded to `multiple`) whose part of the
+    working map reaches `threshold`; at most `max_tiles` of them, highest working probability first."""
+
+    threshold: float
+    max_tiles: int
+    tile: int
+    overlap: int
+    multiple: int
+
+
+def refine_windows(global_probs: np.ndarray, height: int, width: int, s: RefineSettings) -> list[tuple[int, int, int, int]]:
+    """Native windows (y0, x0, h, w) to refine, in row order: the native tile layout's tiles whose
+    area of the working map (h', w') holds a probability >= s.threshold."""
+    if s.max_tiles <= 0 or float(global_probs.max(initial=0.0)) < s.threshold:
+        return []
+    gh, gw = global_probs.shape
+    th, ys = tile_layout(height, s.tile, s.overlap, s.multiple)
+    tw, xs = tile_layout(width, s.tile, s.overlap, s.multiple)
+    scored = []
+    for y in ys:
+        for x in xs:
+            area = global_probs[y * gh // height : -(-(y + th) * gh // height), x * gw // width : -(-(x + tw) * gw // width)]
+            peak = float(area.max(initial=0.0))
+            if peak >= s.threshold:
+                scored.append((peak, y, x))
+    kept = sorted(scored, reverse=True)[: s.max_tiles]
+    return sorted((y, x, th, tw) for _, y, x in kept)
+
+
+class RefinedStripSink:
+    """Upsampled working-map strips, raised to the native probabilities inside the refined windows (max).
+
+    windows: (y0, x0, h, w) native windows; probs: their float32 (h, w) native probabilities.
+    """
+
+    def __init__(self, inner: StripSink, windows: list[tuple[int, int, int, int]], probs: list[np.ndarray]) -> None:
+        self.inner, self.windows, self.probs = inner, windows, probs
+
+    def consume(self, y0: int, strip: np.ndarray) -> None:
+        y1 = y0 + strip.shape[0]
+        for (wy, wx, wh, ww), p in zip(self.windows, self.probs, strict=True):
+            top, bottom = max(y0, wy), min(y1, wy + wh)
+            if top < bottom:
+                view = strip[top - y0 : bottom - y0, wx : wx + ww]
+                np.maximum(view, p[top - wy : bottom - wy], out=view)
+        self.inner.consume(y0, strip)
+
+
+def run_refined(
+    image: np.ndarray | RowSource,
+    global_probs: np.ndarray,
+    sink: StripSink,
+    run_native: NativeRunner,
+    settings: RefineSettings,
+    strip_rows: int,
+) -> int:
+    """Stream the upsampled working map of `image` into `sink`, refined natively where it fires.
+
+    The windows are read from the image in row order (a streamed file is read once more), run
+    through the native path (each fits one tile: run whole, same-shape windows batched), and
+    max-fused into the strips. Returns the number of refined windows.
+    """
+    height, width = image.shape[:2]
+    windows = refine_windows(global_probs, height, width, settings)
+    probs: list[np.ndarray] = []
+    if windows:
+        source = as_row_source(image)
+        crops = [np.array(source.rows(y, h)[:, x : x + w]) for y, x, h, w in windows]
+        sinks = [ProbabilityMapSink(h, w) for _, _, h, w in windows]
+        run_native(crops, sinks)
+        probs = [s.probs for s in sinks]
+    stream_upsampled(global_probs, height, width, RefinedStripSink(sink, windows, probs), strip_rows)
+    return len(windows)
+
+
 def run_global_views(images: Sequence[np.ndarray], global_side: int, run_native: NativeRunner) -> dict[int, np.ndarray]:
     """Global-view probabilities {image index: float32 (h, w)} of the images larger than global_side."""
     shapes = {i: global_view_shape(*im.shape[:2], global_side) for i, im in enumerate(images)}
@@ -162,11 +253,13 @@ def run_working_scale(
     rule: str,
     global_side: int,
     strip_rows: int,
+    refine: RefineSettings | None = None,
 ) -> None:
     """Predict `images` into `sinks` with the fusion `rule` (one of FUSION_RULES, already resolved).
 
     Images that fit global_side, and every image under rule "tiles", take the native path only;
-    under "global" the larger ones take only their global view. Memory: the global maps of these
+    under "global" the larger ones take only their working view, under "refine" their working view
+    plus native windows where it fires (`refine`; None = none). Memory: the working maps of these
     images (each <= global_side^2 float32) plus what the native path needs (a strip and a tile batch).
     """
     global_maps = {} if rule == "tiles" else run_global_views(images, global_side, run_native)
@@ -177,8 +270,10 @@ def run_working_scale(
         if i not in global_maps:
             native_images.append(image)
             native_sinks.append(sink)
-        elif rule == "global":
+        elif rule == "global" or (rule == "refine" and refine is None):
             stream_upsampled(global_maps.pop(i), height, width, sink, strip_rows)
+        elif rule == "refine":
+            run_refined(image, global_maps.pop(i), sink, run_native, refine, strip_rows)
         else:
             native_images.append(image)
             native_sinks.append(FusedStripSink(sink, global_maps.pop(i), height, width, rule))
@@ -187,21 +282,30 @@ def run_working_scale(
 
 
 def native_and_global_maps(
-    images: Sequence[np.ndarray], run_native: NativeRunner, global_side: int
-) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Both passes kept apart, full size: [(native float32 (H, W), upsampled global (H, W) or None)].
+    images: Sequence[np.ndarray], run_native: NativeRunner, global_side: int, refine: RefineSettings | None = None
+) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """The passes kept apart, full size: [(native, upsampled working map or None, refined map or None)].
 
-    None where the image fits global_side (its global view is the native image). Used by
-    evaluation to score every fusion rule from one native and one global pass per image.
+    None where the image fits global_side (its working view is the native image). The refined map
+    is exactly what rule "refine" gives (None without `refine`). Used by evaluation to score every
+    fusion rule from one native, one working and the refinement passes of each image.
     """
     global_maps = run_global_views(images, global_side, run_native)
     native = [ProbabilityMapSink(*im.shape[:2]) for im in images]
     run_native(images, native)
-    out: list[tuple[np.ndarray, np.ndarray | None]] = []
+    out: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
     for i, (image, sink) in enumerate(zip(images, native, strict=True)):
         height, width = image.shape[:2]
         small = global_maps.get(i)
-        out.append((sink.probs, None if small is None else upsample_rows(small, height, width, 0, height)))
+        if small is None:
+            out.append((sink.probs, None, None))
+            continue
+        refined = None
+        if refine is not None:
+            refined_sink = ProbabilityMapSink(height, width)
+            run_refined(image, small, refined_sink, run_native, refine, height)
+            refined = refined_sink.probs
+        out.append((sink.probs, upsample_rows(small, height, width, 0, height), refined))
     return out
 
 

@@ -136,3 +136,14 @@ def positive_fraction(counts: torch.Tensor) -> torch.Tensor:
     """Share of pixels predicted positive, (tp + fp) / all, from counts (..., 4); 0 for no pixels."""
     total = counts.sum(-1).double()
     return (counts[..., 0] + counts[..., 1]).double() / total.clamp_min(1)
+
+
+def gate_counts(counts: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Counts (N, ..., 4) after emptying the masks of the images where `keep` (N,) is False.
+
+    An image called clean by the has-watermark gate predicts nothing: its tp become fn and its fp
+    become tn. `keep` True leaves an image's counts as they are.
+    """
+    k = keep.to(counts.dtype).reshape(-1, *([1] * (counts.dim() - 2)))
+    tp, fp, fn, tn = counts.unbind(-1)
+    return torch.stack([tp * k, fp * k, fn + tp * (1 - k), tn + fp * (1 - k)], dim=-1)

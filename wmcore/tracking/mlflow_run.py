@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "WMDETECT_PARENT_RUN_ID"
 CHAMPION_ALIAS = "champion"
-CHAMPION_METRIC = "test_f1"  # run metric compared to decide the champion (logged by evaluation)
+CHAMPION_METRIC = "test/f1"  # run metric compared to decide the champion (logged by evaluation)
 FALLBACK_FILE = "tracking.jsonl"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # Where each step's fallback records go. `prepare` writes to the cache, not into the DVC-hashed dataset.
@@ -377,7 +377,7 @@ def _log_model(model_path: Path, run_logger: MlflowRunLogger) -> Any:
 def champion_f1(client: MlflowClient, name: str) -> tuple[str, float | None] | None:
     """(version, test F1) of the registered model's champion; None without a champion.
 
-    The F1 is the champion run's `test_f1` metric, else the version's `test_f1` tag, else None.
+    The F1 is the champion run's `test/f1` metric, else the version's `test/f1` tag, else None.
     """
     try:
         version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)

@@ -1,0 +1,185 @@
+"""Mask gating, the real-photo false-positive metric and threshold calibration within its budgets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
+from wmcore.evaluate import run as evaluate_run
+from wmcore.evaluate.calibrate import joint_thresholds
+from wmcore.evaluate.report import real_clean_metrics
+from wmcore.evaluate.samples import EvalSample, load_split
+from wmcore.evaluate.score import SplitScores, real_clean_samples, score_split
+from wmcore.infer.working_scale import FUSION_RULES
+from wmcore.metrics import counts_at, gate_counts, image_score, scores_from_counts, threshold_histograms
+
+BINS = 11  # grid thresholds 0.0, 0.1, ..., 1.0
+
+
+def test_gate_counts_turns_the_marks_of_gated_images_into_misses_and_clean_pixels():
+    counts = torch.tensor([[5, 2, 1, 92], [0, 7, 0, 93], [3, 0, 4, 93]])
+    gated = gate_counts(counts, torch.tensor([True, False, False]))
+    assert gated.tolist() == [[5, 2, 1, 92], [0, 0, 0, 100], [0, 0, 7, 93]]
+    assert gated.sum(1).tolist() == counts.sum(1).tolist()  # pixels are neither made nor lost
+
+
+def scores_of(maps: list[np.ndarray], truths: list[np.ndarray], kinds: list[str] | None = None) -> SplitScores:
+    """SplitScores of hand-made probability maps, as one evaluation pass would keep them."""
+    split = SplitScores()
+    for i, (probs, truth) in enumerate(zip(maps, truths, strict=True)):
+        kind = kinds[i] if kinds else "photo"
+        split.samples.append(EvalSample(f"s{i}", Path(f"s{i}.png"), None, bool(truth.any()), False, kind))
+        split.hists.append(threshold_histograms(torch.from_numpy(probs), torch.from_numpy(truth), BINS))
+        split.scores.append(image_score(probs))
+        split.has_watermark.append(bool(truth.any()))
+        split.sizes.append(probs.shape)
+    return split
+
+
+def test_real_clean_metric_counts_marked_pixels_of_hand_made_maps():
+    clean = np.zeros((10, 10), bool)
+    grass = np.zeros((10, 10), np.float32)
+    grass[:2, :5] = 0.8  # 10 hot pixels
+    water = np.zeros((10, 10), np.float32)
+    water[0, 0] = 0.35  # 1 lukewarm pixel
+    quiet = np.full((10, 10), 0.05, np.float32)
+    split = scores_of([grass, water, quiet], [clean] * 3, ["grass", "water", "document"])
+    ungated = real_clean_metrics(split, 0.3, 0.5, BINS, gate=False)
+    assert ungated["fp_area"] == pytest.approx(11 / 300, abs=1e-6)
+    assert (ungated["n_flagged"], ungated["n_images"], ungated["flagged"]) == (2, 3, ["s0", "s1"])
+    assert ungated["flagged_share"] == pytest.approx(2 / 3, abs=1e-6)
+    assert ungated["fp_area_by_category"] == {"document": 0.0, "grass": 0.1, "water": 0.01}
+    # the gate: image scores are the mean of the 16 hottest pixels: grass 0.5, water ~0.08, quiet 0.05
+    gated = real_clean_metrics(split, 0.3, 0.2, BINS, gate=True)
+    assert gated["flagged"] == ["s0"] and gated["fp_area"] == pytest.approx(10 / 300, abs=1e-6)
+    assert real_clean_metrics(split, 0.3, 0.6, BINS, gate=True)["fp_area"] == 0.0
+
+
+def _brute_force(val: SplitScores, real: SplitScores, thresholds, candidates, max_fp: float, max_flagged: float):
+    """The best gated val F1 within the budgets, by trying every pair on the per-image maps' counts."""
+    best = None
+    for t, g in itertools.product(thresholds, candidates):
+        keep = torch.from_numpy(np.array(val.scores) >= g)
+        f1 = float(scores_from_counts(gate_counts(counts_at(val.stacked_hists(BINS), t), keep).sum(0))["f1"])
+        m = real_clean_metrics(real, t, g, BINS, gate=True)
+        if m["fp_area"] <= max_fp and m["flagged_share"] <= max_flagged and (best is None or f1 > best + 1e-12):
+            best = f1
+    return best
+
+
+def test_joint_calibration_takes_the_best_pair_within_the_real_photo_budgets():
+    rng = np.random.default_rng(0)
+    truths, maps = [], []
+    for i in range(6):  # marked images: a 4x6 mark; noise around it
+        truth = np.zeros((16, 16), bool)
+        truth[4:8, 3:9] = True
+        probs = rng.uniform(0.0, 0.45, (16, 16)).astype(np.float32)
+        probs[truth] = rng.uniform(0.4, 0.95, truth.sum())
+        truths.append(truth)
+        maps.append(probs if i % 3 else probs * 0.6)  # some faint ones
+    for _ in range(3):  # clean synthetic images with a hot spot
+        probs = rng.uniform(0.0, 0.3, (16, 16)).astype(np.float32)
+        probs[:3, :3] = 0.7
+        truths.append(np.zeros((16, 16), bool))
+        maps.append(probs)
+    val = scores_of(maps, truths)
+    real_maps = [rng.uniform(0.0, 0.55, (16, 16)).astype(np.float32) for _ in range(5)]
+    real = scores_of(real_maps, [np.zeros((16, 16), bool)] * 5)
+    for max_fp, max_flagged in [(1.0, 1.0), (0.02, 0.5), (0.001, 0.2)]:
+        cal = joint_thresholds(val, real, BINS, max_fp, max_flagged)
+        assert cal.within_budget and cal.real_fp_area <= max_fp and cal.real_flagged <= max_flagged
+        m = real_clean_metrics(real, cal.threshold, cal.image_threshold, BINS, gate=True)
+        assert m["fp_area"] == pytest.approx(cal.real_fp_area, abs=1e-6)
+        assert m["flagged_share"] == pytest.approx(cal.real_flagged, abs=1e-6)
+        grid = [k / (BINS - 1) for k in range(1, BINS - 1)]
+        candidates = sorted(set(val.scores + real.scores))
+        candidates = [candidates[0] - 1e-6] + [(a + b) / 2 for a, b in itertools.pairwise(candidates)]
+        candidates += [max(val.scores + real.scores) + 1e-6]
+        assert cal.val_f1 == pytest.approx(_brute_force(val, real, grid, candidates, max_fp, max_flagged))
+    loose, tight = joint_thresholds(val, real, BINS, 1.0, 1.0), joint_thresholds(val, real, BINS, 0.001, 0.2)
+    assert tight.val_f1 <= loose.val_f1
+    impossible = joint_thresholds(val, real, BINS, -1.0, -1.0)  # no pair can mark less than nothing
+    assert not impossible.within_budget and impossible.real_fp_area == 0.0 and "least" in impossible.reason
+
+
+def make_corpus(root: Path, photos: dict[str, int]) -> Path:
+    """A tiny real-photo corpus at root: `photos` = {split: count} of 48x64 noisy pictures."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for split, count in photos.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            rel = f"{split}/pic{i}.png"
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / rel)
+            rows.append({"file": rel, "split": split, "category": ["grass", "water"][i % 2], "has_text": False,
+                         "grey": False, "width": 64, "height": 48, "license": "CC0-1.0"})  # fmt: skip
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_evaluation_scores_real_clean_photos_and_calibrates_on_val_only(tmp_path, monkeypatch):
+    prepared = make_tiny_prepared(tmp_path / "prepared", n_train=1, n_val=4, n_test=4)
+    corpus = make_corpus(tmp_path / "corpus", {"train": 2, "val": 3, "test": 4})
+    write_random_checkpoint(tmp_path / "train" / "best.pt")
+    params = evaluate_params(tmp_path, prepared, n_overlay=0)
+    assert len(real_clean_samples(corpus, "real_val")) == 3 and len(real_clean_samples(corpus, "real_test")) == 4
+    truth = {}
+    for split in ("val", "test"):
+        for s in load_split(prepared, split):
+            truth[np.asarray(Image.open(s.image).convert("RGB")).tobytes()] = np.asarray(Image.open(s.mask)) > 127
+
+    def oracle(test_noise: float):
+        """Marks at 0.9; every real photo gets a 0.6 patch; test images get `test_noise` everywhere else."""
+
+        def predict(images):
+            out = []
+            for im in images:
+                t = truth.get(np.ascontiguousarray(im).tobytes())
+                if t is None:  # a real photo
+                    probs = np.zeros(im.shape[:2], np.float32)
+                    probs[:8, :8] = 0.6
+                else:
+                    probs = np.where(t, 0.9, 0.0).astype(np.float32)
+                out.append(probs)
+            return out
+
+        def predict_test(images):
+            maps = predict(images)
+            return [np.maximum(p, test_noise) if np.ascontiguousarray(im).tobytes() in truth else p
+                    for im, p in zip(images, maps, strict=True)]  # fmt: skip
+
+        return predict, predict_test
+
+    results = []
+    for noise in (0.0, 0.8):  # what the test images look like must not move any threshold
+        predict, predict_test = oracle(noise)
+        monkeypatch.setattr(evaluate_run, "build_rule_maps_fn",
+                            lambda *a, p=predict: lambda images: [dict.fromkeys(FUSION_RULES, m) for m in p(images)])
+        monkeypatch.setattr(evaluate_run, "build_probability_fn", lambda *a, p=predict_test: p)
+        results.append(evaluate_run.run_evaluation(params))
+    clean_run, noisy_run = results
+    for key in ("threshold", "image_threshold"):
+        assert clean_run["test"][key] == noisy_run["test"][key] == clean_run["calibration"][key]
+    assert clean_run["test"]["f1"] == 1.0 and noisy_run["test"]["f1"] < 1.0
+    # the 0.6 patches on real photos: a pixel threshold above 0.6 (or a gate above their score) marks nothing
+    for m in (clean_run, noisy_run):
+        assert m["real_val"]["fp_area"] == 0.0 and m["real_test"]["fp_area"] == 0.0
+        assert m["real_test"]["n_images"] == 4 and m["calibration"]["within_budget"]
+    written = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert written["real_test"]["n_images"] == 4 and "fp_area_by_category" in written["real_test"]
+
+
+def test_real_clean_photos_are_scored_as_all_clean(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", {"test": 2})
+    samples = real_clean_samples(corpus, "real_test")
+    scored = score_split(samples, lambda images: [np.full(im.shape[:2], 0.7, np.float32) for im in images], BINS, 2, 0)
+    assert scored.has_watermark == [False, False] and len(scored.hists) == 2
+    m = real_clean_metrics(scored, 0.5, 0.5, BINS, gate=True)
+    assert m["fp_area"] == 1.0 and m["n_flagged"] == 2

@@ -1,0 +1,177 @@
+"""Calibration on validation: the fusion rule, then the pixel and has-watermark thresholds.
+
+The fusion rule (wmcore.evaluate.fusion) is chosen on the synthetic val split. The thresholds
+are then chosen together (`evaluate.image_objective` "pixel_f1"): `wm predict` empties the mask of
+an image whose has-watermark score is below the image threshold (predict.gate_masks), so the
+pair (pixel threshold, image threshold) decides both the pixel F1 of marked images and how much
+of a clean photo gets marked. Every pair of grid pixel thresholds x candidate image thresholds is
+scored at once from the per-image histograms: synthetic val pixel F1 of the gated masks, and on
+the corpus's real clean val photos the gated false-positive area and the share of photos that get
+any mask. The pair with the best F1 within the real-photo budgets (evaluate.max_real_fp_area,
+max_real_flagged) wins; when no pair meets them, the one with the least real false-positive area.
+Only validation data is used: the test splits never influence a threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from wmcore.config import Params
+from wmcore.evaluate.fusion import FusionChoice, choose_rule
+from wmcore.evaluate.score import SplitScores
+from wmcore.infer.working_scale import resolve_rule
+from wmcore.metrics import (
+    best_image_threshold,
+    best_threshold,
+    counts_at_thresholds,
+    decision_scores,
+    scores_from_counts,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_CANDIDATES = 256  # image thresholds tried (score quantiles beyond this many distinct scores)
+
+
+def calibrate_fusion(val_by_rule: dict[str, SplitScores], params: Params) -> tuple[FusionChoice, str]:
+    """(calibrated fusion choice, rule `wm predict` applies with these params) from the val scores per rule.
+
+    The rule is chosen among evaluate.fusion_rules. The applied rule is predict.fusion unless that
+    is "auto" (then the chosen one); with predict.global_side 0 it is "tiles". The choice is logged
+    with its reason.
+    """
+    bins, global_side = params.evaluate.threshold_grid, params.predict.global_side
+    any_split = next(iter(val_by_rule.values()))
+    n_larger = sum(max(size) > global_side for size in any_split.sizes) if global_side else 0
+    allowed = params.evaluate.fusion_rules
+    totals = {rule: split.stacked_hists(bins).sum(0) for rule, split in val_by_rule.items() if rule in allowed}
+    choice = choose_rule(totals, len(any_split.samples), n_larger, global_side, params.evaluate.fusion_min_gain)
+    applied = resolve_rule(params.predict.fusion, choice.rule, global_side)
+    f1 = ", ".join(f"{r} {'-' if v is None else format(v, '.4f')}" for r, v in choice.f1.items())
+    log.info("fusion rule %s (%s); val F1 per rule: %s; applied: %s", choice.rule, choice.reason, f1, applied)
+    return choice, applied
+
+
+@dataclass
+class Calibration:
+    """The chosen thresholds and what they gave on validation (the `calibration` entry of metrics.json).
+
+    threshold: pixel threshold; image_threshold: has-watermark score threshold (the mask gate);
+    objective: evaluate.image_objective; val_f1: synthetic val pixel F1 (gated when the gate is on);
+    real_fp_area / real_flagged: on the real clean val photos (None without them); within_budget:
+    both real-photo budgets met; reason: why, in words.
+    """
+
+    threshold: float
+    image_threshold: float
+    objective: str
+    val_f1: float | None
+    real_fp_area: float | None
+    real_flagged: float | None
+    within_budget: bool
+    reason: str
+
+    def as_metrics(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def calibrate(val: SplitScores, real_val: SplitScores | None, params: Params) -> Calibration:
+    """Pixel and image thresholds from validation (see the module docstring)."""
+    ev, bins = params.evaluate, params.evaluate.threshold_grid
+    total = val.stacked_hists(bins).sum(0)
+    has_watermark, _ = val.labels()
+    if int(total[0].sum()) == 0:
+        threshold = params.predict.threshold
+        log.warning("validation has no watermark pixels: pixel threshold not calibrated, using %.3f", threshold)
+        image_threshold, _ = best_image_threshold(np.array(val.scores), has_watermark, "balanced_accuracy")
+        return Calibration(threshold, image_threshold, ev.image_objective, None, None, None, False,
+                           "validation has no watermark pixel")  # fmt: skip
+    if ev.image_objective != "pixel_f1":
+        threshold, f1 = best_threshold(total, interior=True)
+        image_threshold, _ = best_image_threshold(np.array(val.scores), has_watermark, ev.image_objective)
+        return Calibration(threshold, image_threshold, ev.image_objective, f1, None, None, True,
+                           f"pixel F1 and image {ev.image_objective} maximised apart")  # fmt: skip
+    return joint_thresholds(val, real_val, bins, ev.max_real_fp_area, ev.max_real_flagged)
+
+
+def image_threshold_candidates(scores: np.ndarray) -> np.ndarray:
+    """Midpoints between neighbouring distinct scores, one below the lowest and one above the highest.
+
+    A midpoint keeps the margin to both sides; beyond MAX_IMAGE_CANDIDATES distinct scores, quantiles.
+    """
+    s = np.unique(scores.astype(np.float64))
+    if s.size > MAX_IMAGE_CANDIDATES:
+        s = np.unique(np.quantile(s, np.linspace(0.0, 1.0, MAX_IMAGE_CANDIDATES)))
+    return np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]]) if s.size else np.array([0.5])
+
+
+def _gated_pooled(counts: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Pooled counts (M, B, 4) for M gate choices: counts (N, B, 4) of N images, keep (M, N) bool."""
+    k = keep.double()
+    tp, fp, fn, tn = (counts[..., i].double() for i in range(4))  # each (N, B)
+    kept_tp, kept_fp = k @ tp, k @ fp
+    return torch.stack([kept_tp, kept_fp, fn.sum(0) + tp.sum(0) - kept_tp, tn.sum(0) + fp.sum(0) - kept_fp], -1)
+
+
+def _best_pair(f1: torch.Tensor, balanced: torch.Tensor) -> tuple[int, int]:
+    """(image index m, pixel index b) of the best F1 (M, B); ties go to the image threshold with the best
+    val balanced accuracy (M,), then to the lowest thresholds."""
+    best = f1.max()
+    tied = (f1 >= best - 1e-12).any(1)
+    m = int(torch.argmax(torch.where(tied, balanced, torch.full_like(balanced, -1.0))))
+    return m, int(torch.argmax((f1[m] >= best - 1e-12).to(torch.uint8)))
+
+
+def joint_thresholds(
+    val: SplitScores, real_val: SplitScores | None, bins: int, max_fp_area: float, max_flagged: float
+) -> Calibration:
+    """The (pixel, image) threshold pair with the best gated val pixel F1 within the real-photo budgets.
+
+    Ties go to the image threshold that best separates marked from clean val images (balanced accuracy).
+    """
+    real = real_val if real_val is not None and real_val.samples else None
+    has_watermark, _ = val.labels()
+    all_scores = np.array(val.scores + (real.scores if real else []))
+    candidates = image_threshold_candidates(all_scores)
+    thresholds, counts = counts_at_thresholds(val.stacked_hists(bins))  # (N, B, 4)
+    keep = torch.from_numpy(np.array(val.scores)[None, :] >= candidates[:, None])  # (M, N)
+    f1 = scores_from_counts(_gated_pooled(counts, keep), empty_is_perfect=False)["f1"]  # (M, B)
+    f1[:, 0] = f1[:, -1] = -1.0  # interior pixel thresholds only: 0 marks everything, 1 almost nothing
+    fp_area = flagged = None
+    feasible = torch.ones_like(f1, dtype=torch.bool)
+    if real is not None:
+        _, real_counts = counts_at_thresholds(real.stacked_hists(bins))  # (R, B, 4): every pixel is clean
+        real_keep = torch.from_numpy(np.array(real.scores)[None, :] >= candidates[:, None]).double()  # (M, R)
+        positives = real_counts[..., 1].double()  # (R, B)
+        fp_area = (real_keep @ positives) / float(real_counts[:, 0].sum())
+        flagged = (real_keep @ (positives > 0).double()) / len(real.scores)
+        feasible = (fp_area <= max_fp_area) & (flagged <= max_flagged)
+    balanced = torch.tensor([decision_scores(np.array(val.scores), has_watermark, float(t))["balanced_accuracy"]
+                             for t in candidates], dtype=torch.float64).nan_to_num(0.0)  # fmt: skip
+    if bool(feasible.any()):
+        m, b = _best_pair(torch.where(feasible, f1, torch.full_like(f1, -2.0)), balanced)
+        within = real is not None
+        reason = "best gated val pixel F1" + (
+            f" within the real-photo budgets (fp area <= {max_fp_area:g}, flagged <= {max_flagged:g})" if real else
+            " (no real clean val photos: no false-positive budget applied)")  # fmt: skip
+    else:
+        least = fp_area.min()
+        m, b = _best_pair(torch.where(fp_area <= least + 1e-12, f1, torch.full_like(f1, -2.0)), balanced)
+        within = False
+        reason = (f"no threshold pair meets the real-photo budgets (fp area <= {max_fp_area:g}, flagged <= "
+                  f"{max_flagged:g}): the least real false-positive area was taken")  # fmt: skip
+        log.warning("calibration: %s", reason)
+    return Calibration(
+        threshold=float(thresholds[b]),
+        image_threshold=float(candidates[m]),
+        objective="pixel_f1",
+        val_f1=float(f1[m, b]),
+        real_fp_area=None if fp_area is None else float(fp_area[m, b]),
+        real_flagged=None if flagged is None else float(flagged[m, b]),
+        within_budget=within,
+        reason=reason,
+    )

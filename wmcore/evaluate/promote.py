@@ -1,0 +1,65 @@
+"""Promotion and export: which evaluated model `wm evaluate` ships, and the deployable weights file.
+
+One rule decides (`promotion_record`): a freshly trained candidate replaces the pretrained
+(shipped) model only when its test pixel F1 is higher, both scored on the same prepared test split
+with their own calibration. The MLflow champion alias follows the same record
+(wmcore.tracking.mlflow_run), so the exported file and the registry never disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wmcore.evaluate.samples import HELDOUT_SPLIT
+from wmcore.model.checkpoint import load_model, save_checkpoint
+
+
+def promotion_record(
+    candidate: dict[str, Any], pretrained: dict[str, Any], source: Path, pretrained_path: Path
+) -> dict[str, Any]:
+    """Which model `wm evaluate` exports: the candidate only when its test F1 beats the pretrained one's.
+
+    Both models' scores are kept (test, test_heldout and the real-photo false-positive area), so the
+    record says what the loser reached too.
+    """
+    cand_f1 = candidate["test"]["f1"] or 0.0
+    pre_f1 = pretrained["test"]["f1"] or 0.0
+    return {
+        "promoted": "candidate" if cand_f1 > pre_f1 else "pretrained",
+        "candidate": str(source),
+        "pretrained": str(pretrained_path),
+        "candidate_test_f1": cand_f1,
+        "pretrained_test_f1": pre_f1,
+        "candidate_test_heldout_f1": candidate.get(HELDOUT_SPLIT, {}).get("f1"),
+        "pretrained_test_heldout_f1": pretrained.get(HELDOUT_SPLIT, {}).get("f1"),
+        "candidate_real_test_fp_area": candidate.get("real_test", {}).get("fp_area"),
+        "pretrained_real_test_fp_area": pretrained.get("real_test", {}).get("fp_area"),
+    }
+
+
+def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str) -> Path:
+    """Write the deployable weights: {model, model_args, meta} with the calibrated thresholds and fusion rule.
+
+    Only plain values go into `meta`, so the file loads with torch.load(weights_only=True).
+    """
+    model, ckpt = load_model(source)
+    test = metrics["test"]
+    meta = {
+        "threshold": test["threshold"],
+        "image_threshold": test["image_threshold"],
+        "fusion": metrics["fusion"]["rule"],  # read by predict.fusion "auto"
+        "fusion_global_side": metrics["fusion"]["global_side"],
+        "test_f1": test["f1"],
+        "test_iou": test["iou"],
+        "test_auroc": test["auroc"],
+        "test_heldout_f1": metrics.get(HELDOUT_SPLIT, {}).get("f1"),
+        "real_test_fp_area": metrics.get("real_test", {}).get("fp_area"),
+        "real_test_flagged_share": metrics.get("real_test", {}).get("flagged_share"),
+        "backend_evaluated": backend,
+        "source_checkpoint": str(source),
+        "source_epoch": ckpt.get("epoch"),
+        "source_step": ckpt.get("step"),
+    }
+    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": meta})
+    return path
