@@ -9,6 +9,7 @@ import io
 import json
 import struct
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
-from wmcore.config import ConfigError, CorpusSpec, PrepareParams, load_corpus_spec
+from wmcore.config import ConfigError, CorpusCrops, CorpusSpec, PrepareParams, load_corpus_spec
 from wmcore.data.backgrounds import (
     CORPUS_DIR,
     BackgroundCatalog,
@@ -26,10 +28,10 @@ from wmcore.data.backgrounds import (
     corpus_rows,
     discover_backgrounds,
 )
-from wmcore.data.corpus import SPEC_PATH, build_corpus, build_fonts, hamming, read_package
+from wmcore.data.corpus import SPEC_PATH, build_corpus, build_fonts, hamming, read_package, view_boxes
 from wmcore.data.fonts import FONT_LICENSES, FONT_PACK_DIR, available_faces, covered_scripts, script_characters
 from wmcore.data.generator import GeneratorContext, generate_sample
-from wmcore.data.packages import Dep5Copyright, fetch, glob_match, rcc_files
+from wmcore.data.packages import Dep5Copyright, bundle_files, fetch, glob_match, rcc_files
 from wmcore.errors import WmError
 
 SPLITS = ("train", "val", "test")
@@ -275,6 +277,36 @@ def test_read_package_takes_globbed_files_and_files_inside_a_qt_bundle(tmp_path)
     assert got.files == {"usr/share/t/x.jpg": b"x", "usr/share/t/bundle.rcc!res/b.webp": b"compressed" * 50}
 
 
+def make_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_read_package_takes_files_inside_a_zip_bundle_and_decompresses_only_those(tmp_path):
+    pk3 = make_zip({"textures/nature/rock.png": b"rock", "textures/nature/rock_nm.png": b"normals", "maps/a.bsp": b"m"})
+    wanted = []
+    got = dict(bundle_files(pk3, lambda p: wanted.append(p) or p.endswith("rock.png")))
+    assert got == {"textures/nature/rock.png": b"rock"} and len(wanted) == 3
+    deb = tmp_path / "t.deb"
+    make_deb(deb, {"usr/share/doc/t/copyright": COPYRIGHT, "usr/share/t/base/0tex.pk3": pk3})
+    files = read_package(deb, "deb", ["usr/share/t/base/0tex.pk3!textures/**/rock.png"], "usr/share/doc/t/copyright")
+    assert files.files == {"usr/share/t/base/0tex.pk3!textures/nature/rock.png": b"rock"}
+    with pytest.raises(ValueError, match="not a bundle"):
+        list(bundle_files(b"GIF89a..."))
+
+
+def test_copyright_lookup_names_a_bundled_file_below_the_folder_its_bundle_packs():
+    text = COPYRIGHT.decode() + "\nFiles: base/textures/nature/rock.png\nCopyright: 2019 Rock Author\nLicense: public-domain\n"
+    copyright = Dep5Copyright(text)
+    paragraph, matched = copyright.lookup("usr/share/t/base/0tex.pk3!textures/nature/rock.png")
+    assert (paragraph.license, matched) == ("public-domain", "base/textures/nature/rock.png")
+    paragraph, matched = copyright.lookup("usr/share/t/other/textures/nature/rock.png")  # not in a bundle: "*"
+    assert (paragraph.license, matched) == ("CC0-1.0", "*")
+
+
 @pytest.mark.parametrize(
     ("path", "pattern", "expected"),
     [("a/b/c.jpg", "a/**/*.jpg", True), ("a/c.jpg", "a/**/*.jpg", True), ("a/b/c.jpg", "a/*.jpg", False),
@@ -306,6 +338,43 @@ def test_copyright_lookup_falls_back_to_a_unique_file_name():
     paragraph, matched = Dep5Copyright(text).lookup("usr/share/backgrounds/special.jpg")
     assert (paragraph.license, matched) == ("CC-BY-4.0", "src/pics/special.jpg")
     assert Dep5Copyright("free-form text\n").lookup("a.jpg") is None
+
+
+# --------------------------------------------------------------------------- views cut from panoramas and atlases
+
+
+@pytest.mark.parametrize(
+    ("size", "crops", "expected"),
+    [
+        ((2048, 512), {}, [(0, (0, 0, 682, 512)), (1, (683, 0, 1365, 512)), (2, (1366, 0, 2048, 512))]),
+        ((1024, 512), {"aspect": 1.0}, [(0, (0, 0, 512, 512)), (1, (512, 0, 1024, 512))]),
+        ((256, 1024), {"aspect": 1.0, "region": [0.0, 0.25, 1.0, 1.0], "skip": [1]},  # a vertical atlas
+         [(0, (0, 256, 256, 512)), (2, (0, 768, 256, 1024))]),
+        ((1000, 400), {"region": [0.0, 0.5, 1.0, 1.0], "views": 4},  # 4 views of 266 px overlap by 6%
+         [(0, (0, 200, 266, 400)), (1, (245, 200, 511, 400)), (2, (489, 200, 755, 400)), (3, (734, 200, 1000, 400))]),
+        ((512, 512), {}, [(0, (0, 64, 512, 448))]),  # narrower than the aspect: one view, centred
+    ],
+)  # fmt: skip
+def test_view_boxes_spread_views_of_the_aspect_along_the_region(size, crops, expected):
+    assert view_boxes(size, CorpusCrops(**crops)) == expected
+
+
+def test_view_boxes_refuse_views_that_overlap_too_much_or_a_missing_skip():
+    with pytest.raises(WmError, match=r"3 views of 500 px along 1000 px share 50% of a view > max_overlap 25%"):
+        view_boxes((1000, 500), CorpusCrops(aspect=1.0, views=3))
+    assert len(view_boxes((1000, 500), CorpusCrops(aspect=1.0, views=3, max_overlap=0.5))) == 3
+    with pytest.raises(WmError, match=r"skip \[5\].*views 0..1 only"):
+        view_boxes((1000, 500), CorpusCrops(aspect=1.0, skip=[5]))
+
+
+@pytest.mark.parametrize(
+    ("crops", "message"),
+    [({"region": [0.5, 0.0, 0.4, 1.0]}, "left < right"), ({"region": [0.0, 0.0, 1.0]}, "at least 4"),
+     ({"skip": [1, 1]}, "distinct"), ({"views": 2, "skip": [2]}, r"only views 0..1"), ({"aspect": 9.0}, "aspect")],
+)  # fmt: skip
+def test_crops_spec_refuses_a_bad_region_or_skip(crops, message):
+    with pytest.raises(ValidationError, match=message):
+        CorpusCrops(**crops)
 
 
 # --------------------------------------------------------------------------- the builder end to end
@@ -387,3 +456,38 @@ def test_spec_errors_name_the_key(tmp_path):
     path.write_text(SPEC_PATH.read_text(encoding="utf-8").replace("sha256: e9cf06ab", "sha256: zz", 1), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"packages\.0\.sha256"):
         load_corpus_spec(path)
+
+
+def noise_png(seed: int, size: tuple[int, int], flat_from: int | None = None) -> bytes:
+    """A picture of random 8 px blocks (any two views of it are far apart in difference hash), white from
+    column `flat_from` on (a panorama's transparent sky)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    if flat_from is not None:
+        pixels[:, flat_from:] = 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_build_corpus_stores_each_view_of_a_cropped_panorama_with_its_box(tmp_path):
+    spec = tiny_spec(tmp_path)
+    pano = {"usr/share/doc/pn/copyright": COPYRIGHT, "usr/share/pn/pano.png": noise_png(7, (960, 240), flat_from=720)}
+    sha = make_deb(tmp_path / "served" / "pn.deb", pano)
+    tree = spec.model_dump()
+    tree["packages"].append({
+        "name": "pn", "version": "4", "urls": [(tmp_path / "served" / "pn.deb").as_uri()], "sha256": sha,
+        "split": "train", "take": [{"category": "nature", "globs": ["usr/share/pn/*.png"],
+                                    "crops": {"aspect": 1.0, "skip": [1]}}],
+    })  # fmt: skip
+    out = tmp_path / "corpus"
+    summary = build_corpus(CorpusSpec.model_validate(tree), tmp_path / "cache", out)
+    views = {r["file"]: r for r in read_jsonl(out / "manifest.jsonl") if r["package"] == "pn"}
+    assert sorted(views) == ["train/pn--pn-pano-v0.webp", "train/pn--pn-pano-v2.webp"]  # 1 skipped, 3 flat white
+    assert [views[f]["crop"] for f in sorted(views)] == [[0, 0, 240, 240], [480, 0, 720, 240]]
+    for r in views.values():
+        assert (r["path"], r["source_width"], r["source_height"], r["license"]) == ("usr/share/pn/pano.png", 240, 240, "CC0-1.0")
+        assert Image.open(out / r["file"]).size == (240, 240)
+    assert summary["splits"]["train"] == {"animal": 1, "nature": 2}
+    assert summary["skipped"] == {"too small": 1, "near-duplicate": 1, "flat": 1}
+    assert all(r["crop"] is None for r in read_jsonl(out / "manifest.jsonl") if r["package"] != "pn")
