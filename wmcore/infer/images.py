@@ -83,6 +83,61 @@ def load_rgb(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -
         return to_rgb_array(_upright(im))
 
 
+class DraftedImage:
+    """A JPEG decoded at a reduced size for its working view; its full pixels are decoded only if asked.
+
+    PIL's draft mode lets libjpeg scale by 1/2, 1/4 or 1/8 inside the DCT, so a 4000x3000 photo
+    whose working view is 1024 px costs a 2000x1500 decode. `shape` is the full upright size; it is
+    a RowSource (wmcore.infer.tiling) with `downscale`, so working-scale inference takes its view from
+    the reduced pixels, and native refinement (rare) or an overlay decodes the file whole (`rows`).
+    """
+
+    def __init__(self, path: str | Path, reduced: np.ndarray, height: int, width: int, max_megapixels: float) -> None:
+        self.path, self.reduced, self.max_megapixels = Path(path), reduced, max_megapixels
+        self.shape = (height, width, 3)
+        self.dtype = np.dtype(np.uint8)
+        self._full: np.ndarray | None = None
+
+    def downscale(self, shape: tuple[int, int]) -> np.ndarray:
+        """uint8 (h, w, 3) with shape = (h, w), from the reduced pixels (PIL bilinear, antialiased)."""
+        return np.asarray(Image.fromarray(self.reduced).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+    def full(self) -> np.ndarray:
+        """The whole image at full size, decoded on first use (as load_rgb)."""
+        if self._full is None:
+            self._full = load_rgb(self.path, self.max_megapixels)
+        return self._full
+
+    def rows(self, y0: int, count: int) -> np.ndarray:
+        return self.full()[y0 : y0 + count]
+
+
+def load_for_working_side(path: str | Path, max_megapixels: float, side: int) -> np.ndarray | DraftedImage:
+    """load_rgb, except that a JPEG at least twice `side` on its long side is decoded reduced (DraftedImage).
+
+    The reduced decode keeps a long side >= `side`, so the working view downscaled from it loses
+    nothing it would have had. side 0 = always whole.
+    """
+    with opened_image(path, max_megapixels) as im:
+        long_side = max(im.size)
+        if side <= 0 or im.format != "JPEG" or long_side < 2 * side:
+            im.load()
+            return to_rgb_array(_upright(im))
+        full_w, full_h = im.size
+        try:
+            turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # width and height swap
+        except Exception:  # a damaged EXIF block: _upright keeps the image as stored
+            turned = False
+        scale = side / long_side
+        im.draft("RGB", (max(1, int(full_w * scale + 1)), max(1, int(full_h * scale + 1))))
+        im.load()
+        upright = _upright(im)
+        if turned and upright.size == im.size and im.width != im.height:  # the transpose itself failed
+            turned = False
+        height, width = (full_w, full_h) if turned else (full_h, full_w)
+        return DraftedImage(path, to_rgb_array(upright), height, width, max_megapixels)
+
+
 def streamable_size(path: str | Path, max_megapixels: float, stream_megapixels: float) -> tuple[int, int] | None:
     """(width, height) when `path` is worth decoding strip by strip, else None (decode it whole).
 
