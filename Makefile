@@ -48,8 +48,9 @@ soak: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The MLflow UI of $(MLFLOW_TRACKING_URI); prints the address of the wmdetect experiment's runs table first.
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/wm ui --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf results .cache .prefect mlflow.db mlartifacts mlruns

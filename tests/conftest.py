@@ -1,12 +1,35 @@
-"""Shared pytest fixtures: a tiny prepared dataset (see tests/fixtures.py for its layout)."""
+"""Shared pytest fixtures: a tiny prepared dataset (see tests/fixtures.py for its layout).
+
+The suite tracks into its own MLflow store: `pytest_configure` points MLFLOW_TRACKING_URI at a
+temporary sqlite file before any test runs (the Makefile exports the project's own store, and
+params.yaml's default `sqlite:///mlflow.db` is the project's too), so no test, nor any process a
+test starts, writes runs into the project's mlflow.db. Tests that need a store of their own set
+MLFLOW_TRACKING_URI themselves (monkeypatch), which wins for their duration.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import make_tiny_checkpoint, make_tiny_prepared
+
+SUITE_MLFLOW_DIR = Path(tempfile.gettempdir()) / f"wmdetect-tests-mlflow-{os.getpid()}"
+SUITE_MLFLOW_URI = f"sqlite:///{SUITE_MLFLOW_DIR / 'mlflow.db'}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    SUITE_MLFLOW_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = SUITE_MLFLOW_URI
+    os.environ.pop("WMDETECT_PARENT_RUN_ID", None)  # a pipeline run of the shell must not adopt the tests' runs
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SUITE_MLFLOW_DIR, ignore_errors=True)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from wmcore.model import build_model
 from wmcore.train import __main__ as train_main
 from wmcore.train.loop import run_training
 
-TRAIN_OUTPUTS = {"best.pt", "last.pt", "history.json", "train_summary.json", "loss_curve.png"}
+TRAIN_OUTPUTS = {"best.pt", "last.pt", "history.json", "train_summary.json", "metrics.json", "loss_curve.png"}
 
 
 def write_params(tmp_path: Path, name: str, **train) -> Path:
@@ -88,7 +88,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     make_tiny_prepared(tmp_path / "prepared")
     params_file = write_params(tmp_path, "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    _, summaries = run_job([*cmd, "-m", "wmcore.train", "--params", str(params_file)], tmp_path)
+    _, summaries = run_job([*cmd, "-m", "wmcore.train", "--params", str(params_file), "-v"], tmp_path)  # -v: JSON too
 
     # One process, micro-batch 2 = both ranks' micro-batches of 1: the same global batch of 2 x 2.
     single = load_params(
@@ -118,7 +118,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("wmdetect").experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("train", "FINISHED")]
-    assert runs[0].data.metrics["summary_steps"] == 4
+    assert runs[0].data.metrics["train_summary/steps"] == 4
 
 
 def test_wm_train_relaunches_as_ranks_that_stop_together_on_the_time_budget(tmp_path):
@@ -128,7 +128,7 @@ def test_wm_train_relaunches_as_ranks_that_stop_together_on_the_time_budget(tmp_
     params_file = write_params(
         tmp_path, "budget", nproc=2, sync_batchnorm=False, max_minutes=0.01, epochs=500, val_every=5
     )
-    _, summaries = run_job([sys.executable, "-m", "wmcore.train", "--params", str(params_file)], tmp_path)
+    _, summaries = run_job([sys.executable, "-m", "wmcore.train", "--params", str(params_file), "-v"], tmp_path)
     assert len(summaries) == 1
     summary = summaries[0]
     assert summary["world_size"] == 2 and summary["stop_reason"] == "time budget"

@@ -44,7 +44,7 @@ def test_random_model_writes_every_report(setup: Params, with_history: bool) -> 
     metrics = run_evaluation(setup)
     out = Path(setup.paths.evaluate_dir)
     written = {p.name for p in out.iterdir()}
-    expected = {"metrics.json", "pr_curve.json", "pr_curve.png", "overlays.png", "model.pt"}
+    expected = {"metrics.json", "scores.json", "pr_curve.json", "pr_curve.png", "overlays.png", "model.pt"}
     assert written == expected | ({"training_curves.png"} if with_history else set())
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["backend"] == "torch"
@@ -68,7 +68,9 @@ def test_random_model_writes_every_report(setup: Params, with_history: bool) -> 
     assert metrics["test"]["threshold"] == metrics["val"]["threshold"]  # chosen on val, applied to test
     curve = json.loads((out / "pr_curve.json").read_text())
     assert curve and set(curve[0]) == {"threshold", "precision", "recall"}
-    for png in written - {"metrics.json", "pr_curve.json", "model.pt"}:
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["test"]["f1"] == metrics["test"]["f1"] and set(scores) == {"val", "test"}
+    for png in written - {"metrics.json", "scores.json", "pr_curve.json", "model.pt"}:
         with Image.open(out / png) as im:
             assert im.format == "PNG" and im.width > 100
 

@@ -116,13 +116,13 @@ def test_interrupted_write_leaves_no_partial_file_and_rerun_completes(tmp_path, 
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", failing_save)
-    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out)) == 130
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), "--no-overlay") == 130
     monkeypatch.setattr(Image.Image, "save", real_save)
     leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") and p.name != ".results.lock"]
     assert leftovers == []  # no temp file left behind
     assert not (out / "img1.png.mask.png").exists()  # the interrupted file was never renamed into place
     assert [r["name"] for r in rows_of(out)] == ["img0.png"]  # the table was compacted on the way out
-    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out)) == 0
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), "--no-overlay") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["processed"], summary["up_to_date"]) == (4, 1)
 
@@ -167,6 +167,43 @@ def test_same_name_from_two_roots_gets_a_suffix(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / d / "x.png")
     images, _ = discover_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
     assert [i.name for i in images] == ["x.png", "x.png~2"]
+
+
+def test_results_name_both_thresholds_and_the_options_override_them(tmp_path, checkpoint, inbox, capsys):
+    out = tmp_path / "out"
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert f"outputs in {out}/: *.mask.png, *.prob.png, *.overlay.jpg per image; results.csv" in printed
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[4:8] == ["score", "image_threshold", "has_watermark", "threshold"]
+    calibrated = rows_of(out)
+    assert all((r["threshold"], r["image_threshold"]) == (0.5, 0.5) for r in calibrated)  # the checkpoint's meta
+    assert all(r["has_watermark"] == (r["score"] >= r["image_threshold"]) for r in calibrated)
+    low = min(r["score"] for r in calibrated) / 2
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), "--force", "--no-overlay",
+              "--threshold", "0.25", "--image-threshold", str(low)) == 0  # fmt: skip
+    rows = rows_of(out)
+    assert all(r["threshold"] == 0.25 and r["image_threshold"] == pytest.approx(low, abs=1e-6) for r in rows)
+    assert all(r["has_watermark"] for r in rows)
+    assert "*.overlay.jpg" not in capsys.readouterr().out
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), "--threshold", "1.5") == 2
+
+
+@pytest.mark.parametrize(("setting", "images", "expected"),
+                         [("auto", 99, True), ("auto", 100, False), (True, 5000, True), (False, 3, False)])  # fmt: skip
+def test_overlays_by_default_only_for_small_runs(setting, images, expected):
+    assert folder.overlay_wanted(setting, images, 100) is expected
+
+
+def test_overlay_draws_boxes_and_the_score():
+    image = np.full((120, 160, 3), 100, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[60:70, 80:100] = True
+    out = folder.overlay_image(image, mask, boxes=[[80, 60, 99, 69]], label="watermark: score 0.90 >= 0.50")
+    assert tuple(out[60, 80]) == (255, 0, 0) and tuple(out[65, 90]) == (177, 50, 50)  # box edge, tinted inside
+    assert tuple(out[110, 150]) == (100, 100, 100)
+    caption = out[:16, :120].astype(int)
+    assert (caption == 0).all(axis=2).any() and caption.min(axis=2).max() > 200  # light letters on black
 
 
 def test_overlay_marks_mask_pixels_only():

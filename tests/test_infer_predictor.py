@@ -163,8 +163,10 @@ def test_mlflow_run_uri_downloads_and_loads_the_checkpoint(tmp_path, monkeypatch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     make_checkpoint(tmp_path / "m.pt", meta={"threshold": 0.3})
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
-        mlflow.log_artifact(str(tmp_path / "m.pt"), artifact_path="model")
+    with monkeypatch.context() as here:
+        here.chdir(tmp_path)  # the Default experiment keeps its artifacts in ./mlruns: not the project's
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(tmp_path / "m.pt"), artifact_path="model")
     params = params_for(tmp_path, **{"tracking.uri": uri})
     predictor = get_predictor(f"runs:/{run.info.run_id}/model", params)
     assert predictor.threshold == 0.3 and predictor.identity.startswith("runs:/")

@@ -1,7 +1,9 @@
 """End to end: the Prefect pipeline flow on a tiny configuration, through DVC, tracked in MLflow.
 
 One test of the whole product as `make run` drives it, in a scratch copy of the project
-(git + DVC initialised there), with a tiny params.yaml: a few images, a few steps.
+(git + DVC initialised there), with a tiny params.yaml: a few images, a few steps. The second run
+is `wm run` itself, as `make run` starts it: every stage is up to date, so it must print no HTTP
+log lines, say each stage is unchanged once, and open no MLflow run.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def project(tmp_path_factory) -> Path:
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "config", "core.analytics", "false"], cwd=root, check=True)
+    # The corpus stage's code deps are this checkout's modules: record them as they are here (its outputs,
+    # copied above, are what it would build), as a clone whose dvc.lock is up to date has them.
+    subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", "corpus"], cwd=root, check=True)
     subprocess.run([*git, "add", "-A"], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=root, check=True)
     return root
@@ -131,13 +136,23 @@ def test_mlflow_parent_nested_runs_and_registered_model(pipeline_run):
     assert parent_id
     exp_id = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
-    names = {r.info.run_name for r in children}
-    assert {"train", "evaluate"} <= names
-    evaluate = next(r for r in children if r.info.run_name == "evaluate")
-    assert "test/f1" in evaluate.data.metrics
-    assert "train.optimizer.lr" in evaluate.data.params
-    versions = client.search_model_versions("name='wmdetect'")
-    assert versions
+    runs = {r.info.run_name: r for r in children}
+    assert sorted(runs) == ["evaluate", "predict", "prepare", "train"]
+    expected = {"prepare": "prepare/n_train", "train": "train/loss", "evaluate": "test/f1",
+                "predict": "predict/images_per_s"}  # fmt: skip
+    for name, run in runs.items():
+        assert expected[name] in run.data.metrics
+        assert all("/" in metric for metric in run.data.metrics), (name, sorted(run.data.metrics))
+    assert {"val/f1", "val/loss", "train_summary/best_val_f1"} <= set(runs["train"].data.metrics)
+    assert "train.optimizer.lr" in runs["evaluate"].data.params
+    parent = client.get_run(parent_id)
+    assert {"test/f1", "real_test/fp_area", "train/images_per_s", "predict/images_per_s",
+            "system/peak_mem_mb"} <= set(parent.data.metrics)  # fmt: skip
+    assert parent.data.metrics["test/f1"] == runs["evaluate"].data.metrics["test/f1"]
+    digests = {r.inputs.dataset_inputs[0].dataset.digest for r in (parent, runs["prepare"], runs["train"])}
+    assert len(digests) == 1  # one prepared dataset, seen by every step
+    (version,) = client.search_model_versions("name='wmdetect'")
+    assert version.tags["promoted"] in ("candidate", "pretrained") and version.tags["test_images"] == "6"
     del mlflow
 
 
@@ -148,14 +163,22 @@ def test_prefect_summary_artifact(pipeline_run):
     assert artifact is not None and "test f1" in artifact.data
 
 
-def test_second_run_skips_unchanged_stages(pipeline_run, prefect_harness):
-    from flows.pipeline import pipeline
+def test_second_run_is_quiet_skips_every_stage_and_opens_no_mlflow_run(pipeline_run, tmp_path):
+    from mlflow import MlflowClient
 
     project, _ = pipeline_run
-    old_cwd = Path.cwd()
-    os.chdir(project)
-    try:
-        again = pipeline(params_file="params.yaml", root=".", profile="e2e-again")
-    finally:
-        os.chdir(old_cwd)
-    assert all("unchanged" in name for name in again["timings"] if name != "total")
+    uri = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("wmdetect").experiment_id
+    runs_before = len(client.search_runs([experiment]))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(tmp_path / "prefect")}
+    for name in ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "MLFLOW_LOGGING_LEVEL", "WMDETECT_VERBOSITY"):
+        env.pop(name, None)
+    result = subprocess.run([str(BIN / "wm"), "run"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "HTTP Request" not in output and " INFO " not in output, output[-3000:]
+    for stage in ("prepare", "train", "evaluate", "predict"):
+        assert output.count(f"Stage '{stage}' didn't change, skipping") == 1, output[-3000:]
+    assert "mlflow run | none (every stage up to date)" in " ".join(output.split())
+    assert len(client.search_runs([experiment])) == runs_before

@@ -1,4 +1,4 @@
-"""MLflow tracking on a temporary sqlite store: nesting, flattened params, champion alias, fallbacks."""
+"""MLflow tracking on a temporary sqlite store: nesting, flattened params, champion alias, datasets, fallbacks."""
 
 from __future__ import annotations
 
@@ -14,15 +14,22 @@ from mlflow import MlflowClient
 
 from tests.fixtures import make_tiny_prepared
 from wmcore.config import Params, validate
+from wmcore.data.fingerprint import split_fingerprint
 from wmcore.model import UNet
 from wmcore.model.checkpoint import save_checkpoint
 from wmcore.tracking.mlflow_run import (
     CHAMPION_ALIAS,
+    EXPERIMENT_KIND_TAG,
     PARENT_RUN_ENV,
+    RUNS_VIEW_KEY,
+    TEST_DATA_TAG,
     JsonlRunLogger,
     MlflowRunLogger,
     log_and_register_model,
+    log_dataset,
+    log_pipeline_summary,
     parent_run,
+    runs_table_url,
     step_run,
     tracking_uri,
 )
@@ -118,6 +125,62 @@ def test_champion_moves_only_on_improvement(store: tuple[str, Path], tmp_path: P
     assert len(client.search_model_versions("name='wm-champion-test'")) == 3
 
 
+def test_champion_is_compared_only_on_the_same_test_data(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, _ = store
+    params = make_params(tmp_path, registered_model="wm-test-data")
+    scored = [(0.5, "aaaa"), (0.9, "bbbb"), (0.6, "aaaa"), (0.55, "aaaa")]  # v2: 96 vs 16 test images, say
+    outcomes = []
+    for i, (f1, test_data) in enumerate(scored):
+        tags = {"promoted": "pretrained", "source": "models/wmdetect.pt", TEST_DATA_TAG: test_data}
+        with step_run("evaluate", params) as run_logger:
+            outcomes.append(log_and_register_model(write_model(tmp_path / f"v{i}.pt"), f1, params, run_logger, tags))
+    assert outcomes == [True, False, True, False]  # 0.9 on other test data is never compared with 0.5
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("wm-test-data", CHAMPION_ALIAS)
+    assert (str(champion.version), champion.tags[TEST_DATA_TAG]) == ("3", "aaaa")
+    assert champion.tags["promoted"] == "pretrained" and champion.tags["source"] == "models/wmdetect.pt"
+    other = client.get_model_version("wm-test-data", "2")
+    assert other.tags["champion_decision"].startswith("not compared: champion version 1 was scored on test data aaaa")
+
+
+def test_datasets_headline_metrics_and_the_runs_view(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, root = store
+    prepared = make_tiny_prepared(tmp_path / "prepared", n_train=2, n_val=1, n_test=2)
+    fingerprint = split_fingerprint(prepared)
+    params = make_params(tmp_path, experiment="tests-datasets")
+    results = {"evaluate": {"test": {"f1": 0.6}, "real_test": {"fp_area": 0.002}},
+               "train": {"images_per_s": 3.5, "mem_peak_mb": 800.0}, "predict": {"images_per_s": 9.0, "peak_rss_mb": 600.0}}
+    with parent_run(params, "pipeline") as parent_id:
+        with step_run("prepare", params) as run_logger:
+            log_dataset(run_logger, fingerprint, prepared, context="prepared")
+        log_pipeline_summary(params, parent_id, results, prepared)
+    client = MlflowClient(uri)
+    for run_id in (run_logger.run_id, parent_id):
+        (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs
+        assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("prepared", fingerprint.digest)
+    assert client.get_run(parent_id).data.metrics == {"test/f1": 0.6, "real_test/fp_area": 0.002,
+                                                      "train/images_per_s": 3.5, "predict/images_per_s": 9.0,
+                                                      "system/peak_mem_mb": 800.0}  # fmt: skip
+    experiment = client.get_experiment_by_name("tests-datasets")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"])
+    assert "metrics.`test/f1`" in view["selectedColumns"] and "attributes.`Dataset`" in view["selectedColumns"]
+    assert Path(experiment.artifact_location) == root / "mlruns" / "tests-datasets"  # beside the sqlite file
+    url = runs_table_url(params, port=5123)
+    assert url == (f"http://127.0.0.1:5123/#/experiments/{experiment.experiment_id}/runs"
+                   f"?viewStateShareKey={RUNS_VIEW_KEY}&workflowType=machine_learning")  # fmt: skip
+
+
+def test_split_fingerprint_follows_the_pixels_not_the_recipe(tmp_path: Path) -> None:
+    a = make_tiny_prepared(tmp_path / "a", n_train=2, n_val=1, n_test=2)
+    b = make_tiny_prepared(tmp_path / "b", n_train=4, n_val=1, n_test=2)  # same seed: same test samples
+    assert split_fingerprint(a, ("test",)) == split_fingerprint(b, ("test",))
+    assert split_fingerprint(a).digest != split_fingerprint(b).digest
+    mask = next((a / "test" / "masks").iterdir())
+    mask.write_bytes(mask.read_bytes() + b"\0")
+    assert split_fingerprint(a, ("test",)).digest != split_fingerprint(b, ("test",)).digest
+
+
 def test_unreachable_server_falls_back_to_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_uri())
     params = make_params(tmp_path)
@@ -177,5 +240,12 @@ def test_evaluate_tracked_logs_reports_and_registers(store: tuple[str, Path], tm
     assert run.data.tags["step"] == "evaluate"
     assert run.data.metrics["test/f1"] == pytest.approx(metrics["test"]["f1"])
     assert run.data.metrics["val/n_images"] == 3
+    assert all("/" in name for name in run.data.metrics if not name.startswith("system/"))
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
-    assert {"evaluate/metrics.json", "evaluate/pr_curve.png", "evaluate/overlays.png"} <= logged
+    assert {"evaluate/metrics.json", "evaluate/scores.json", "evaluate/pr_curve.png", "evaluate/overlays.png"} <= logged
+    test_data = split_fingerprint(prepared, ("test",))
+    assert version.tags[TEST_DATA_TAG] == test_data.digest and version.tags["test_images"] == "3"
+    assert version.tags["source"] == metrics["source"] == str(tmp_path / "train_dir" / "best.pt")
+    assert run.inputs.dataset_inputs[0].dataset.digest == split_fingerprint(prepared).digest
+    scores = json.loads((tmp_path / "evaluate_dir" / "scores.json").read_text())
+    assert scores["test"]["f1"] == metrics["test"]["f1"] and sum(len(v) for v in scores.values()) <= 12

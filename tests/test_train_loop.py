@@ -15,6 +15,7 @@ from wmcore.config import Params, merge, validate
 from wmcore.errors import WmError
 from wmcore.model import UNet
 from wmcore.model.checkpoint import save_checkpoint
+from wmcore.train.history import METRICS_KEYS
 from wmcore.train.loss import SegmentationLoss
 from wmcore.train.state import warm_start
 
@@ -74,8 +75,10 @@ def test_outputs_history_and_checkpoint(tiny_prepared, tmp_path):
         "best.pt",
         "history.json",
         "train_summary.json",
+        "metrics.json",
         "loss_curve.png",
     }
+    assert json.loads((out / "metrics.json").read_text()) == {k: summary[k] for k in METRICS_KEYS}
     history = json.loads((out / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert all(set(e) == EPOCH_KEYS for e in history["epochs"])

@@ -1,7 +1,10 @@
 """The `wm` command line: one subcommand per pipeline step, each a thin call into wmcore.
 
 DVC stage commands and Prefect tasks call the same `wmcore` functions as these
-subcommands. Configuration errors and user errors end with one clear line and
+subcommands. Output is for people: progress bars, warnings and each command's summary table;
+`-v` adds the INFO log lines (and each stage's full result as JSON), `-vv` DEBUG. Pipeline steps
+(prepare, train, evaluate, predict) each log an MLflow run (wmcore.tracking.mlflow_run).
+Configuration errors and user errors end with one clear line and
 exit code 2; skipped inputs end with exit code 3; an output folder that cannot be
 written (checked before any work, or turned read-only mid-run) ends with one line
 "cannot write to FOLDER: REASON; choose another OPTION" and exit code 4.
@@ -10,20 +13,88 @@ written (checked before any work, or turned read-only mid-run) ends with one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from wmcore.config import ConfigError, Params, load_params
 from wmcore.errors import WmError
 from wmcore.runtime.atomic import WRITE_DENIED_ERRNOS, OutputNotWritable, check_writable
+from wmcore.runtime.report import predict_metrics, prepare_metrics
+from wmcore.tracking.sink import NullLogger, RunLogger
 
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_UNWRITABLE = 4
 
 log = logging.getLogger("wmdetect")
+
+VERBOSITY_ENV = "WMDETECT_VERBOSITY"  # `wm -v run` passes its verbosity to the stages DVC starts
+# Offline and quiet outside `make` too (the Makefile exports the same); a value the user set wins.
+OFFLINE_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+CHATTY_LOGGERS = ("httpx", "httpcore")  # one INFO line per HTTP request (Prefect and MLflow clients): -vv only
+
+
+def configure_logging(verbosity: int) -> None:
+    """0: warnings and errors only (progress bars and summary tables are printed, not logged); 1: INFO; 2+: DEBUG.
+
+    Below DEBUG the HTTP clients' per-request lines stay off; at 0 Prefect's and MLflow's own INFO lines
+    too (their env settings, read when they are imported, unless the user set them). Telemetry is off
+    (OFFLINE_DEFAULTS): offline, Prefect's would log an error per server start.
+    """
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
+    if verbosity <= 0:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per logged model file
+
+
+def _tracking(step: str, params: Params, is_main: bool = True, out_dir: str | Path | None = None):
+    """The MLflow run of a pipeline step (`step_run`); NullLogger on a non-zero DDP rank or with tracking off,
+    when MLflow is not even imported (nor needed installed)."""
+    if not is_main or not params.tracking.enabled:
+        return contextlib.nullcontext(NullLogger())
+    from wmcore.tracking.mlflow_run import step_run  # deferred: mlflow takes seconds to import
+
+    return step_run(step, params, out_dir)
+
+
+def _log_step(run_logger: RunLogger, step: str, metrics: dict[str, float], files: list[Path]) -> None:
+    """A step's metrics and result files (those that exist) on its run."""
+    run_logger.log_metrics(metrics)
+    for path in files:
+        if path.is_file():
+            run_logger.log_artifact(path, artifact_path=step)
+
+
+def _log_prepared_input(run_logger: RunLogger, params: Params, context: str) -> None:
+    """paths.prepared's content fingerprint as a dataset input of the run (MLflow's Dataset column)."""
+    if isinstance(run_logger, NullLogger):
+        return
+    from wmcore.tracking.mlflow_run import log_prepared_input  # deferred: mlflow takes seconds to import
+
+    log_prepared_input(run_logger, params.paths.prepared, context)
+
+
+def _verbose(args: argparse.Namespace) -> bool:
+    return args.verbose > 0 or int(os.environ.get(VERBOSITY_ENV, "0") or 0) > 0
+
+
+def _print_result(args: argparse.Namespace, table: str, where: str, full: dict[str, Any]) -> None:
+    """A stage's summary table and where its outputs are; with -v also its full result as one JSON line."""
+    print(table)
+    print(where)
+    if _verbose(args):
+        print(json.dumps(full, default=str))
 
 
 def _load(args: argparse.Namespace) -> Params:
@@ -55,14 +126,20 @@ def _unwritable(exc: OSError | OutputNotWritable, outputs: list[tuple[Path, str]
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from wmcore.data.prepare import run_prepare
+    from wmcore.data.prepare import run_prepare, summary_table
 
     params = _load(args)
     # The dataset is built in a hidden folder beside paths.prepared, then renamed into place.
     _output_folder(args, Path(params.paths.prepared).parent, "paths.prepared")
-    stats = run_prepare(params)
+    prepared = Path(params.paths.prepared)
+    with _tracking("prepare", params) as run_logger:
+        stats = run_prepare(params)
+        _log_step(run_logger, "prepare", prepare_metrics(stats), [prepared / "stats.json", prepared / "contact_sheet.png"])
+        _log_prepared_input(run_logger, params, "prepared")
+    where = f"prepared {stats['counts']['total']} samples in {prepared}/ (manifest.jsonl, stats.json, contact_sheet.png)"
+    _print_result(args, summary_table(stats), where, {"counts": stats.get("counts"),
+                                                      "backgrounds_used": stats.get("backgrounds_used")})  # fmt: skip
     skipped = stats.get("backgrounds_skipped", {}).get("count", 0)
-    print(json.dumps({"counts": stats.get("counts"), "backgrounds_used": stats.get("backgrounds_used")}))
     if skipped:
         print(f"{skipped} background files skipped (reasons in stats.json)")
     bad_pairs = len((stats.get("import") or {}).get("skipped", []))
@@ -118,35 +195,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         ddp.check_local_ranks(params.train.nproc, params.base.device)
         argv = ddp.train_module_args(args.params, args.params_extra, args.set, args.resume, args.verbose)
         return ddp.launch_local_ranks(params.train.nproc, argv)
+    from wmcore.train.history import summary_table
     from wmcore.train.loop import run_training
 
-    with ddp.distributed_session(params.base.device) as ranks, _rank_tracking(params, ranks.is_main) as run_logger:
+    # Rank 0 alone opens the MLflow run (and imports MLflow); the other ranks log to a NullLogger.
+    with ddp.distributed_session(params.base.device) as ranks, _tracking("train", params, ranks.is_main) as run_logger:
         summary = run_training(params, resume=args.resume, run_logger=run_logger)
+        _log_prepared_input(run_logger, params, "training")
     if ranks.is_main:
-        print(json.dumps(summary, default=str))
+        where = f"-> {params.paths.train_dir}/ (best.pt, last.pt, history.json, metrics.json, loss_curve.png)"
+        _print_result(args, summary_table(summary), where, summary)
     return 0
 
 
-def _rank_tracking(params: Params, is_main: bool):
-    """The MLflow step run on rank 0, the only rank that logs (and imports MLflow); NullLogger on the others."""
-    import contextlib
-
-    from wmcore.tracking.sink import NullLogger
-
-    if not is_main or not params.tracking.enabled:  # off: mlflow is not even imported (nor needed installed)
-        return contextlib.nullcontext(NullLogger())
-    from wmcore.tracking.mlflow_run import step_run
-
-    return step_run("train", params)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from wmcore.evaluate.report import summary_table
     from wmcore.evaluate.run import evaluate_tracked
 
     params = _load(args)
     _output_folder(args, params.paths.evaluate_dir, "paths.evaluate_dir")
     metrics = evaluate_tracked(params, backend=args.backend, checkpoint=args.model)
-    print(json.dumps(metrics.get("test", metrics), default=str))
+    lines = [summary_table(metrics)]
+    if promotion := metrics.get("promotion"):
+        lines.append(f"exported: {promotion['promoted']} ({Path(metrics['source']).name}); test F1 "
+                     f"{Path(promotion['candidate']).name} {promotion['candidate_test_f1']:.4f}, "
+                     f"{Path(promotion['pretrained']).name} {promotion['pretrained_test_f1']:.4f}")  # fmt: skip
+    if params.tracking.enabled and params.tracking.log_model:
+        lines.append(f"MLflow champion: {'this model' if metrics.get('champion') else 'unchanged'}")
+    where = f"-> {params.paths.evaluate_dir}/ (model.pt, metrics.json, scores.json, pr_curve.png, overlays.png)"
+    _print_result(args, "\n".join(lines), where, metrics.get("test", metrics))
     return 0
 
 
@@ -160,13 +237,25 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_OPTION_KEYS = {"backend": "predict.backend", "tile_size": "predict.tile_size", "working_side": "predict.global_side"}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from wmcore.infer.folder import predict_inputs
 
+    for option in ("threshold", "image_threshold"):
+        value = getattr(args, option)
+        if value is not None and not 0.0 < value < 1.0:
+            raise WmError(f"--{option.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}")
+    chosen = [f"{key}={getattr(args, opt)}" for opt, key in PREDICT_OPTION_KEYS.items() if getattr(args, opt) is not None]
+    args.set = [*args.set, *chosen]  # validated with the params: a bad value names the key
     p = _load(args)
     out = args.out or p.paths.predict_dir
     _output_folder(args, out, "--out", check=False)  # predict_inputs checks it, after finding the inputs
-    summary = predict_inputs(p, args.inputs or [p.paths.inbox], out, model=args.model, force=args.force)
+    with _tracking("predict", p, out_dir=out) as run_logger:
+        summary = predict_inputs(p, args.inputs or [p.paths.inbox], out, model=args.model, force=args.force,
+                                 overlay=args.overlay, threshold=args.threshold, image_threshold=args.image_threshold)
+        _log_step(run_logger, "predict", predict_metrics(summary), [Path(out) / "summary.json"])
     return EXIT_PARTIAL if summary.get("skipped", 0) else 0
 
 
@@ -190,6 +279,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import run_pipeline_cli
 
     _load(args)  # a bad params file or override fails here, before a flow run (and its server) starts
+    if args.verbose:
+        os.environ[VERBOSITY_ENV] = str(args.verbose)  # the stages DVC starts log as much
     return run_pipeline_cli(args)
 
 
@@ -251,15 +342,33 @@ def cmd_params_doc(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import register_deployments, serve_deployments
+    from flows.deployments import register_deployments, serve_deployments, write_prefect_yaml
 
     p = _load(args)
+    if args.write_prefect_yaml:
+        print(f"wrote {write_prefect_yaml(p, args.params, args.write_prefect_yaml)}")
+        return 0
     if args.register_only:
         for dep_id in register_deployments(p, args.params):
             print(dep_id)
         return 0
     serve_deployments(p, args.params)
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Print the address of the experiment's runs table, then run the MLflow UI on this store (until Ctrl-C)."""
+    from wmcore.tracking.mlflow_run import runs_table_url, tracking_uri  # deferred: mlflow takes seconds to import
+
+    p = _load(args)
+    url = runs_table_url(p, args.host, args.port)
+    print(f"MLflow runs of experiment {p.tracking.experiment!r}: {url}", flush=True)
+    if args.print_url:
+        return 0
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    os.execv(mlflow_cli, [mlflow_cli, "ui", "--backend-store-uri", tracking_uri(p), "--host", args.host,
+                          "--port", str(args.port), "--workers", "1"])  # fmt: skip
+    return 0  # not reached: the UI replaced this process
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -301,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. train.epochs=3"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: INFO log lines and full JSON results; -vv: DEBUG"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("prepare", help="generate/import the versioned dataset").set_defaults(func=cmd_prepare)
@@ -322,10 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
     mn = sub.add_parser("mine", help="hard negatives: where a model marks the corpus's clean train photos")
     mn.add_argument("--model", help="checkpoint or models:/ URI (default: paths.pretrained)")
     mn.set_defaults(func=cmd_mine)
-    pr = sub.add_parser("predict", help="batched inference over files, folders and globs")
+    pr = sub.add_parser(
+        "predict",
+        help="batched inference over files, folders and globs",
+        description="Per image: <name>.mask.png, <name>.prob.png (and <name>.overlay.jpg); results.csv with the "
+        "score, has_watermark (score >= image_threshold) and both thresholds; summary.json.",
+    )
     pr.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs (default: paths.inbox)")
     pr.add_argument("--out", default=None, help="output folder (default: paths.predict_dir)")
     pr.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS")
+    pr.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default=None,
+                    help="inference backend (default: predict.backend; onnx-int8 is the fast CPU path)")  # fmt: skip
+    pr.add_argument("--threshold", type=float, default=None, metavar="P",
+                    help="pixel probability at which a pixel is in the mask (default: the model's calibrated one)")  # fmt: skip
+    pr.add_argument("--image-threshold", type=float, default=None, metavar="S",
+                    help="score at which an image has a watermark (default: the model's calibrated one)")  # fmt: skip
+    pr.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=None,
+                    help="write <name>.overlay.jpg: the mask in red, region boxes and the score (default: "
+                         "predict.save_overlay; auto = runs under predict.overlay_auto_images, 100, images)")  # fmt: skip
+    pr.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                    help="largest input run whole; larger ones are cut into tiles (default: predict.tile_size)")  # fmt: skip
+    pr.add_argument("--working-side", type=int, default=None, metavar="PX",
+                    help="images larger than this also run downscaled to it, refined at native resolution where "
+                         "marked (default: predict.global_side; 0 = native tiles only)")  # fmt: skip
     pr.add_argument("--force", action="store_true", help="redo images whose outputs already exist")
     pr.set_defaults(func=cmd_predict)
     ex = sub.add_parser("export-weights", help="write the shipped weights file (fp16) and its provenance JSON")
@@ -344,7 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     pd.set_defaults(func=cmd_params_doc)
     sv = sub.add_parser("serve", help="serve the scheduled deployments (nightly retrain, inbox screening)")
     sv.add_argument("--register-only", action="store_true", help="register with PREFECT_API_URL and exit")
+    sv.add_argument("--write-prefect-yaml", nargs="?", const="prefect.yaml", default=None, metavar="FILE",
+                    help="write the deployments, as params.yaml defines them, to FILE (prefect.yaml) for "
+                         "`prefect deploy --all`, and exit")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
+    ui = sub.add_parser("ui", help="the MLflow UI of this store, opening on the runs table of tracking.experiment")
+    ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
+    ui.add_argument("--port", type=int, default=5000, help="port the UI listens on")
+    ui.add_argument("--print-url", action="store_true", help="print the runs table's address and exit")
+    ui.set_defaults(func=cmd_ui)
     sc = sub.add_parser("screen", help="screen the new images of an inbox folder (local threads or a Dask cluster)")
     sc.add_argument("inbox", nargs="?", default=None, help="inbox folder (default: paths.inbox)")
     sc.add_argument("--out", default=None, help="output folder (default: schedule.screening_out)")
@@ -378,9 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.output_folders = []  # (folder, option) declared by the command (_output_folder)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(max(args.verbose, int(os.environ.get(VERBOSITY_ENV, "0") or 0)))
     try:
         return int(args.func(args) or 0)
     except (OutputNotWritable, OSError) as exc:  # before WmError: OutputNotWritable is one

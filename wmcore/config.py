@@ -179,7 +179,10 @@ class ModelParams(_Group):
 
 
 class LoaderParams(_Group):
-    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes; 0 = load in the main process.")
+    workers: int = Field(
+        0, ge=0, le=64, description="DataLoader worker processes; 0 = load in the main process (on the 2-core CPU "
+        "loading was never the bottleneck)."
+    )
     prefetch_factor: int = Field(2, ge=1, le=64, description="Batches prefetched per worker (workers > 0 only).")
     pin_memory: bool = Field(False, description="Page-locked host batches for faster, async host-to-GPU copies.")
     persistent_workers: bool = Field(False, description="Keep workers alive between epochs (workers > 0 only).")
@@ -195,7 +198,10 @@ class ProgressiveStage(_Group):
 
 
 class OptimizerParams(_Group):
-    lr: float = Field(2e-3, gt=0.0, le=1.0, description="AdamW peak learning rate.")
+    lr: float = Field(
+        2e-3, gt=0.0, le=1.0, description="AdamW peak learning rate (2e-3 trained the shipped model from scratch; "
+        "params.yaml's fine-tune of it uses 3e-4)."
+    )
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (each in [0, 1)).")
     eps: float = Field(1e-8, gt=0.0, le=1e-2, description="AdamW epsilon.")
@@ -237,10 +243,16 @@ class TrainParams(_Group):
         0.0, ge=0.0, description="Wall-clock budget for training, min; 0 = no budget. Schedule is sized to it."
     )
     steps_per_epoch: int = Field(0, ge=0, description="Optimizer steps per epoch; 0 = one pass over the train split.")
-    batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch size when no progressive stage applies.")
+    batch_size: int = Field(
+        4, ge=1, le=4096, description="Micro-batch size when no progressive stage applies (256 px crops on the "
+        "2-core CPU: 2-4 measured fastest per image)."
+    )
     crop: int = Field(256, ge=32, le=4096, description="Training crop side when no progressive stage applies, px.")
     progressive: list[ProgressiveStage] = Field(
-        default_factory=list, description="Crop-size schedule, small crops first; empty = fixed crop/batch."
+        default_factory=list,
+        description="Crop-size schedule, small crops first; empty = fixed crop/batch. params.yaml's 128 px x 8 then "
+        "256 px x 4 made 2x the steps of 128 x 16 then 256 x 8 at equal images/s, val loss 1.29 vs 1.36 and 13% "
+        "lower peak RSS (same-contention A/B, 4 minutes each).",
     )
     multiscale_share: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of crops taken from a randomly downscaled view of the image."
@@ -250,7 +262,10 @@ class TrainParams(_Group):
     )
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step.")
     grad_clip: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 = no clipping.")
-    amp: bool = Field(False, description="Mixed precision autocast (dtype from base.precision).")
+    amp: bool = Field(
+        False, description="Mixed precision autocast (dtype from base.precision; bf16 measured slower than fp32 on "
+        "the 2-core CPU)."
+    )
     channels_last: bool = Field(True, description="NHWC memory format (measured ~1.35x on CPU).")
     compile: bool = Field(False, description="torch.compile the model (measured 1.54x for long runs; costs start-up).")
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
@@ -348,7 +363,10 @@ class PredictParams(_Group):
     batch_size: int = Field(4, ge=1, le=4096, description="Starting tile batch size.")
     auto_batch: bool = Field(True, description="Adapt the batch size to memory (grow, halve on OOM).")
     min_batch_size: int = Field(1, ge=1, le=4096, description="Never shrink below this batch size.")
-    max_batch_size: int = Field(4, ge=1, le=4096, description="Never grow above this batch size.")
+    max_batch_size: int = Field(
+        4, ge=1, le=4096, description="Never grow above this batch size (eager batches > 4 measured slower on the "
+        "2-core CPU)."
+    )
     memory_threshold: float = Field(
         0.85, gt=0.0, le=1.0, description="Grow the batch only while memory use stays under this fraction."
     )
@@ -368,7 +386,14 @@ class PredictParams(_Group):
     tile_overlap: int = Field(64, ge=0, le=4096, description="Least overlap between neighbouring tiles, px.")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Pixel threshold when no calibrated one is stored.")
     loader_workers: int = Field(0, ge=0, le=64, description="Image-decoding worker processes.")
-    save_overlay: bool = Field(False, description="Also write an overlay JPEG per image.")
+    save_overlay: bool | Literal["auto"] = Field(
+        "auto",
+        description="Also write <name>.overlay.jpg per image: the mask tinted red, region boxes and the score; "
+        "auto = only when a `wm predict` run has fewer than overlay_auto_images images (screening: never).",
+    )
+    overlay_auto_images: int = Field(
+        100, ge=0, le=1_000_000, description="save_overlay auto: runs of fewer images than this get overlays."
+    )
     model: str | None = Field(None, description="Checkpoint path or MLflow models:/ URI; None = training output.")
     max_image_megapixels: float = Field(
         200.0, gt=0.0, le=2000.0, description="Decompression-bomb cap: larger images are skipped, megapixels."
@@ -396,6 +421,11 @@ class PredictParams(_Group):
     refine_max_tiles: int = Field(
         8, ge=0, le=4096, description="Rule refine: most native tiles per image (highest working probability first)."
     )
+    draft_decode: bool = Field(
+        True,
+        description="JPEGs at least twice global_side are decoded reduced (libjpeg DCT scaling) for their working "
+        "view; full pixels only where native refinement or an overlay needs them.",
+    )
     gate_masks: bool = Field(
         True,
         description="Empty the binary mask (and its regions) of an image whose has-watermark score is below the "
@@ -407,7 +437,8 @@ class PredictParams(_Group):
         ge=0.0,
         le=4096.0,
         description="Most model-input megapixels in one batch (tiles or whole images): bounds activation "
-        "memory whatever the tile shape; 0 = only the batch size bounds it.",
+        "memory whatever the tile shape; 0 = only the batch size bounds it. params.yaml's 0.3: a 1024 px image "
+        "took 3.4 s instead of 4.3 s uncapped, and 8000 px images run one tile per batch.",
     )
     malloc_mmap_threshold_kb: int = Field(
         0,
@@ -415,7 +446,9 @@ class PredictParams(_Group):
         le=32768,
         description="glibc: tensors of at least this many KiB get their own mapping, returned when freed; 0 = "
         "glibc's dynamic default. 1024 = low-memory mode (steady, lower peak RSS; costs page faults); 32768 with a "
-        "large trim threshold = fast mode (activations reuse heap pages: no page faults per pass).",
+        "large trim threshold = fast mode (activations reuse heap pages: no page faults per pass; params.yaml). "
+        "Low-memory mode measured 495-536 MB peak from 1024 px to 8000x6000 px, 27% below glibc's default, for "
+        "15-52% more time (bench/results/infer-sizes-lowmem).",
     )
     malloc_trim_threshold_kb: int = Field(
         0,
@@ -472,6 +505,12 @@ class ScheduleParams(_Group):
     )
     screening_out: str = Field("results/screening", description="Output folder of the inbox screening.")
     screening_chunk: int = Field(64, ge=1, le=100000, description="Images per screening task (a unit of work).")
+    work_pool: str = Field(
+        "wmdetect",
+        min_length=1,
+        description="Prefect work pool (type process) of the prefect.yaml deployments: `prefect worker start "
+        "--pool wmdetect` runs them.",
+    )
 
     @model_validator(mode="after")
     def _crons(self) -> ScheduleParams:
@@ -560,7 +599,7 @@ class Params(_Group):
 
 CorpusSplit = Literal["train", "val", "test"]
 CorpusCategory = Literal[
-    "landscape", "nature", "water", "mountain", "animal", "people", "food", "product", "interior", "street",
+    "landscape", "nature", "water", "mountain", "sky", "animal", "people", "food", "product", "interior", "street",
     "facade", "monument", "artwork", "line_art", "texture", "scene_text", "screenshot", "document", "abstract",
 ]  # fmt: skip
 FontStyle = Literal["sans", "serif", "mono", "condensed", "script", "handwritten", "display", "rounded", "slab"]

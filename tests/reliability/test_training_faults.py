@@ -87,7 +87,7 @@ def test_unreachable_mlflow_server_the_run_finishes_and_says_where_metrics_went(
     assert len(notice) == 1 and f"logs to {fallback} instead" in notice[0], log_text[-2000:]
     records = [json.loads(line) for line in fallback.read_text().splitlines()]
     assert records[0]["kind"] == "params" and records[0]["data"]["train.epochs"] == EPOCHS
-    epochs = [r["data"]["epoch"] for r in records if r["kind"] == "metrics" and "epoch" in r["data"]]
+    epochs = [r["data"]["epoch/number"] for r in records if r["kind"] == "metrics" and "epoch/number" in r["data"]]
     assert epochs == [1, 2, 3]
     assert load(train_dir / "last.pt")["epoch"] == EPOCHS
 

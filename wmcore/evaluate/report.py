@@ -167,7 +167,7 @@ def load_history(train_dir: Path) -> dict[str, Any] | None:
 
 
 def write_reports(out_dir: Path, metrics: dict[str, Any], scored: dict[str, SplitScores], params: Params) -> list[Path]:
-    """Write metrics.json, pr_curve.json (test) and the PNGs into `out_dir`; returns the files written.
+    """Write metrics.json, pr_curve.json (test), scores.json and the PNGs into `out_dir`; returns the files written.
 
     `scored`: split name -> its scores ("val", "test", and "test_heldout" when present; one PR curve each;
     real clean splits have no watermark pixel, hence no curve).
@@ -176,9 +176,10 @@ def write_reports(out_dir: Path, metrics: dict[str, Any], scored: dict[str, Spli
     curves = {name: precision_recall_curve(s.stacked_hists(bins).sum(0)) for name, s in scored.items()
               if name not in REAL_SPLITS}  # fmt: skip
     test_m = metrics["test"]
-    written = [out_dir / "metrics.json", out_dir / "pr_curve.json"]
+    written = [out_dir / "metrics.json", out_dir / "pr_curve.json", out_dir / "scores.json"]
     write_json(written[0], metrics)
     write_json(written[1], curves["test"])
+    write_json(written[2], scores(metrics))
     point = (threshold, test_m["precision"], test_m["recall"]) if test_m["precision"] is not None else None
     written.append(plot_pr_curves(curves, point, out_dir / "pr_curve.png"))
     history = load_history(Path(params.paths.train_dir))
@@ -202,15 +203,36 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
     fusion = metrics.get("fusion", {})
     flat.update({f"val/fusion_f1_{rule}": float(v) for rule, v in fusion.get("val_f1", {}).items() if v is not None})
+    promotion = metrics.get("promotion", {})  # both models' scores, the loser's too
+    flat.update({f"promotion/{key}": float(value) for key, value in promotion.items()
+                 if isinstance(value, int | float) and not isinstance(value, bool)})  # fmt: skip
     return flat
+
+
+# The figures of scores.json (DVC's metrics file of the stage, what `dvc exp show` compares): split -> keys.
+SCORES = {
+    "val": ("f1",),
+    "test": ("f1", "iou", "ap", "clean_fp_area"),
+    HELDOUT_SPLIT: ("f1",),
+    "real_test": ("fp_area", "flagged_share"),
+    "promotion": ("candidate_test_f1", "pretrained_test_f1"),
+}
+
+
+def scores(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The few numbers of metrics.json that people compare across experiments (scores.json)."""
+    return {split: {key: metrics[split].get(key) for key in keys} for split, keys in SCORES.items() if split in metrics}
 
 
 def log_to_run(run_logger: RunLogger, metrics: dict[str, Any], files: list[Path]) -> None:
     """Metrics grouped by split (`flat_metrics`) and the report files as artifacts under evaluate/."""
     run_logger.log_metrics(flat_metrics(metrics))
     fusion = metrics.get("fusion", {})
+    promotion = metrics.get("promotion", {})
     run_logger.set_tags({"backend": str(metrics["backend"]), "fusion": str(fusion.get("rule")),
-                         "fusion_applied": str(fusion.get("applied"))})  # fmt: skip
+                         "fusion_applied": str(fusion.get("applied")),
+                         "promoted": str(promotion.get("promoted", "candidate (no rival)")),
+                         "source": str(metrics.get("source"))})  # fmt: skip
     for path in files:
         run_logger.log_artifact(path, artifact_path="evaluate")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wmcore.config import Params
+from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
 from wmcore.errors import WmError
 from wmcore.evaluate.calibrate import calibrate, calibrate_fusion
 from wmcore.evaluate.promote import export_model, promotion_record
@@ -63,7 +64,7 @@ def run_evaluation(
         applied; calibration: the thresholds and their real-photo figures on val), plus
         "test_heldout" (same keys as test) when the prepared dataset has that split, "real_val" /
         "real_test" (false positives on the corpus's real clean photos) when the corpus is built,
-        and "promotion" when the shipped model was compared.
+        "promotion" when the shipped model was compared, and "source": the weights exported to model.pt.
     """
     backend = backend or params.evaluate.backend
     source = Path(checkpoint) if checkpoint else Path(params.paths.train_dir) / "best.pt"
@@ -85,6 +86,7 @@ def run_evaluation(
         if promotion["promoted"] == "pretrained":
             metrics, scored, source = rival_metrics, rival_scored, pretrained
         metrics["promotion"] = promotion
+    metrics["source"] = str(source)  # the weights exported to model.pt
     out_dir = Path(params.paths.evaluate_dir)
     files = write_reports(out_dir, metrics, scored, params)
     export_model(source, out_dir / "model.pt", metrics, backend)
@@ -161,10 +163,25 @@ def evaluate_tracked(params: Params, backend: str | None = None, checkpoint: str
     """
     if not params.tracking.enabled:  # off: mlflow is not even imported (nor needed installed)
         return {**run_evaluation(params, backend=backend, checkpoint=checkpoint), "champion": False}
-    from wmcore.tracking.mlflow_run import log_and_register_model, step_run
+    from wmcore.tracking.mlflow_run import TEST_DATA_TAG, log_and_register_model, log_prepared_input, step_run
 
+    prepared = Path(params.paths.prepared)
     with step_run("evaluate", params) as run_logger:
         metrics = run_evaluation(params, backend=backend, checkpoint=checkpoint, run_logger=run_logger)
+        tags = {"promoted": metrics.get("promotion", {}).get("promoted", "candidate (no rival)"),
+                "source": metrics["source"]}
+        log_prepared_input(run_logger, prepared, "evaluation")
+        if (test_data := _test_fingerprint(prepared)) is not None:
+            tags.update({TEST_DATA_TAG: test_data.digest, "test_images": str(test_data.samples)})
         model_path = Path(params.paths.evaluate_dir) / "model.pt"
-        metrics["champion"] = log_and_register_model(model_path, metrics["test"]["f1"], params, run_logger)
+        metrics["champion"] = log_and_register_model(model_path, metrics["test"]["f1"], params, run_logger, tags)
     return metrics
+
+
+def _test_fingerprint(prepared: Path) -> DataFingerprint | None:
+    """The content fingerprint of the test split, or None (logged) for a dataset without a readable manifest."""
+    try:
+        return split_fingerprint(prepared, ("test",))
+    except WmError as exc:
+        log.warning("%s; the tracked model carries no test data fingerprint", exc)
+        return None

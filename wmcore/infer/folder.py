@@ -5,7 +5,9 @@ process) with a bounded prefetch (predict.queue_size), so memory stays flat in
 the number of images. Images that fit one tile are batched together; larger
 ones go alone (their tiles are batched). Each finished image writes, atomically:
 `<name>.mask.png` (0/255), `<name>.prob.png` (probability x 255) and optionally
-`<name>.overlay.jpg`, then its row in the results table. Images over
+`<name>.overlay.jpg` (mask tinted red, region boxes, the score against the image threshold; by default
+for runs under predict.overlay_auto_images images), then its row in the results table, which names
+both thresholds (has_watermark = score >= image_threshold, mask = probability >= threshold). Images over
 `predict.stream_megapixels` are decoded and written strip by strip instead
 (wmcore.infer.large_images), so memory does not grow with the image size. A rerun skips images
 whose row says ok and whose files exist (`force` redoes them); unreadable
@@ -29,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from wmcore.config import Params
 from wmcore.errors import WmError
-from wmcore.infer.images import ImageSkip, load_rgb, set_pixel_cap, streamable_size
+from wmcore.infer.images import DraftedImage, ImageSkip, load_for_working_side, load_rgb, set_pixel_cap, streamable_size
 from wmcore.infer.inputs import InputImage, discover_inputs, output_paths
 from wmcore.infer.large_images import (
     OVERLAY_QUALITY,
@@ -57,6 +59,7 @@ from wmcore.runtime.atomic import (
     save_image,
     write_json,
 )
+from wmcore.runtime.memory import process_peak_rss_mb
 from wmcore.runtime.report import console_table
 
 log = logging.getLogger(__name__)
@@ -90,8 +93,11 @@ class RunCounts:
 class DecodeDataset(torch.utils.data.Dataset):
     """Decodes input files by index (runs inside DataLoader workers)."""
 
-    def __init__(self, items: list[InputImage], max_megapixels: float, stream_megapixels: float = 0.0) -> None:
+    def __init__(
+        self, items: list[InputImage], max_megapixels: float, stream_megapixels: float = 0.0, draft_side: int = 0
+    ) -> None:
         self.items, self.max_megapixels, self.stream_megapixels = items, max_megapixels, stream_megapixels
+        self.draft_side = draft_side  # JPEGs >= twice this are decoded reduced for their working view
 
     def __len__(self) -> int:
         return len(self.items)
@@ -106,7 +112,7 @@ class DecodeDataset(torch.utils.data.Dataset):
             size = streamable_size(path, self.max_megapixels, self.stream_megapixels)
             if size is not None:  # decoded band by band by the main process, not here
                 return Decoded(index, None, None, time.perf_counter() - start, stream=size)
-            image = load_rgb(path, self.max_megapixels)
+            image = load_for_working_side(path, self.max_megapixels, self.draft_side)
             return Decoded(index, image, None, time.perf_counter() - start)
         except ImageSkip as skip:
             return Decoded(index, None, skip.reason, time.perf_counter() - start)
@@ -121,7 +127,7 @@ def decode_stream(items: list[InputImage], params: Params) -> Iterator[Decoded]:
     pp = params.predict
     workers = min(pp.loader_workers, len(items))
     loader = torch.utils.data.DataLoader(
-        DecodeDataset(items, pp.max_image_megapixels, pp.stream_megapixels),
+        DecodeDataset(items, pp.max_image_megapixels, pp.stream_megapixels, pp.global_side if pp.draft_decode else 0),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep_as_is,
@@ -131,13 +137,23 @@ def decode_stream(items: list[InputImage], params: Params) -> Iterator[Decoded]:
 
 
 def predict_inputs(
-    params: Params, inputs: list[str], out_dir: str, model: str | None = None, force: bool = False
+    params: Params,
+    inputs: list[str],
+    out_dir: str,
+    model: str | None = None,
+    force: bool = False,
+    overlay: bool | None = None,
+    threshold: float | None = None,
+    image_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Predict every image of `inputs` into `out_dir`; returns (and writes summary.json) the run summary.
 
+    overlay: write overlay JPEGs; None = predict.save_overlay (auto: runs under predict.overlay_auto_images).
+    threshold, image_threshold: pixel and has-watermark thresholds instead of the model's calibrated ones.
     Summary keys: processed, skipped (inputs not processed: unreadable, missing, or failed), failed
     (the subset that failed during inference), up_to_date (complete from an earlier run), total,
-    with_watermark, images_per_s, seconds, batch_size_final, batch_success_rate, backend, model.
+    with_watermark, images_per_s, seconds, batch_size_final, batch_success_rate, backend, model,
+    threshold, image_threshold, overlays, peak_rss_mb.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -150,10 +166,14 @@ def predict_inputs(
     table = ResultsTable(out)
     if stale := remove_stale_temp_files(out):
         log.info("%s: removed %d temp files left by a killed run", out, stale)
-    todo = images if force else _still_to_do(images, table, out, params.predict.save_overlay)
+    if overlay is None:
+        overlay = overlay_wanted(params.predict.save_overlay, len(images), params.predict.overlay_auto_images)
+    todo = images if force else _still_to_do(images, table, out, overlay)
     predictor = get_predictor(model, params, calibration=_calibration_files(todo, params))
     predictor.sizer.reset_stats()  # the cached predictor may have served earlier runs
-    run = FolderRun(params, predictor, table, out, todo)
+    if threshold is not None or image_threshold is not None:
+        predictor = predictor.with_thresholds(threshold, image_threshold)
+    run = FolderRun(params, predictor, table, out, todo, overlay=overlay)
     start = time.perf_counter()
     with _compacted(table):  # also after Ctrl-C: the table on disk always has one row per image
         for m in missing:
@@ -163,7 +183,19 @@ def predict_inputs(
     summary = run.summary(len(images) - len(todo), len(images) + len(missing), seconds)
     write_json(out / "summary.json", summary)
     print(console_table(run.summary_rows(summary)))
+    print(outputs_line(out, overlay))
     return summary
+
+
+def overlay_wanted(setting: bool | str, n_images: int, auto_below: int) -> bool:
+    """predict.save_overlay for a run of `n_images`: true/false as set; auto = fewer than `auto_below` images."""
+    return n_images < auto_below if setting == "auto" else bool(setting)
+
+
+def outputs_line(out: Path, overlay: bool) -> str:
+    """Where a `wm predict` run wrote its outputs, in one line."""
+    pictures = "*.mask.png, *.prob.png" + (", *.overlay.jpg" if overlay else "")
+    return f"outputs in {out}/: {pictures} per image; results.csv (one row per input), summary.json"
 
 
 def predict_images(
@@ -179,7 +211,8 @@ def predict_images(
     table = ResultsTable(out)
     set_pixel_cap(params.predict.max_image_megapixels)
     predictor = get_predictor(model, params, calibration=_calibration_files(items, params))
-    run = FolderRun(params, predictor, table, out, list(items), keep_rows=True)
+    overlay = params.predict.save_overlay is True  # auto: a service's chunks get no overlays
+    run = FolderRun(params, predictor, table, out, list(items), keep_rows=True, overlay=overlay)
     with _compacted(table):
         run.process()
     return run.rows
@@ -233,8 +266,10 @@ class FolderRun:
         out: Path,
         todo: list[InputImage],
         keep_rows: bool = False,
+        overlay: bool = False,
     ) -> None:
         self.params, self.predictor, self.table, self.out, self.todo = params, predictor, table, out, todo
+        self.overlay = overlay
         self.counts = RunCounts()
         self.bar: tqdm | None = None
         # Rows by name for callers that want them (screening chunks); off for whole folders,
@@ -297,7 +332,7 @@ class FolderRun:
         item, (width, height) = self.todo[decoded.index], decoded.stream
         start = time.perf_counter()
         try:
-            files = output_paths(self.out, item.name, self.params.predict.save_overlay)
+            files = output_paths(self.out, item.name, self.overlay)
             source = StreamedImage(item.path, width, height)
         except ValueError as exc:
             self.skip(item, str(exc), decoded.seconds)
@@ -342,12 +377,18 @@ class FolderRun:
         """Write one image's outputs, then its row (so a row 'ok' implies complete files)."""
         start = time.perf_counter()
         try:
-            files = output_paths(self.out, item.name, self.params.predict.save_overlay)
+            files = output_paths(self.out, item.name, self.overlay)
         except ValueError as exc:
             self.skip(item, str(exc), decoded.seconds)
             return
-        write_outputs(files, decoded.image, result)
+        write_outputs(files, decoded.image, result, self.overlay_label(result.score))
         self._record_ok(item, result, decoded.seconds + infer_seconds + time.perf_counter() - start)
+
+    def overlay_label(self, score: float) -> str:
+        """The overlay's caption: the score against the image threshold, and what it means."""
+        threshold = self.predictor.image_threshold
+        verdict = "watermark" if score >= threshold else "clean"
+        return f"{verdict}: score {score:.2f} {'>=' if score >= threshold else '<'} {threshold:.2f}"
 
     def _record_ok(self, item: InputImage, result: MaskSummary, seconds: float) -> None:
         has_mark = result.score >= self.predictor.image_threshold
@@ -357,7 +398,9 @@ class FolderRun:
             "status": "ok",
             "reason": "",
             "score": round(result.score, 6),
+            "image_threshold": round(self.predictor.image_threshold, 6),
             "has_watermark": has_mark,
+            "threshold": round(self.predictor.threshold, 6),
             "area_fraction": round(result.area_fraction, 6),
             "n_regions": len(result.regions),
             "boxes": [r.as_list() for r in result.regions],
@@ -399,6 +442,8 @@ class FolderRun:
             "model": p.identity,
             "threshold": p.threshold,
             "image_threshold": p.image_threshold,
+            "overlays": self.overlay,
+            "peak_rss_mb": round(process_peak_rss_mb(), 1),
             "skip_reasons": dict(c.reasons),
         }
 
@@ -409,18 +454,38 @@ class FolderRun:
         return rows + [(f"skipped: {reason}", str(n)) for reason, n in sorted(self.counts.reasons.items())]
 
 
-def write_outputs(files: dict[str, Path], image: np.ndarray, result: MaskSummary) -> None:
-    """Write mask, probability and (if asked) overlay images atomically."""
+def write_outputs(
+    files: dict[str, Path], image: np.ndarray | DraftedImage, result: MaskSummary, label: str | None = None
+) -> None:
+    """Write mask, probability and (if asked) overlay images atomically; `label` captions the overlay."""
     save_image(files["mask"], Image.fromarray(result.mask.view(np.uint8) * np.uint8(255), mode="L"))
     save_image(files["prob"], Image.fromarray(result.prob_u8, mode="L"))
     if "overlay" in files:
-        save_image(files["overlay"], Image.fromarray(overlay_image(image, result.mask)), quality=OVERLAY_QUALITY)
+        boxes = [r.as_list() for r in result.regions]
+        pixels = image.full() if isinstance(image, DraftedImage) else image
+        picture = overlay_image(pixels, result.mask, boxes=boxes, label=label)
+        save_image(files["overlay"], Image.fromarray(picture), quality=OVERLAY_QUALITY)
 
 
-def overlay_image(image: np.ndarray, mask: np.ndarray, rows: int = 512) -> np.ndarray:
-    """uint8 (H, W, 3) copy of `image` with mask pixels blended 50% towards red (strip by strip)."""
+def overlay_image(
+    image: np.ndarray, mask: np.ndarray, rows: int = 512, boxes: list[list[int]] | None = None, label: str | None = None
+) -> np.ndarray:
+    """uint8 (H, W, 3) copy of `image` with mask pixels blended 50% towards red (strip by strip), each box
+    [x0, y0, x1, y1] (px, inclusive) outlined in red and `label` written in the top-left corner."""
     out = image.copy()
     for y in range(0, image.shape[0], rows):
         strip, sel = out[y : y + rows], mask[y : y + rows]
         strip[sel] = ((strip[sel].astype(np.uint16) + OVERLAY_COLOUR) // 2).astype(np.uint8)
-    return out
+    if not boxes and not label:
+        return out
+    picture = Image.fromarray(out)
+    draw = ImageDraw.Draw(picture)
+    width = max(1, min(out.shape[:2]) // 200)
+    for x0, y0, x1, y1 in boxes or []:
+        draw.rectangle((x0, y0, x1, y1), outline=OVERLAY_RGB, width=width)
+    if label:
+        font = ImageFont.load_default(size=max(10, min(out.shape[:2]) // 24))
+        left, top, right, bottom = draw.textbbox((4, 4), label, font=font)
+        draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+        draw.text((4, 4), label, fill=(255, 255, 255), font=font)
+    return np.asarray(picture)

@@ -230,7 +230,8 @@ def write_empty_png(fh: IO[bytes], width: int, height: int, band: int = 256) -> 
     writer.close()
 
 def write_overlay(image: StreamedImage, mask_path: Path, out_path: Path) -> None:
-    """Overlay JPEG (mask pixels blended 50% towards red, as folder.overlay_image) streamed by libvips."""
+    """Overlay JPEG (mask pixels blended 50% towards red, as folder.overlay_image, without its boxes and caption)
+    streamed by libvips."""
     vips = _vips()
     rgb = image.vips_image()
     try:

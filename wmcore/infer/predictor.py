@@ -20,6 +20,7 @@ learnt on one call carries to the next.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
@@ -34,6 +35,7 @@ import torch
 from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
+from wmcore.infer.images import DraftedImage
 from wmcore.infer.sinks import MaskSummary, MaskSummarySink, MaskWriter, ProbabilityMapSink
 from wmcore.infer.tiling import RowSource, StripSink, as_row_source, predict_tiled
 from wmcore.infer.working_scale import (
@@ -139,6 +141,14 @@ class Predictor:
             self.sizer.save()
         return maps
 
+    def with_thresholds(self, threshold: float | None = None, image_threshold: float | None = None) -> Predictor:
+        """This predictor (same model, backend and batch sizer) with the given thresholds instead of the
+        calibrated ones; None keeps one. The cached predictor itself is left unchanged."""
+        other = copy.copy(self)
+        other.threshold = self.threshold if threshold is None else threshold
+        other.image_threshold = self.image_threshold if image_threshold is None else image_threshold
+        return other
+
     @property
     def mask_gate(self) -> float:
         """Image score below which masks are emptied (predict.gate_masks), 0 = never."""
@@ -221,6 +231,10 @@ class Predictor:
 
 
 def _check_image(image: Any, index: int) -> tuple[int, int]:
+    """(H, W) of a uint8 (H, W, 3) array, or of an image read on demand (a DraftedImage); WmError otherwise."""
+    if isinstance(image, DraftedImage):
+        _check_image(image.reduced, index)
+        return image.shape[0], image.shape[1]
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
         raise WmError(f"image #{index}: expected a uint8 (H, W, 3) RGB array, got {got}; load with wmcore.infer.images")
@@ -318,7 +332,8 @@ _CACHE_LOCK = threading.Lock()
 
 def _cache_key(model: ResolvedModel, params: Params, backend: str, device: torch.device) -> tuple:
     pp = params.predict
-    relevant = pp.model_dump(exclude={"model", "save_overlay", "loader_workers", "queue_size", "stream_megapixels"})
+    relevant = pp.model_dump(exclude={"model", "save_overlay", "overlay_auto_images", "loader_workers", "queue_size",
+                                      "stream_megapixels"})  # fmt: skip
     return (model.identity, backend, str(device), params.base.precision, params.base.threads,
             params.paths.cache_dir, params.paths.prepared, tuple(sorted(relevant.items())))  # fmt: skip
 

@@ -25,8 +25,9 @@ from wmcore.runtime.atomic import raise_if_unwritable, write_text
 
 log = logging.getLogger(__name__)
 
+# has_watermark = score >= image_threshold; the mask (and area_fraction, boxes) = probability >= threshold
 COLUMNS = (
-    "name", "path", "status", "reason", "score", "has_watermark", "area_fraction",
+    "name", "path", "status", "reason", "score", "image_threshold", "has_watermark", "threshold", "area_fraction",
     "n_regions", "boxes", "width", "height", "seconds",
 )  # fmt: skip
 

@@ -4,8 +4,17 @@
   under the run named by env WMDETECT_PARENT_RUN_ID when `parent_run` (the flow) opened one,
   even from another process.
 - `parent_run(params, name)`: the pipeline's parent run; sets WMDETECT_PARENT_RUN_ID while open.
-- `log_and_register_model(...)`: logs the evaluated model, registers a version and moves the
-  `champion` alias to it only when its test F1 beats the current champion's.
+- `log_prepared_input(...)`: the prepared data's content fingerprint as an MLflow dataset input.
+- `log_pipeline_summary(...)`: the headline metrics and the dataset on the parent run.
+- `log_and_register_model(...)`: logs the evaluated model, registers a version tagged with the
+  promotion's winner, its source file and the test data it was scored on, and moves the
+  `champion` alias to it only when its test F1 beats the current champion's on the same test
+  data (same fingerprint); scores on other test data are not compared.
+- `runs_table_url(...)`: the MLflow UI address of the experiment's runs table with the headline columns.
+
+Experiments are created as classic ML experiments (not GenAI) with a shared runs-table view of
+the headline metrics; a sqlite store keeps their artifacts beside its database file (`mlruns/`),
+whatever the working directory of the step that created them.
 
 Tracking never stops a step. Off (`tracking.enabled: false`) -> NullLogger. A store that cannot be
 reached (probed once, no retries, `tracking.probe_timeout_s`) or that fails mid-run -> one warning
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -23,16 +33,20 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from wmcore.config import Params
+from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
+from wmcore.errors import WmError
+from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
 from wmcore.tracking.sink import NullLogger, RunLogger
 
 log = logging.getLogger(__name__)
@@ -40,6 +54,14 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "WMDETECT_PARENT_RUN_ID"
 CHAMPION_ALIAS = "champion"
 CHAMPION_METRIC = "test/f1"  # run metric compared to decide the champion (logged by evaluation)
+TEST_DATA_TAG = "test_data_fingerprint"  # model version tag: the test split the version was scored on
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag naming a dataset's role in a run
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's runs view
+RUNS_VIEW_KEY = "wmdetect-runs"  # shared view of the runs table (experiment tag mlflow.sharedViewState.<key>)
+RUNS_VIEW_COLUMNS = (
+    "attributes.`Dataset`", "attributes.`Models`",
+    *(f"metrics.`{name}`" for name, _, _ in HEADLINE_METRICS), "metrics.`system/peak_mem_mb`",
+)  # fmt: skip
 FALLBACK_FILE = "tracking.jsonl"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # Where each step's fallback records go. `prepare` writes to the cache, not into the DVC-hashed dataset.
@@ -112,6 +134,10 @@ class JsonlRunLogger:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._write("tags", tags)
 
+    def log_dataset(self, dataset: Dataset, context: str) -> None:
+        self._write("dataset", {"name": dataset.name, "digest": dataset.digest, "source": dataset.source,
+                                "profile": dataset.profile, "context": context})  # fmt: skip
+
 
 class MlflowRunLogger:
     """RunLogger of one MLflow run; on the first failed call it warns and continues in a JSONL file."""
@@ -155,6 +181,12 @@ class MlflowRunLogger:
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         self._call(lambda: self.client.log_batch(self.run_id, tags=batch), lambda f: f.set_tags(tags))
 
+    def log_dataset(self, dataset: Dataset, context: str) -> None:
+        """The dataset as an input of the run (the runs table's Dataset column), `context` its role."""
+        inputs = [DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, context)])]
+        self._call(lambda: self.client.log_inputs(self.run_id, datasets=inputs),
+                   lambda f: f.log_dataset(dataset, context))  # fmt: skip
+
 
 # --------------------------------------------------------------------------- connecting
 
@@ -175,11 +207,31 @@ def _no_retry_env(timeout_s: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _artifact_location(uri: str, name: str) -> str | None:
+    """<folder of the sqlite file>/mlruns/<name> for a sqlite store; None (MLflow's default) otherwise.
+
+    MLflow's default is ./mlruns of the working directory at creation: a test or a DVC experiment
+    running elsewhere would scatter the artifacts of one store over several folders.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return str(Path(uri.removeprefix("sqlite:///")).absolute().parent / "mlruns" / name)
+
+
+def runs_view_tags() -> dict[str, str]:
+    """Experiment tags: a classic ML experiment (the UI opens on runs, not GenAI), and a shared runs-table
+    view (`?viewStateShareKey=wmdetect-runs`) showing the dataset, models and the headline metrics."""
+    view = {"selectedColumns": list(RUNS_VIEW_COLUMNS)}
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(view)}
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(
+                name, artifact_location=_artifact_location(client.tracking_uri, name), tags=runs_view_tags()
+            )
         except MlflowException:  # created meanwhile by another step
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -333,6 +385,67 @@ def parent_run(params: Params, name: str) -> Iterator[str | None]:
         yield run_id
 
 
+# --------------------------------------------------------------------------- datasets, the parent's headline, the UI
+
+
+def prepared_dataset(fingerprint: DataFingerprint, prepared: str | Path) -> Dataset:
+    """The MLflow dataset entity of a prepared dataset: named `prepared`, digest = its content fingerprint."""
+    profile = {"samples": fingerprint.samples, "splits": list(fingerprint.splits)}
+    return Dataset("prepared", fingerprint.digest, "local", json.dumps({"uri": str(Path(prepared).absolute())}),
+                   profile=json.dumps(profile))  # fmt: skip
+
+
+def log_dataset(run_logger: RunLogger, fingerprint: DataFingerprint, prepared: str | Path, context: str) -> None:
+    """Log the prepared data (its content fingerprint) as an input of the run, if the logger records datasets."""
+    if isinstance(run_logger, MlflowRunLogger | JsonlRunLogger):
+        run_logger.log_dataset(prepared_dataset(fingerprint, prepared), context)
+
+
+def log_prepared_input(run_logger: RunLogger, prepared: str | Path, context: str) -> None:
+    """The dataset in `prepared` (every split) as an input of the run; a missing manifest is one warning."""
+    if not isinstance(run_logger, MlflowRunLogger | JsonlRunLogger):
+        return
+    try:
+        log_dataset(run_logger, split_fingerprint(prepared), prepared, context)
+    except WmError as exc:
+        log.warning("%s; the run has no dataset input", exc)
+
+
+def log_pipeline_summary(params: Params, run_id: str | None, results: dict[str, Any], prepared: Path) -> None:
+    """The parent run's headline metrics (wmcore.runtime.report.headline_metrics of the steps' result files)
+    and the prepared data's fingerprint as its dataset input.
+
+    No-op without a parent run; a store that fails is one warning, never an error.
+    """
+    if run_id is None:
+        return
+    connection = connect(params)
+    if isinstance(connection, str):
+        log.warning("%s; the pipeline's headline metrics are not logged", connection)
+        return
+    run_logger = MlflowRunLogger(connection[0], run_id, step_output_dir("pipeline", params) / FALLBACK_FILE)
+    run_logger.log_metrics(headline_metrics(results))
+    log_prepared_input(run_logger, prepared, "pipeline")
+
+
+def runs_table_url(params: Params, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The MLflow UI address of tracking.experiment's runs table with the headline columns.
+
+    Creates the experiment when missing and adds the runs-view tags to an experiment made before them.
+    Raises WmError when the store cannot be used.
+    """
+    connection = connect(params)
+    if isinstance(connection, str):
+        raise WmError(connection)
+    client, experiment_id = connection
+    tags = client.get_experiment(experiment_id).tags
+    for key, value in runs_view_tags().items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
+    return (f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+            f"?viewStateShareKey={RUNS_VIEW_KEY}&workflowType=machine_learning")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- model registry
 
 
@@ -374,10 +487,20 @@ def _log_model(model_path: Path, run_logger: MlflowRunLogger) -> Any:
     )
 
 
-def champion_f1(client: MlflowClient, name: str) -> tuple[str, float | None] | None:
-    """(version, test F1) of the registered model's champion; None without a champion.
+@dataclass(frozen=True)
+class Champion:
+    """The registered model's champion: version, its test F1, the fingerprint of the test data it was scored on."""
 
-    The F1 is the champion run's `test/f1` metric, else the version's `test/f1` tag, else None.
+    version: str
+    test_f1: float | None
+    test_data: str | None
+
+
+def current_champion(client: MlflowClient, name: str) -> Champion | None:
+    """The champion of registered model `name`; None without one.
+
+    Its F1 is the champion run's `test/f1` metric, else the version's `test/f1` tag; its test data is
+    the version's `test_data_fingerprint` tag (None for versions registered before it existed).
     """
     try:
         version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
@@ -385,31 +508,52 @@ def champion_f1(client: MlflowClient, name: str) -> tuple[str, float | None] | N
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+    tags = version.tags or {}
     value = None
     if version.run_id:
         value = client.get_run(version.run_id).data.metrics.get(CHAMPION_METRIC)
-    if value is None and CHAMPION_METRIC in (version.tags or {}):
+    if value is None and CHAMPION_METRIC in tags:
         with contextlib.suppress(ValueError):
-            value = float(version.tags[CHAMPION_METRIC])
-    return version.version, value
+            value = float(tags[CHAMPION_METRIC])
+    return Champion(str(version.version), value, tags.get(TEST_DATA_TAG))
 
 
-def promote_if_better(client: MlflowClient, name: str, version: str, test_f1: float | None) -> bool:
-    """Move the champion alias to `version` only if its test F1 beats the champion's; True if moved."""
-    current = champion_f1(client, name)
-    better = test_f1 is not None and (current is None or current[1] is None or test_f1 > current[1])
-    if better:
+def promote_if_better(
+    client: MlflowClient, name: str, version: str, test_f1: float | None, test_data: str | None = None
+) -> tuple[bool, str]:
+    """Move the champion alias to `version` if its test F1 beats the champion's on the same test data.
+
+    Scores are compared only when both were measured on the same test data (`test_data`: the test
+    split's content fingerprint; None on both sides counts as the same); otherwise the champion stays
+    and the new version is not compared. Returns (moved, the reason in words).
+    """
+    current = current_champion(client, name)
+    if test_f1 is None:
+        moved, reason = False, "no test F1"
+    elif current is None:
+        moved, reason = True, "first champion"
+    elif current.test_data != test_data:
+        moved, reason = False, (f"not compared: champion version {current.version} was scored on test data "
+                                f"{current.test_data or 'unknown'}, this version on {test_data or 'unknown'}")  # fmt: skip
+    elif current.test_f1 is None or test_f1 > current.test_f1:
+        moved, reason = True, f"test F1 {test_f1:.4f} beats version {current.version}'s {current.test_f1}"
+    else:
+        moved, reason = False, f"test F1 {test_f1:.4f} does not beat version {current.version}'s {current.test_f1:.4f}"
+    if moved:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    previous = "none" if current is None else f"version {current[0]}, test F1 {current[1]}"
-    log.info(
-        "model %s version %s (test F1 %s) %s %s (previous champion: %s)",
-        name, version, test_f1, "is now" if better else "is not", CHAMPION_ALIAS, previous,
-    )  # fmt: skip
-    return better
+    client.set_model_version_tag(name, version, "champion_decision", reason)
+    log.log(logging.WARNING if reason.startswith("not compared") else logging.INFO,
+            "model %s version %s %s %s: %s", name, version, "is now" if moved else "is not", CHAMPION_ALIAS,
+            reason)  # fmt: skip
+    return moved, reason
 
 
 def log_and_register_model(
-    model_path: str | Path, test_f1: float | None, params: Params, run_logger: RunLogger
+    model_path: str | Path,
+    test_f1: float | None,
+    params: Params,
+    run_logger: RunLogger,
+    version_tags: dict[str, str] | None = None,
 ) -> bool:
     """Log the evaluated model to the step's run, register it, and crown it if it is better.
 
@@ -418,6 +562,9 @@ def log_and_register_model(
         test_f1: its test pixel F1 (None or NaN: registered, never champion).
         params: tracking.registered_model names the registered model; tracking.log_model switches this off.
         run_logger: the open step run (from `step_run`); anything but a live MLflow run skips this.
+        version_tags: tags of the new version, e.g. `promoted` (which model won the promotion), `source`
+            (its weights file) and TEST_DATA_TAG (the test split's fingerprint: the champion is compared
+            only on the same one).
     Returns: True when the new version became `champion`.
     """
     if not params.tracking.log_model or not isinstance(run_logger, MlflowRunLogger) or not run_logger.is_tracking:
@@ -431,9 +578,11 @@ def log_and_register_model(
         if test_f1 is not None and CHAMPION_METRIC not in client.get_run(run_logger.run_id).data.metrics:
             client.log_metric(run_logger.run_id, CHAMPION_METRIC, test_f1)
         mlflow.set_tracking_uri(client.tracking_uri)  # register_model uses the global URI
-        tags = {CHAMPION_METRIC: str(test_f1), "source": str(model_path)}
-        version = mlflow.register_model(info.model_uri, name, tags=tags).version
-        return promote_if_better(client, name, str(version), test_f1)
+        tags = {"source": str(model_path), **(version_tags or {}), CHAMPION_METRIC: str(test_f1)}
+        with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints "Created version '2' ..." itself
+            version = mlflow.register_model(info.model_uri, name, tags=tags).version
+        log.info("%s", said.getvalue().strip())
+        return promote_if_better(client, name, str(version), test_f1, tags.get(TEST_DATA_TAG))[0]
     except (MlflowException, OSError) as exc:
         log.warning("model %s not logged/registered in MLflow (%s); the file itself is unaffected", model_path, exc)
         return False

@@ -1,0 +1,1 @@
+"""Training: the one training loop (wmcore.train.loop), its setup, steps, schedule, checkpoints and DDP."""

@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--params-extra", action="append", default=[], metavar="FILE", help="override params file")
     ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint of train_dir")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-v", "--verbose", action="store_true", help="INFO log lines and the full JSON summary")
     return ap.parse_args(argv)
 
 

@@ -1,6 +1,7 @@
-"""Training outputs for people: history.json, train_summary.json, loss_curve.png, a summary table.
+"""Training outputs for people: history.json, train_summary.json, metrics.json, loss_curve.png, a summary table.
 
-All files are written atomically into paths.train_dir. history.json holds
+All files are written atomically into paths.train_dir; metrics.json holds the few summary figures
+that experiments are compared on (METRICS_KEYS). history.json holds
 
     {"epochs": [{"epoch", "step", "train_loss", "val_loss", "val_f1", "val_f1_best",
                  "val_threshold", "val_iou", "lr", "images_per_s", "seconds", "peak_mem_mb",
@@ -20,6 +21,8 @@ from wmcore.runtime.atomic import write_bytes, write_json
 
 HISTORY_FILE = "history.json"
 SUMMARY_FILE = "train_summary.json"
+METRICS_FILE = "metrics.json"  # the few figures `dvc exp show` compares (DVC's metrics file of the stage)
+METRICS_KEYS = ("best_val_f1", "images_per_s", "mem_peak_mb", "seconds", "steps")
 CURVE_FILE = "loss_curve.png"
 
 
@@ -32,6 +35,13 @@ def write_history(train_dir: Path, history: dict[str, list[dict[str, Any]]]) -> 
 def write_summary(train_dir: Path, summary: dict[str, Any]) -> Path:
     path = Path(train_dir) / SUMMARY_FILE
     write_json(path, summary)
+    return path
+
+
+def write_metrics(train_dir: Path, summary: dict[str, Any]) -> Path:
+    """metrics.json: METRICS_KEYS of the summary (train_summary.json keeps everything)."""
+    path = Path(train_dir) / METRICS_FILE
+    write_json(path, {key: summary.get(key) for key in METRICS_KEYS})
     return path
 
 

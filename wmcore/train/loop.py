@@ -86,6 +86,9 @@ from wmcore.train.steps import StepTools, validation_step
 log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
+# StepMonitor.log_point() keys -> tracked metric names (grouped by `/`: MLflow charts section by group)
+STEP_POINT_NAMES = {"step_s": "train/step_s", "images_per_s": "train/images_per_s", "peak_mem_mb": "system/peak_mem_mb",
+                    "mem_mb": "system/mem_mb", "cpu_percent": "system/cpu_percent", "cleanup": "system/memory_cleanup"}
 
 
 # --------------------------------------------------------------------------- the run
@@ -379,7 +382,8 @@ def log_step(run: Run, window: list[float]) -> None:
             "images_per_s": round(point["images_per_s"], 3),
         }
     )
-    metrics = {"train_loss": loss, "lr": run.schedule.last_lr, "batch_size": run.stage.batch_size, **point}
+    metrics = {"train/loss": loss, "train/lr": run.schedule.last_lr, "train/batch_size": run.stage.batch_size,
+               **{STEP_POINT_NAMES[k]: v for k, v in point.items()}}  # fmt: skip
     run.logger.log_metrics(metrics, step=step)
 
 
@@ -434,9 +438,10 @@ def on_epoch_end(run: Run, epoch: int, trained: dict[str, Any], validated: dict[
 
 
 def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
-    """The history row as tracker metrics; non-validation keys get an `epoch_` prefix so they do not
-    mix with the per-step series of the same name (train_loss, images_per_s, lr)."""
-    names = {k: k if k.startswith("val_") or k == "epoch" else f"epoch_{k}" for k in row if k != "step"}
+    """The history row as tracker metrics: `val/loss`, `val/f1`, ... and `epoch/...` for the rest, apart
+    from the per-step series of the same figures (`train/loss`, `train/images_per_s`, `train/lr`)."""
+    names = {k: f"val/{k[4:]}" if k.startswith("val_") else f"epoch/{'number' if k == 'epoch' else k}"
+             for k in row if k != "step"}  # fmt: skip
     return {names[k]: float(row[k]) for k in names if isinstance(row[k], int | float)}
 
 
@@ -492,14 +497,15 @@ def finish_run(run: Run) -> dict[str, Any]:
         **run.monitor.summary(),
     }
     if run.is_main:
-        files = [outputs.write_summary(run.train_dir, summary), outputs.write_history(run.train_dir, state.history)]
+        files = [outputs.write_summary(run.train_dir, summary), outputs.write_history(run.train_dir, state.history),
+                 outputs.write_metrics(run.train_dir, summary)]  # fmt: skip
         if state.history["epochs"]:
             files.append(outputs.plot_loss_curve(run.train_dir, state.history))
         for path in files:
             run.logger.log_artifact(path, "train")
         run.logger.log_metrics(
             {
-                f"summary_{k}": float(v)
+                f"train_summary/{k}": float(v)
                 for k, v in summary.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             }

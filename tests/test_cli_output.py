@@ -1,0 +1,51 @@
+"""What `wm` prints for a person: no HTTP log lines, a stage's summary table instead of a JSON line (unless -v)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures import evaluate_params, write_random_checkpoint
+from wmcore.cli import CHATTY_LOGGERS, configure_logging, main
+
+
+@pytest.fixture
+def restore_logger_levels():
+    saved = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logger_levels")
+def test_http_request_lines_only_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PREFECT_LOGGING_LEVEL", "MLFLOW_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    configure_logging(0)
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)  # "HTTP Request: POST ..." per API call
+    assert logging.getLogger("httpx").isEnabledFor(logging.WARNING)
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")  # a user's own setting is kept
+    configure_logging(0)
+    assert os.environ["PREFECT_LOGGING_LEVEL"] == "INFO"
+    configure_logging(1)
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    configure_logging(2)
+    assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+
+
+def test_evaluate_prints_its_summary_and_where_outputs_went(tmp_path: Path, tiny_prepared: Path, capsys) -> None:
+    write_random_checkpoint(tmp_path / "train" / "best.pt")
+    params = evaluate_params(tmp_path, tiny_prepared)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    assert main(["--params", str(params_file), "evaluate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["metric", "val", "test"] and any(line.startswith("f1 ") for line in lines)
+    assert lines[-1].startswith(f"-> {tmp_path / 'evaluate'}/ (model.pt, metrics.json, scores.json")
+    assert not any(line.startswith("{") for line in lines) and max(map(len, lines)) < 160
+    assert main(["--params", str(params_file), "-v", "evaluate"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith('{"precision": ')  # -v: the full result too

@@ -1,0 +1,148 @@
+"""dvc.yaml against the code: every module a stage imports is a dep; plots and metrics; `dvc exp run -S`.
+
+The deps rule, checked statically (ast, no import, so it is fast and stable): a stage's command is
+`wm <name> ...`; its handler is the function `build_parser()` binds to <name> in wmcore/cli.py. The
+stage imports
+- wmcore/cli.py itself, the modules imported at its top level, and the modules imported inside the
+  handler and inside the cli.py functions the handler calls (directly or through each other);
+- then, transitively, every module imported anywhere in a first-party module reached (top level or
+  inside a function: a deferred import still runs), with the `__init__.py` of each package on the way
+  (importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`).
+`from pkg import name` counts as importing `pkg`, and `pkg.name` when that is a module. Each such file
+must be a dep of the stage in dvc.yaml, or lie inside a folder that is one. Only the other cli.py
+handlers are left out: editing them changes cli.py, a dep, anyway.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wmcore.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_PARTY = ("wmcore", "flows", "tasks")
+CLI_MODULE = "wmcore.cli"
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of first-party module `name` (a package's __init__.py), None if it is not one."""
+    if name.split(".")[0] not in FIRST_PARTY:
+        return None
+    path = ROOT.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def imported_modules(node: ast.AST, module: str) -> set[str]:
+    """First-party modules imported anywhere under `node` (code of module `module`)."""
+    found: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Import):
+            found.update(alias.name for alias in n.names)
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:  # relative: from the package of `module`
+                package = module.split(".")
+                if module_file(module) is None or module_file(module).name != "__init__.py":
+                    package = package[:-1]
+                base = ".".join(package[: len(package) - n.level + 1] + ([n.module] if n.module else []))
+            else:
+                base = n.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in n.names)
+    return {name for name in found if module_file(name) is not None}
+
+
+def handler_modules(handler: str) -> set[str]:
+    """Modules cli.py imports at its top level, in `handler` and in the cli.py functions it calls."""
+    tree = ast.parse((ROOT / "wmcore" / "cli.py").read_text(encoding="utf-8"))
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    found = {name for n in top for name in imported_modules(n, CLI_MODULE)}
+    todo, seen = [handler], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        found |= imported_modules(functions[name], CLI_MODULE)
+        todo += [n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions]
+    return found
+
+
+def reachable_files(handler: str) -> set[str]:
+    """Repository-relative source files a stage whose command runs `handler` imports (module docstring)."""
+    seen, todo = {CLI_MODULE}, sorted(handler_modules(handler))
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages on the way
+        todo += sorted(imported_modules(ast.parse(module_file(name).read_text(encoding="utf-8")), name))
+    return {module_file(name).relative_to(ROOT).as_posix() for name in seen}
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def handler_of(cmd: str) -> str:
+    words = cmd.split()
+    assert words[0] == "wm", f"stage command {cmd!r} is not a `wm` command"
+    return build_parser().parse_args([words[1]]).func.__name__
+
+
+def dep_paths(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_every_module_a_stage_imports_is_a_dep(name: str) -> None:
+    stage = stages()[name]
+    deps = [d.rstrip("/") for d in dep_paths(stage) if d.split("/")[0] in FIRST_PARTY]
+    missing = sorted(f for f in reachable_files(handler_of(stage["cmd"]))
+                     if not any(f == d or f.startswith(d + "/") for d in deps))  # fmt: skip
+    assert not missing, f"dvc.yaml stage {name!r}: add these deps (modules `{stage['cmd']}` imports): {missing}"
+    stale = [d for d in deps if not (ROOT / d).exists()]
+    assert not stale, f"dvc.yaml stage {name!r}: deps that do not exist: {stale}"
+
+
+def test_the_rule_sees_deferred_imports_and_packages_on_the_way() -> None:
+    files = reachable_files("cmd_train")
+    # cmd_train imports wmcore.train.loop inside the function; loop imports wmcore.metrics through train.steps
+    assert {"wmcore/cli.py", "wmcore/train/__init__.py", "wmcore/train/loop.py", "wmcore/config.py"} <= files
+    assert any(f.startswith("wmcore/metrics/") for f in files)
+    assert not any(f.startswith("wmcore/evaluate/") for f in files)  # another handler's imports are not counted
+
+
+def test_plots_have_explicit_axes_and_metrics_are_lean() -> None:
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    curves = [next(iter(p.items())) for p in dvc["plots"] if isinstance(p, dict)]
+    images = [p for p in dvc["plots"] if isinstance(p, str)]
+    assert {name for name, _ in curves} >= {"epoch_loss", "val_f1", "pr_curve"}
+    assert all(spec.get("x") and spec.get("y") for _, spec in curves)
+    assert images and all(p.endswith(".png") for p in images)
+    metrics = [next(iter(m)) for s in dvc["stages"].values() for m in s.get("metrics", [])]
+    assert metrics == ["${paths.train_dir}/metrics.json", "${paths.evaluate_dir}/scores.json"]
+
+
+def test_dvc_exp_run_set_param_changes_only_the_value_it_sets(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml with DVC's own YAML round trip: the file is kept in the layout
+    that round trip writes, so nothing but the value set changes (no comment lost, no null turned empty)."""
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` runs on params.yaml
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    before = params.read_text(encoding="utf-8").splitlines()
+    apply_overrides(str(params), ["train.epochs=3"])
+    after = params.read_text(encoding="utf-8").splitlines()
+    assert len(after) == len(before)
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.split("#")[0].strip() for _, b in changed] == ["epochs: 3"]
