@@ -39,7 +39,8 @@ _SC_NAMES = ("张伟", "王芳", "李娜", "刘洋", "陈静")
 _TC_FIXED = ("版權所有", "樣張", "請勿轉載", "僅供參考", "翻印必究", "機密")
 _JP_FIXED = ("サンプル", "見本", "無断転載禁止", "転載禁止", "社外秘", "写真館", "プレビュー")
 _KR_FIXED = ("샘플", "무단 복제 금지", "견본", "미리보기")
-_AI_MAKERS = ("豆包", "即梦", "通义", "文心", "可灵", "混元", "星火", "Doubao", "Vivid", "Muse")
+_AI_MAKERS = ("豆包", "即梦", "通义", "文心", "可灵", "混元", "星火", "百度", "元宝", "天工", "Doubao", "Vivid", "Muse",
+              "LibLib", "Kling")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SCENE_WORDS = (
     "EXIT", "OPEN", "CAFÉ", "PARKING", "SALE", "Main St.", "PHARMACY", "NO ENTRY", "Bakery", "HOTEL",
@@ -107,8 +108,11 @@ def _sc(rng: np.random.Generator) -> str:
 
 def _ai_label(rng: np.random.Generator) -> tuple[str, str]:
     maker = _pick(rng, _AI_MAKERS)
-    forms = (("AI生成", "sc"), (f"{maker} AI生成", "sc"), ("由AI生成", "sc"), ("AI Generated", "latin"),
-             ("Made with AI", "latin"), (f"{maker} AI", "sc"), ("AI-generated", "latin"), ("内容由AI生成", "sc"))
+    # As the generators print them: with and without a space after the maker, Chinese and English forms.
+    forms = (("AI生成", "sc"), (f"{maker} AI生成", "sc"), (f"{maker}AI生成", "sc"), ("由AI生成", "sc"),
+             ("AI Generated", "latin"), ("Made with AI", "latin"), (f"{maker} AI", "sc"), (f"{maker}AI", "sc"),
+             ("AI-generated", "latin"), ("内容由AI生成", "sc"), ("本图由AI生成", "sc"), ("图片由AI生成", "sc"),
+             ("AI合成", "sc"), ("AI创作", "sc"), ("AI生成内容", "sc"), ("AI制作", "sc"), ("智能生成", "sc"))
     text, script = forms[int(rng.integers(len(forms)))]
     return text, _script_of(text, script)
 
