@@ -20,11 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from wmcore.config import Params
 from wmcore.errors import WmError
+from wmcore.hashing import file_sha256
 from wmcore.infer.batching import check_budget
+from wmcore.infer.images import IMAGE_SUFFIXES, ImageSkip, load_rgb
 from wmcore.infer.torch_backend import estimate_batch_mb
 
 log = logging.getLogger(__name__)
@@ -145,8 +148,6 @@ class _CalibrationReader:
 
 def calibration_tiles(files: Sequence[str | Path], count: int, side: int, multiple: int) -> list[np.ndarray]:
     """Up to `count` float32 (1, 3, s, s) centre crops (s <= side, multiple of `multiple`) of readable images."""
-    from wmcore.infer.images import ImageSkip, load_rgb
-
     tiles = []
     for f in files:
         if len(tiles) >= count:
@@ -191,8 +192,6 @@ def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray]) -> 
 
 
 def _validation_files(params: Params) -> list[Path]:
-    from wmcore.infer.images import IMAGE_SUFFIXES
-
     folder = Path(params.paths.prepared) / "val" / "images"
     if not folder.is_dir():
         return []
@@ -209,10 +208,6 @@ def build_onnx_backend(
     calibration: Sequence[str | Path] | None = None,
 ) -> OnnxBackend:
     """Export (and quantize) once per checkpoint hash, then open an ORT session on the cached file."""
-    from filelock import FileLock
-
-    from wmcore.infer.predictor import file_sha256
-
     folder = Path(params.paths.cache_dir) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
     digest = file_sha256(checkpoint)[:16]

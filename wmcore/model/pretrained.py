@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from wmcore.errors import WmError
-from wmcore.infer.predictor import file_sha256
+from wmcore.hashing import file_sha256
 from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
 from wmcore.runtime.atomic import write_text
 from wmcore.runtime.report import read_json

@@ -54,7 +54,8 @@ class TuneSession:
         scratch.mkdir(parents=True, exist_ok=True)
         configure_threads(params.base.threads)
         try:
-            from wmcore.infer.predictor import file_sha256, resolve_model
+            from wmcore.hashing import file_sha256
+            from wmcore.infer.predictor import resolve_model
 
             path = resolve_model(None, params).path
             model, _ = load_model(path)
