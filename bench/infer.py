@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from wmcore.metrics import mask_f1, median_split_f1
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, Any]] = {
     "naive": {"backend": "torch", "predict.channels_last": False, "predict.auto_batch": False,
@@ -87,7 +89,7 @@ def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
 
     from wmcore.model.checkpoint import save_checkpoint
     from wmcore.model.unet import UNet
-    from wmcore.runtime.tune_workloads import spread_logits
+    from wmcore.tune.workloads import spread_logits
 
     torch.manual_seed(0)
     net = UNet(base_width=base_width, depth=depth).eval()
@@ -196,12 +198,6 @@ def run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
 # --------------------------------------------------------------------------- quality
 
 
-def pixel_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    tp = float(np.logical_and(pred, truth).sum())
-    denom = float(pred.sum() + truth.sum())
-    return 1.0 if denom == 0 else 2 * tp / denom
-
-
 def quality(probs_dir: Path, reference_dir: Path, masks: list[Path] | None, threshold: float) -> dict[str, float]:
     """F1 vs ground truth (masks given) or vs the reference maps at the reference's median."""
     files = sorted(probs_dir.glob("*.npy"))
@@ -209,13 +205,10 @@ def quality(probs_dir: Path, reference_dir: Path, masks: list[Path] | None, thre
     preds = [np.load(f).astype(np.float32) for f in files]
     if masks:
         truth = [np.asarray(Image.open(m).convert("L")) > 127 for m in masks[: len(preds)]]
-        return {"f1": round(pixel_f1(np.concatenate([(p >= threshold).ravel() for p in preds]),
+        return {"f1": round(mask_f1(np.concatenate([(p >= threshold).ravel() for p in preds]),
                                      np.concatenate([t.ravel() for t in truth])), 4)}  # fmt: skip
-    cut = float(np.median(np.concatenate([r.ravel() for r in refs])))
-    pred = np.concatenate([(p >= cut).ravel() for p in preds])
-    ref = np.concatenate([(r >= cut).ravel() for r in refs])
     diff = max(float(np.abs(p - r).max()) for p, r in zip(preds, refs, strict=True))
-    return {"f1_vs_naive": round(pixel_f1(pred, ref), 4), "max_abs_prob_diff": round(diff, 4)}
+    return {"f1_vs_naive": round(median_split_f1(preds, refs), 4), "max_abs_prob_diff": round(diff, 4)}
 
 
 # --------------------------------------------------------------------------- report

@@ -169,7 +169,7 @@ def start_competitor() -> subprocess.Popen:
 
 
 def conv_rate(model: Any, side: int, threads: int, seconds: float) -> float:
-    from wmcore.runtime.tune_workloads import forward_rate, torch_threads
+    from wmcore.tune.workloads import forward_rate, torch_threads
 
     with torch_threads(threads):
         return forward_rate(model, side, seconds)

@@ -14,7 +14,7 @@ from wmcore.config import load_params
 from wmcore.hashing import file_sha256
 from wmcore.infer.predictor import resolve_model
 from wmcore.model.checkpoint import load_checkpoint, load_model
-from wmcore.model.pretrained import (
+from wmcore.pretrained import (
     check_metrics,
     export_weights,
     prepare_check_set,

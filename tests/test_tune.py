@@ -11,9 +11,12 @@ import yaml
 
 from wmcore.config import ConfigError, load_params
 from wmcore.errors import WmError
-from wmcore.runtime import tune, tune_plans
-from wmcore.runtime.tune import Choice, KnobPlan, Trial, TuneHistory, choose, tune_knob, tuned_file_text
-from wmcore.runtime.tune_workloads import mask_f1, median_split_delta
+from wmcore.metrics import mask_f1
+from wmcore.tune import plans as tune_plans
+from wmcore.tune import run as tune
+from wmcore.tune.run import TuneHistory, tune_knob, tuned_file_text
+from wmcore.tune.trials import Choice, KnobPlan, Trial, choose
+from wmcore.tune.workloads import median_split_delta
 
 ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = {"cpu": "test cpu", "cores": 2}

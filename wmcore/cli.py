@@ -287,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_export_weights(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wmcore.model.pretrained import export_weights, gather_provenance
+    from wmcore.pretrained import export_weights, gather_provenance
 
     p = _load(args)
     source = args.model or str(Path(p.paths.evaluate_dir) / "model.pt")
@@ -305,7 +305,7 @@ def cmd_check_weights(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from wmcore.model.pretrained import check_differences, check_metrics, prepare_check_set, provenance_path
+    from wmcore.pretrained import check_differences, check_metrics, prepare_check_set, provenance_path
     from wmcore.runtime.atomic import write_text
     from wmcore.runtime.report import read_json
 
@@ -372,7 +372,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from wmcore.runtime.tune import report_table, run_tune
+    from wmcore.tune.run import report_table, run_tune
 
     # Tuning starts from params.yaml as written: the tuned file it replaces must not bias the start.
     params = load_params(args.params, overrides=args.set, extra_files=args.params_extra, tuned=False)
