@@ -15,7 +15,7 @@ One section per kind of work; each writes bench/results/scale_<section>.json and
             Reported per way: images/s, wall time, torch threads of every process that ran
             chunks, chunks each worker ran, predictors cached per worker (1 = model loaded
             once), and the load average (other work on the machine skews small machines).
-    train   `python -m wmcore.train` (what `wm train` runs) for the same optimizer steps of the
+    train   `python -m wmcore.cli ... train` (`wm train`) for the same optimizer steps of the
             same global batch, four ways:
               1-proc              one process, micro-batch = the global batch
               1-proc-accum        one process, 2 micro-batches of half of it accumulated (the
@@ -217,12 +217,12 @@ TRAIN_WAYS: dict[str, tuple[int, int, bool]] = {
 
 
 def train_command(nproc: int, overrides: dict[str, Any]) -> list[str]:
-    """`python -m wmcore.train` for one process, the same under torchrun --standalone for several."""
+    """`python -m wmcore.cli ... train` (`wm train`) for one process, the same under torchrun --standalone for several."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     sets = [f"-S{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML
-    return [*launcher, "-m", "wmcore.train", "--params", str(ROOT / "params.yaml"), *sets]
+    return [*launcher, "-m", "wmcore.cli", "--params", str(ROOT / "params.yaml"), *sets, "train"]
 
 
 def train_way(way: str, args: argparse.Namespace, prepared: Path) -> dict[str, Any]:

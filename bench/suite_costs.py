@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.suite import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
+from bench.suite_context import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
 
 STAGES = ("prepare", "train", "evaluate", "predict")
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.suite import EXPERIMENT, PLAN, PLAN_TEXT
+from bench.suite_context import EXPERIMENT, PLAN, PLAN_TEXT
 
 log = logging.getLogger("wmdetect.bench")
 

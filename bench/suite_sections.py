@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.suite import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
+from bench.suite_context import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
 
 SCRIPT_TIMEOUT_S = 7200.0
 

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from wmcore.config import PrepareParams
+from wmcore.data.corpus_spec import CORPUS_DIR, PAGE_CATEGORIES, TEXT_CATEGORIES
 from wmcore.data.procedural import PROCEDURAL_KINDS
 from wmcore.errors import WmError
 
@@ -40,10 +41,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 SYSTEM_FOLDERS = ("/usr/share/backgrounds", "/usr/share/wallpapers", "/usr/share/desktop-base")
 # The committed real-photo corpus: where `wm corpus` writes it, read in place (no install step).
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "data" / "corpus"
 CORPUS_SPLITS = ("train", "val", "test")
-PAGE_CATEGORIES = ("document", "screenshot")  # corpus categories that are pages of text: "page" backgrounds
-TEXT_CATEGORIES = (*PAGE_CATEGORIES, "scene_text")  # corpus categories with text of their own: never mirrored
 CORPUS_DOCUMENT = "corpus:document/"  # id prefix of corpus document pages (they get rubber stamps more often)
 # Files of the package sample folders that are not photographs (why, as written to stats.json).
 EXCLUDED = {
