@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from wmcore.schema import ConfigError, Group, format_error
 
@@ -547,8 +547,9 @@ TUNE_KNOBS: tuple[str, ...] = typing.get_args(TuneKnob)
 
 class TuneParams(Group):
     apply: bool = Field(
-        True, description="Merge the tuned params file (tune.output) after params.yaml when it exists; false = ignore it."
-    )
+        False, description="Merge the tuned params file (tune.output) after params.yaml when it exists (an explicit "
+        "opt-in: -S tune.apply=true, or name the file with --params-extra); false = ignore it.",
+    )  # fmt: skip
     output: str = Field(
         "params-tuned.yaml", description="Tuned params file `wm tune` writes; relative to the params file's folder."
     )
@@ -582,6 +583,12 @@ class Params(Group):
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     distributed: DistributedParams = Field(default_factory=DistributedParams)
     tune: TuneParams = Field(default_factory=TuneParams)
+    _sources: list[str] = PrivateAttr(default_factory=list)  # set by load_params
+
+    @property
+    def merged_files(self) -> list[str]:
+        """The params files merged into these values, in order ("overrides" for -S), as load_params found them."""
+        return list(self._sources)
 
     def flat(self) -> dict[str, Any]:
         """All parameters as a flat {"group.key": value} dict (for MLflow)."""
@@ -665,7 +672,9 @@ def load_params(
     if tuned_tree:  # an empty (placeholder) file is no layer: errors need not name it
         layers.insert(1, (str(tuned_file), tuned_tree))
     sources = [name for name, _ in layers] + (["overrides"] if items else [])
-    return validate(_layered(layers, items), " + ".join(sources))
+    params = validate(_layered(layers, items), " + ".join(sources))
+    params._sources = sources
+    return params
 
 
 def _layered(layers: list[tuple[str, dict[str, Any]]], items: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -21,8 +21,13 @@ VERBOSITY_ENV = "WMDETECT_VERBOSITY"  # `wm -v run` passes its verbosity to the 
 
 
 def load(args: argparse.Namespace, tuned: bool = True) -> Params:
-    """params.yaml (--params), the --params-extra files and -S overrides of the command line, validated."""
-    return load_params(args.params, overrides=args.set, extra_files=args.params_extra, tuned=tuned)
+    """params.yaml (--params), the --params-extra files and -S overrides of the command line, validated.
+
+    Which files were merged is kept on `args` (params_merged), for the command's summary to say.
+    """
+    params = load_params(args.params, overrides=args.set, extra_files=args.params_extra, tuned=tuned)
+    args.params_merged = " + ".join(params.merged_files)
+    return params
 
 
 def tracking(step: str, params: Params, is_main: bool = True, out_dir: str | Path | None = None):
@@ -60,6 +65,8 @@ def print_result(args: argparse.Namespace, table: str, where: str, full: dict[st
     """A stage's summary table and where its outputs are; with -v also its full result as one JSON line."""
     print(table)
     print(where)
+    if merged := getattr(args, "params_merged", None):
+        print(f"params: {merged}")
     if verbose(args):
         print(json.dumps(full, default=str))
 

@@ -46,6 +46,7 @@ from mlflow.exceptions import MlflowException
 from wmcore.config import Params
 from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
 from wmcore.errors import WmError
+from wmcore.metrics.promotion import beats
 from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
 from wmcore.tracking.sink import NullLogger, RunLogger
 
@@ -464,7 +465,7 @@ def _log_model(model_path: Path, run_logger: MlflowRunLogger) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from wmcore.model.checkpoint import load_model
+    from wmcore.model.checkpoint import load_model  # deferred on purpose, as torch: only where a model is logged
 
     model, ckpt = load_model(model_path)
     side = 4 * model.multiple
@@ -535,7 +536,7 @@ def promote_if_better(
     elif current.test_data != test_data:
         moved, reason = False, (f"not compared: champion version {current.version} was scored on test data "
                                 f"{current.test_data or 'unknown'}, this version on {test_data or 'unknown'}")  # fmt: skip
-    elif current.test_f1 is None or test_f1 > current.test_f1:
+    elif beats(test_f1, current.test_f1):  # the one promotion rule (wmcore.metrics.promotion), as the export's
         moved, reason = True, f"test F1 {test_f1:.4f} beats version {current.version}'s {current.test_f1}"
     else:
         moved, reason = False, f"test F1 {test_f1:.4f} does not beat version {current.version}'s {current.test_f1:.4f}"

@@ -11,8 +11,9 @@ fingerprint, the knob, the candidate and what the measurement depends on (model,
 earlier choices), so a rerun re-measures only what changed (`--remeasure` forces all).
 
 The choices that differ from params.yaml go to `tune.output` (default `params-tuned.yaml`, next
-to params.yaml), one comment line per choice with the measured numbers. `load_params` merges
-that file after params.yaml (before --params-extra and -S) while `tune.apply` is true.
+to params.yaml), one comment line per choice with the measured numbers. Applying it is an explicit
+opt-in: `-S tune.apply=true` (load_params merges it after params.yaml, before --params-extra and -S)
+or `--params-extra params-tuned.yaml`; each command's summary names the files it merged.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def run_tune(
     fp = session.fingerprint
     header = [f"Written by `wm tune` on {datetime.now():%Y-%m-%d %H:%M} for {fp['cpu']}, {fp['cores']} cores, "
               f"torch {fp['torch']}; model {session.model_id}.",
-              f"Merged after params.yaml while tune.apply is true; other processes kept {busy} cores busy at start.",
+              f"Applied on request only (-S tune.apply=true, or --params-extra); other processes kept {busy} cores busy at start.",
               "Only settings that differ from params.yaml are keys, each below the images/s it measured."]  # fmt: skip
     if write:
         write_tuned_file(output, choices, header, Path(params_path))
