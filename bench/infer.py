@@ -37,7 +37,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from wmcore.config import load_params
+from wmcore.infer.folder import predict_inputs
+from wmcore.infer.images import load_rgb
+from wmcore.infer.predictor import clear_predictor_cache, get_predictor
+from wmcore.infer.torch_backend import estimate_batch_mb
 from wmcore.metrics import mask_f1, median_split_f1
+from wmcore.model.checkpoint import load_model, save_checkpoint
+from wmcore.model.unet import UNet
+from wmcore.runtime import device
+from wmcore.runtime.atomic import atomic_open, write_json, write_text
+from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb, reset_process_peak_rss
+from wmcore.tune.workloads import spread_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -87,10 +98,6 @@ def make_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) 
 def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
     import torch
 
-    from wmcore.model.checkpoint import save_checkpoint
-    from wmcore.model.unet import UNet
-    from wmcore.tune.workloads import spread_logits
-
     torch.manual_seed(0)
     net = UNet(base_width=base_width, depth=depth).eval()
     # Untrained logits are nearly constant: every pixel a near-tie that any rounding flips.
@@ -106,10 +113,6 @@ def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
 
 def child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration over the images; save uint8 probability maps; report speed and memory."""
-    from wmcore.config import load_params
-    from wmcore.infer.images import load_rgb
-    from wmcore.infer.predictor import clear_predictor_cache, get_predictor
-    from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb, reset_process_peak_rss
 
     overrides = {k: v for k, v in spec["config"].items() if "." in k}
     params = load_params(ROOT / "params.yaml", overrides={**spec["common"], **overrides})
@@ -152,8 +155,6 @@ def child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """Export and quantize once (cached by checkpoint hash), so measured children only load files."""
-    from wmcore.config import load_params
-    from wmcore.infer.predictor import get_predictor
 
     params = load_params(ROOT / "params.yaml", overrides=spec["common"])
     start = time.perf_counter()
@@ -164,10 +165,6 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_folder(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the whole `wm predict` pipeline on a folder; report its summary and memory."""
-    from wmcore.config import load_params
-    from wmcore.infer.folder import predict_inputs
-    from wmcore.infer.predictor import get_predictor
-    from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb, reset_process_peak_rss
 
     params = load_params(ROOT / "params.yaml", overrides=spec["common"])
     get_predictor(spec["checkpoint"], params)  # load (and warm) outside the measured part
@@ -215,8 +212,6 @@ def quality(probs_dir: Path, reference_dir: Path, masks: list[Path] | None, thre
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> None:
-    from wmcore.runtime.atomic import write_json, write_text
-
     write_json(out_dir / "infer.json", result)
     write_text(out_dir / "infer.md", markdown(result))
     try:
@@ -277,8 +272,6 @@ def bar_chart(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from wmcore.runtime.atomic import atomic_open
 
     ok = {k: v for k, v in result["configs"].items() if "images_per_s" in v}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -352,9 +345,6 @@ def flatness_suite(args: argparse.Namespace, work: Path, ckpt: Path, common: dic
         w, h = max(args.flat_sizes, key=lambda wh: wh[0] * wh[1])
         runs[f"whole_{w}x{h}"] = (1, (w, h), {"predict.stream_megapixels": 0.0, "predict.max_batch_megapixels": 0.0})
     # Start at batch 4 with a budget that only one 256 px tile fits: every batch of 4 must back off.
-    from wmcore.config import load_params
-    from wmcore.infer.torch_backend import estimate_batch_mb
-    from wmcore.model.checkpoint import load_model
 
     channels = load_model(ckpt)[0].activation_channels
     budget = max(1, int(1.5 * estimate_batch_mb(1, 256, 256, channels)))
@@ -477,14 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         children = {"throughput": child_throughput, "folder": child_folder, "prepare": child_prepare}
         print(json.dumps(children[kind](spec)))
         return 0
-    from wmcore.runtime.device import available_cores
 
     with tempfile.TemporaryDirectory(prefix="wm-bench-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(work / "random.pt", args.base_width,
                                                                             args.depth)  # fmt: skip
-        threads = args.threads or available_cores()
+        threads = args.threads or device.available_cores()
         # int8 calibration: <prepared>/val/images next to a given test split, else generated images.
         prepared = Path(args.test_split).parent if args.test_split else work / "no-prepared"
         common = {"base.threads": threads, "base.device": "cpu", "paths.cache_dir": str(work / "cache"),

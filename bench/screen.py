@@ -5,7 +5,6 @@ test split (never trained on) cropped to 4:3 and resized to 1024x768 JPEG (quali
 4000x3000 JPEG made from another of them. Every runner is a fresh process on the same files in the
 same run, timed whole (start, model load, decoding, inference, writing a mask PNG per image), its
 peak RSS from the kernel (wait4's ru_maxrss):
-
     naive        a plain script: the model loaded once, each image whole at native size, fp32 NCHW,
                  batch 1, sigmoid, threshold, mask + probability PNG
     default      `wm predict FOLDER --out OUT` with params.yaml
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wmcore.data.backgrounds import corpus_rows  # noqa: E402
+from wmcore.model.checkpoint import load_model  # noqa: E402
 
 WM = [sys.executable, "-m", "wmcore.cli"]
 VARIANTS = {  # name -> `wm predict` overrides
@@ -108,8 +108,6 @@ def measure_child(cmd: list[str]) -> dict[str, Any]:
 def child_naive(model: str, inputs: list[str], out: str) -> None:
     """The plain script a user would write: load once, whole image, fp32 NCHW, batch 1."""
     import torch
-
-    from wmcore.model.checkpoint import load_model
 
     net, ckpt = load_model(model)
     threshold = float((ckpt.get("meta") or {}).get("threshold") or 0.5)

@@ -148,7 +148,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file")
     ap.add_argument("--out", default=None, help="results folder (default: bench/results)")
     ap.add_argument("--no-mlflow", action="store_true", help="do not log to the MLflow experiment `benchmarks`")
-    ap.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -156,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.update(QUIET_ENV)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.child:
-        return suite_sections.run_child_kind(*args.child)
     result = run_suite(load_params(args.params), args.params, args.quick, args.sections, args.out, not args.no_mlflow)
     return 0 if result["complete"] else 3
 

@@ -64,9 +64,9 @@ def verbose(args: argparse.Namespace) -> bool:
 def print_result(args: argparse.Namespace, table: str, where: str, full: dict[str, Any]) -> None:
     """A stage's summary table and where its outputs are; with -v also its full result as one JSON line."""
     print(table)
-    print(where)
     if merged := getattr(args, "params_merged", None):
-        print(f"params: {merged}")
+        print(f"params: {merged}")  # which files made these values (params-tuned.yaml only on request)
+    print(where)
     if verbose(args):
         print(json.dumps(full, default=str))
 
