@@ -43,7 +43,7 @@ from wmcore.infer.images import load_rgb
 from wmcore.infer.predictor import clear_predictor_cache, get_predictor
 from wmcore.infer.torch_backend import estimate_batch_mb
 from wmcore.metrics import mask_f1, median_split_f1
-from wmcore.model.checkpoint import load_model, save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from wmcore.model.unet import UNet
 from wmcore.runtime import device
 from wmcore.runtime.atomic import atomic_open, write_json, write_text
@@ -104,7 +104,7 @@ def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
     # Still random weights, but decisions a faithful backend must reproduce.
     sample = torch.from_numpy(np.asarray(synthetic_image((128, 128), 999))).permute(2, 0, 1)[None].float() / 255
     spread_logits(net, sample)
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
+    save_checkpoint(path, checkpoint_dict(net))
     return path
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from wmcore.evaluate.samples import HELDOUT_SPLIT
 from wmcore.metrics.promotion import beats
-from wmcore.model.checkpoint import load_model, save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 
 
 def promotion_record(
@@ -62,5 +62,5 @@ def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str
         "source_epoch": ckpt.get("epoch"),
         "source_step": ckpt.get("step"),
     }
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": meta})
+    save_checkpoint(path, checkpoint_dict(model, meta))
     return path

@@ -45,7 +45,7 @@ from mlflow.exceptions import MlflowException
 
 from wmcore.config import Params
 from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
-from wmcore.errors import WmError
+from wmcore.errors import WmError, first_line
 from wmcore.metrics.promotion import beats
 from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
 from wmcore.tracking.sink import NullLogger, RunLogger
@@ -255,8 +255,7 @@ def connect(params: Params) -> tuple[MlflowClient, str] | str:
             client = MlflowClient(tracking_uri=uri)
             return client, _experiment_id(client, params.tracking.experiment)
         except Exception as exc:  # unreachable server, bad URI, unwritable sqlite file, ...
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return f"MLflow tracking store {uri} cannot be used ({first_line[:200]})"
+            return f"MLflow tracking store {uri} cannot be used ({first_line(exc)[:200]})"
 
 
 # --------------------------------------------------------------------------- runs

@@ -28,7 +28,7 @@ from wmcore.data.dataset import WatermarkDataset
 from wmcore.data.loader import make_loader
 from wmcore.infer.predictor import clear_predictor_cache, get_predictor
 from wmcore.metrics import median_split_f1
-from wmcore.model.checkpoint import save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.model.factory import build_model
 from wmcore.model.unet import UNet
 from wmcore.train.setup import Switches, build_optimization
@@ -91,7 +91,7 @@ def spread_logits(net: UNet, sample: torch.Tensor) -> UNet:
 
 def save_random_checkpoint(params: Params, path: Path) -> Path:
     net = random_model(params)
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
+    save_checkpoint(path, checkpoint_dict(net))
     return path
 
 
