@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wmcore.evaluate.samples import HELDOUT_SPLIT
+from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.metrics.promotion import beats
 from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 

@@ -24,10 +24,11 @@ from filelock import FileLock
 from torch import nn
 
 from wmcore.config import Params
+from wmcore.data.layout import INPUT_SUFFIXES
 from wmcore.errors import WmError
 from wmcore.hashing import file_sha256
 from wmcore.infer.batching import check_budget
-from wmcore.infer.images import IMAGE_SUFFIXES, ImageSkip, load_rgb
+from wmcore.infer.images import ImageSkip, load_rgb
 from wmcore.infer.torch_backend import estimate_batch_mb
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def _validation_files(params: Params) -> list[Path]:
     folder = Path(params.paths.prepared) / "val" / "images"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
 
 
 def build_onnx_backend(
