@@ -119,7 +119,7 @@ def child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     backend, reload = spec["config"]["backend"], spec["config"].get("reload", False)
     images = [load_rgb(p) for p in spec["images"]]
     calib = spec.get("calibration") or spec["images"]
-    predictor = get_predictor(spec["checkpoint"], params, backend, calibration=calib)
+    predictor = get_predictor(spec["checkpoint"], params, backend, int8_calibration=calib)
     predictor.predict(images[:1])  # warm-up: allocator, ORT arenas, lazy inits
     rss_before = process_rss_mb()
     reset_process_peak_rss()
@@ -159,7 +159,7 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     params = load_params(ROOT / "params.yaml", overrides=spec["common"])
     start = time.perf_counter()
     for backend in spec["backends"]:
-        get_predictor(spec["checkpoint"], params, backend, calibration=spec["calibration"])
+        get_predictor(spec["checkpoint"], params, backend, int8_calibration=spec["calibration"])
     return {"seconds": round(time.perf_counter() - start, 2)}
 
 

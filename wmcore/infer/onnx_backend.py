@@ -136,7 +136,7 @@ class OnnxBackend:
 # --------------------------------------------------------------------------- int8
 
 
-class _CalibrationReader:
+class _Int8CalibrationReader:
     """Feeds calibration tiles to onnxruntime.quantization (CalibrationDataReader protocol)."""
 
     def __init__(self, tiles: list[np.ndarray]) -> None:
@@ -147,7 +147,7 @@ class _CalibrationReader:
         return None if tile is None else {"image": tile}
 
 
-def calibration_tiles(files: Sequence[str | Path], count: int, side: int, multiple: int) -> list[np.ndarray]:
+def int8_calibration_tiles(files: Sequence[str | Path], count: int, side: int, multiple: int) -> list[np.ndarray]:
     """Up to `count` float32 (1, 3, s, s) centre crops (s <= side, multiple of `multiple`) of readable images."""
     tiles = []
     for f in files:
@@ -179,7 +179,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray]) -> 
         quantize_static(
             str(pre),
             str(tmp),
-            _CalibrationReader(tiles),
+            _Int8CalibrationReader(tiles),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -206,7 +206,7 @@ def build_onnx_backend(
     int8: bool,
     device: torch.device,
     threads: int,
-    calibration: Sequence[str | Path] | None = None,
+    int8_calibration: Sequence[str | Path] | None = None,
 ) -> OnnxBackend:
     """Export (and quantize) once per checkpoint hash, then open an ORT session on the cached file."""
     folder = Path(params.paths.cache_dir) / "onnx"
@@ -218,9 +218,9 @@ def build_onnx_backend(
             log.info("exporting %s to ONNX (%s)", checkpoint, fp32)
             export_onnx(model, fp32)
         if int8 and not int8_file.is_file():
-            files = _validation_files(params) or list(calibration or [])
+            files = _validation_files(params) or list(int8_calibration or [])
             pp = params.predict
-            tiles = calibration_tiles(files, pp.calibration_images, pp.tile_size, model.multiple)
+            tiles = int8_calibration_tiles(files, pp.calibration_images, pp.tile_size, model.multiple)
             log.info("quantizing to int8 on %d calibration images (%s)", len(tiles), int8_file)
             quantize_int8(fp32, int8_file, tiles)
     budget = params.predict.host_memory_budget_mb

@@ -77,7 +77,7 @@ class TuneSession:
             self._images = work.tune_images(self.params, tp.images, tp.image_side)
         return self._images
 
-    def calibration_files(self) -> list[Path]:
+    def int8_calibration_files(self) -> list[Path]:
         """The inference images as PNG files (onnx-int8 calibration when there is no prepared val split)."""
         folder = self.scratch / "calibration"
         folder.mkdir(exist_ok=True)
@@ -264,7 +264,7 @@ def plan_predict_backend(s: TuneSession) -> KnobPlan:
 
     def measure(name: str, overrides: dict[str, Any]) -> Trial:
         rate, probs = work.predictor_rate(p, s.model_path, name, s.images(), p.predict.batch_size,
-                                          p.tune.seconds_per_candidate, s.calibration_files())  # fmt: skip
+                                          p.tune.seconds_per_candidate, s.int8_calibration_files())  # fmt: skip
         delta = None if name == "torch" else work.median_split_delta(probs, s.reference_probs())
         return Trial(name, overrides, rate, delta)
 
@@ -286,7 +286,7 @@ def plan_predict_batch(s: TuneSession) -> KnobPlan:
 
     def measure(name: str, overrides: dict[str, Any]) -> Trial:
         rate, _ = work.predictor_rate(p, s.model_path, pp.backend, s.images(), overrides["predict.batch_size"],
-                                      p.tune.seconds_per_candidate, s.calibration_files())  # fmt: skip
+                                      p.tune.seconds_per_candidate, s.int8_calibration_files())  # fmt: skip
         return Trial(name, overrides, rate)
 
     context = {**_infer_context(s), "backend": pp.backend, "batch": None}

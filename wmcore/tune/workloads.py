@@ -238,17 +238,17 @@ def predictor_rate(
     images: list[np.ndarray],
     batch: int,
     seconds: float,
-    calibration: list[Path] | None = None,
+    int8_calibration: list[Path] | None = None,
 ) -> tuple[float, list[np.ndarray]]:
     """(images/s, probability maps) of `backend` predicting `images` in fixed batches of `batch`.
 
-    `calibration`: image files for onnx-int8 when the prepared val split is absent.
+    `int8_calibration`: image files for onnx-int8 when the prepared val split is absent.
     """
     pp = params.predict.model_copy(update={"batch_size": batch, "min_batch_size": 1, "max_batch_size": batch,
                                            "auto_batch": False})  # fmt: skip
     run_params = params.model_copy(update={"predict": pp})
     clear_predictor_cache()  # a fresh predictor per candidate: no cached batch sizer or arena
-    predictor = get_predictor(str(model_path), run_params, backend, calibration=calibration)
+    predictor = get_predictor(str(model_path), run_params, backend, int8_calibration=int8_calibration)
     probs: list[np.ndarray] = []
 
     def call() -> int:
