@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import traceback
@@ -40,6 +39,7 @@ from wmcore.infer.predictor import get_predictor  # noqa: E402
 from wmcore.infer.torch_backend import TorchBackend  # noqa: E402
 from wmcore.model import build_model  # noqa: E402
 from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint  # noqa: E402
+from wmcore.runtime.machine import machine_info  # noqa: E402
 from wmcore.runtime.memory import MemoryMonitor  # noqa: E402
 from wmcore.train.setup import build_optimization, maybe_compile, place_model, resolve_switches  # noqa: E402
 from wmcore.train.steps import train_step  # noqa: E402
@@ -291,7 +291,8 @@ SECTIONS = {"train": bench_train, "infer": bench_infer, "adaptive": bench_adapti
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    m = machine_info()
+    env: dict[str, Any] = {"torch": m["torch"], "python": m["python"], "device": str(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_mb=props.total_memory // 2**20, cuda=torch.version.cuda,

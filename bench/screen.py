@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from wmcore.data.backgrounds import corpus_rows  # noqa: E402
 from wmcore.model.checkpoint import load_model  # noqa: E402
+from wmcore.runtime.machine import machine_info  # noqa: E402
 
 WM = [sys.executable, "-m", "wmcore.cli"]
 VARIANTS = {  # name -> `wm predict` overrides
@@ -181,9 +181,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             for ref in ("naive", "ocr"):
                 if "images_per_s" in r and "images_per_s" in rs.get(ref, {}):
                     r[f"x_{ref}"] = round(r["images_per_s"] / rs[ref]["images_per_s"], 2)
+    m = machine_info()
     results["setup"] = {
         "images": args.images, "size": "1024x768 JPEG q90 (corpus test photos) + one 4000x3000",
-        "model": args.model, "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "model": args.model, "machine": f"{m['arch']} {m['cores_visible']} cores",
         "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
     }  # fmt: skip
     return results
