@@ -88,8 +88,8 @@ def test_flat_names_every_leaf():
 
 
 def test_params_yaml_restates_the_code_defaults_or_marks_its_overrides():
-    """One home per default: wmcore/config.py. params.yaml restates a default (DVC tracks the key, `dvc exp run
-    -S` can set it) or marks the line `# [override]`; a value that differs silently from the code fails here."""
+    """One home per default: wmcore/config.py. params.yaml restates every default (DVC tracks the key, `dvc exp
+    run -S` can set it) or marks the line `# [override]`; a value that differs silently from the code fails here."""
     text = (ROOT / "params.yaml").read_text(encoding="utf-8")
     defaults = flatten(Params().model_dump(mode="json"))
     marked = set()
@@ -105,6 +105,8 @@ def test_params_yaml_restates_the_code_defaults_or_marks_its_overrides():
     written = flatten(yaml.safe_load(text))
     unknown = sorted(set(written) - set(defaults))
     assert not unknown, f"params.yaml keys the code does not know: {unknown}"
+    missing = sorted(set(defaults) - set(written))
+    assert not missing, f"params.yaml lacks these keys (restate the code's default): {missing}"
     silent = {k: (v, defaults[k]) for k, v in written.items() if v != defaults[k] and k not in marked}
     assert not silent, f"params.yaml differs from the code's default (value, default) without `# [override]`: {silent}"
     stale = sorted(k for k in marked if k in written and written[k] == defaults[k])
