@@ -29,7 +29,9 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/wm run
 
+# The import layers first (pyproject.toml [tool.importlinter]: seconds), then the tests.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Every naive-vs-optimized comparison, scaling and contention (bench/suite.py) -> bench/results/<host>-<date>.*
@@ -37,7 +39,7 @@ test: setup
 bench: setup
 	$(BIN)/wm bench $(if $(QUICK),--quick,) $(BENCH_ARGS)
 
-# Measure this machine and write params-tuned.yaml (merged after params.yaml while tune.apply is true).
+# Measure this machine and write params-tuned.yaml (applied on request: -S tune.apply=true or --params-extra).
 tune: setup
 	$(BIN)/wm tune $(TUNE_ARGS)
 
@@ -47,6 +49,7 @@ soak: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The MLflow UI of $(MLFLOW_TRACKING_URI); prints the address of the wmdetect experiment's runs table first.
 ui: setup

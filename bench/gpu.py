@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import traceback
@@ -36,8 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wmcore.config import load_params  # noqa: E402
+from wmcore.infer.predictor import get_predictor  # noqa: E402
 from wmcore.infer.torch_backend import TorchBackend  # noqa: E402
 from wmcore.model import build_model  # noqa: E402
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint  # noqa: E402
+from wmcore.runtime.machine import machine_info  # noqa: E402
 from wmcore.runtime.memory import MemoryMonitor  # noqa: E402
 from wmcore.train.setup import build_optimization, maybe_compile, place_model, resolve_switches  # noqa: E402
 from wmcore.train.steps import train_step  # noqa: E402
@@ -184,8 +186,6 @@ def bench_infer(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
 def capped_predictor(args: argparse.Namespace, device: torch.device, cap: float, start: int, max_batch: int):
     """A Predictor (random-weight checkpoint) with auto_batch under a per-process CUDA memory cap."""
-    from wmcore.infer.predictor import get_predictor
-    from wmcore.model.checkpoint import save_checkpoint
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -197,7 +197,7 @@ def capped_predictor(args: argparse.Namespace, device: torch.device, cap: float,
         params = load_params(ROOT / "params.yaml", overrides=args.model_overrides)
         torch.manual_seed(0)
         model = build_model(**params.model.model_dump())
-        save_checkpoint(ckpt, {"model": model.state_dict(), "model_args": params.model.model_dump(), "meta": {}})
+        save_checkpoint(ckpt, checkpoint_dict(model))
     overrides = {
         **args.model_overrides,
         "predict.auto_batch": True, "predict.batch_size": start, "predict.max_batch_size": max_batch,
@@ -291,7 +291,8 @@ SECTIONS = {"train": bench_train, "infer": bench_infer, "adaptive": bench_adapti
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    m = machine_info()
+    env: dict[str, Any] = {"torch": m["torch"], "python": m["python"], "device": str(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_mb=props.total_memory // 2**20, cuda=torch.version.cuda,

@@ -37,6 +37,19 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from wmcore.config import load_params
+from wmcore.infer.folder import predict_inputs
+from wmcore.infer.images import load_rgb
+from wmcore.infer.predictor import clear_predictor_cache, get_predictor
+from wmcore.infer.torch_backend import estimate_batch_mb
+from wmcore.metrics import mask_f1, median_split_f1
+from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
+from wmcore.model.unet import UNet
+from wmcore.runtime import device
+from wmcore.runtime.atomic import atomic_open, write_json, write_text
+from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb, reset_process_peak_rss
+from wmcore.tune.workloads import spread_logits
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, Any]] = {
     "naive": {"backend": "torch", "predict.channels_last": False, "predict.auto_batch": False,
@@ -85,17 +98,13 @@ def make_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) 
 def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
     import torch
 
-    from wmcore.model.checkpoint import save_checkpoint
-    from wmcore.model.unet import UNet
-    from wmcore.runtime.tune_workloads import spread_logits
-
     torch.manual_seed(0)
     net = UNet(base_width=base_width, depth=depth).eval()
     # Untrained logits are nearly constant: every pixel a near-tie that any rounding flips.
     # Still random weights, but decisions a faithful backend must reproduce.
     sample = torch.from_numpy(np.asarray(synthetic_image((128, 128), 999))).permute(2, 0, 1)[None].float() / 255
     spread_logits(net, sample)
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
+    save_checkpoint(path, checkpoint_dict(net))
     return path
 
 
@@ -104,17 +113,13 @@ def make_checkpoint(path: Path, base_width: int, depth: int) -> Path:
 
 def child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration over the images; save uint8 probability maps; report speed and memory."""
-    from wmcore.config import load_params
-    from wmcore.infer.images import load_rgb
-    from wmcore.infer.predictor import clear_predictor_cache, get_predictor
-    from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb, reset_process_peak_rss
 
     overrides = {k: v for k, v in spec["config"].items() if "." in k}
     params = load_params(ROOT / "params.yaml", overrides={**spec["common"], **overrides})
     backend, reload = spec["config"]["backend"], spec["config"].get("reload", False)
     images = [load_rgb(p) for p in spec["images"]]
     calib = spec.get("calibration") or spec["images"]
-    predictor = get_predictor(spec["checkpoint"], params, backend, calibration=calib)
+    predictor = get_predictor(spec["checkpoint"], params, backend, int8_calibration=calib)
     predictor.predict(images[:1])  # warm-up: allocator, ORT arenas, lazy inits
     rss_before = process_rss_mb()
     reset_process_peak_rss()
@@ -150,22 +155,16 @@ def child_throughput(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """Export and quantize once (cached by checkpoint hash), so measured children only load files."""
-    from wmcore.config import load_params
-    from wmcore.infer.predictor import get_predictor
 
     params = load_params(ROOT / "params.yaml", overrides=spec["common"])
     start = time.perf_counter()
     for backend in spec["backends"]:
-        get_predictor(spec["checkpoint"], params, backend, calibration=spec["calibration"])
+        get_predictor(spec["checkpoint"], params, backend, int8_calibration=spec["calibration"])
     return {"seconds": round(time.perf_counter() - start, 2)}
 
 
 def child_folder(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the whole `wm predict` pipeline on a folder; report its summary and memory."""
-    from wmcore.config import load_params
-    from wmcore.infer.folder import predict_inputs
-    from wmcore.infer.predictor import get_predictor
-    from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb, reset_process_peak_rss
 
     params = load_params(ROOT / "params.yaml", overrides=spec["common"])
     get_predictor(spec["checkpoint"], params)  # load (and warm) outside the measured part
@@ -196,12 +195,6 @@ def run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
 # --------------------------------------------------------------------------- quality
 
 
-def pixel_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    tp = float(np.logical_and(pred, truth).sum())
-    denom = float(pred.sum() + truth.sum())
-    return 1.0 if denom == 0 else 2 * tp / denom
-
-
 def quality(probs_dir: Path, reference_dir: Path, masks: list[Path] | None, threshold: float) -> dict[str, float]:
     """F1 vs ground truth (masks given) or vs the reference maps at the reference's median."""
     files = sorted(probs_dir.glob("*.npy"))
@@ -209,21 +202,16 @@ def quality(probs_dir: Path, reference_dir: Path, masks: list[Path] | None, thre
     preds = [np.load(f).astype(np.float32) for f in files]
     if masks:
         truth = [np.asarray(Image.open(m).convert("L")) > 127 for m in masks[: len(preds)]]
-        return {"f1": round(pixel_f1(np.concatenate([(p >= threshold).ravel() for p in preds]),
+        return {"f1": round(mask_f1(np.concatenate([(p >= threshold).ravel() for p in preds]),
                                      np.concatenate([t.ravel() for t in truth])), 4)}  # fmt: skip
-    cut = float(np.median(np.concatenate([r.ravel() for r in refs])))
-    pred = np.concatenate([(p >= cut).ravel() for p in preds])
-    ref = np.concatenate([(r >= cut).ravel() for r in refs])
     diff = max(float(np.abs(p - r).max()) for p, r in zip(preds, refs, strict=True))
-    return {"f1_vs_naive": round(pixel_f1(pred, ref), 4), "max_abs_prob_diff": round(diff, 4)}
+    return {"f1_vs_naive": round(median_split_f1(preds, refs), 4), "max_abs_prob_diff": round(diff, 4)}
 
 
 # --------------------------------------------------------------------------- report
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> None:
-    from wmcore.runtime.atomic import write_json, write_text
-
     write_json(out_dir / "infer.json", result)
     write_text(out_dir / "infer.md", markdown(result))
     try:
@@ -284,8 +272,6 @@ def bar_chart(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from wmcore.runtime.atomic import atomic_open
 
     ok = {k: v for k, v in result["configs"].items() if "images_per_s" in v}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -359,9 +345,6 @@ def flatness_suite(args: argparse.Namespace, work: Path, ckpt: Path, common: dic
         w, h = max(args.flat_sizes, key=lambda wh: wh[0] * wh[1])
         runs[f"whole_{w}x{h}"] = (1, (w, h), {"predict.stream_megapixels": 0.0, "predict.max_batch_megapixels": 0.0})
     # Start at batch 4 with a budget that only one 256 px tile fits: every batch of 4 must back off.
-    from wmcore.config import load_params
-    from wmcore.infer.torch_backend import estimate_batch_mb
-    from wmcore.model.checkpoint import load_model
 
     channels = load_model(ckpt)[0].activation_channels
     budget = max(1, int(1.5 * estimate_batch_mb(1, 256, 256, channels)))
@@ -484,14 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         children = {"throughput": child_throughput, "folder": child_folder, "prepare": child_prepare}
         print(json.dumps(children[kind](spec)))
         return 0
-    from wmcore.runtime.device import available_cores
 
     with tempfile.TemporaryDirectory(prefix="wm-bench-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         ckpt = Path(args.checkpoint) if args.checkpoint else make_checkpoint(work / "random.pt", args.base_width,
                                                                             args.depth)  # fmt: skip
-        threads = args.threads or available_cores()
+        threads = args.threads or device.available_cores()
         # int8 calibration: <prepared>/val/images next to a given test split, else generated images.
         prepared = Path(args.test_split).parent if args.test_split else work / "no-prepared"
         common = {"base.threads": threads, "base.device": "cpu", "paths.cache_dir": str(work / "cache"),

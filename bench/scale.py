@@ -15,7 +15,7 @@ One section per kind of work; each writes bench/results/scale_<section>.json and
             Reported per way: images/s, wall time, torch threads of every process that ran
             chunks, chunks each worker ran, predictors cached per worker (1 = model loaded
             once), and the load average (other work on the machine skews small machines).
-    train   `python -m wmcore.train` (what `wm train` runs) for the same optimizer steps of the
+    train   `python -m wmcore.cli ... train` (`wm train`) for the same optimizer steps of the
             same global batch, four ways:
               1-proc              one process, micro-batch = the global batch
               1-proc-accum        one process, 2 micro-batches of half of it accumulated (the
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -56,6 +55,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make wmcore, flows and bench importable
 
+from bench.infer import make_checkpoint, make_images  # noqa: E402
+from bench.train import prepare_data  # noqa: E402
+from flows.screening import run_screening, shared_prefect_api  # noqa: E402
+from wmcore.infer import predictor  # noqa: E402
+from wmcore.runtime.atomic import write_json, write_text  # noqa: E402
+from wmcore.runtime.device import available_cores, resolve_device  # noqa: E402
+from wmcore.runtime.machine import machine_info  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 WAYS = ("local", "dask-1", "dask-2")
@@ -68,8 +75,6 @@ def worker_probe(dask_worker: Any) -> dict[str, Any]:
     """Runs inside each Dask worker (client.run): its torch threads, cached predictors, tasks run."""
     import torch
 
-    from wmcore.infer import predictor
-
     return {
         "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
@@ -80,7 +85,6 @@ def worker_probe(dask_worker: Any) -> dict[str, Any]:
 
 def screen(inbox: Path, out: Path, chunk: int, args: argparse.Namespace, ckpt: Path, address: str | None) -> dict:
     """One screening of `inbox` into a fresh `out` in chunks of `chunk`; returns wall seconds and the flow's rows."""
-    from flows.screening import run_screening
 
     shutil.rmtree(out, ignore_errors=True)
     overrides = [f"paths.cache_dir={args.work / 'cache'}"]  # the model's shape comes from the checkpoint
@@ -137,8 +141,6 @@ def run_way(way: str, args: argparse.Namespace, ckpt: Path, inboxes: dict[str, P
 
 def bench_infer(args: argparse.Namespace) -> dict[str, Any]:
     """The inference section: every way `--repeats` times (interleaved), the median wall time kept."""
-    from bench.infer import make_checkpoint, make_images
-    from flows.screening import shared_prefect_api
 
     inboxes = {"warmup": args.work / "inbox-warmup", "timed": args.work / "inbox"}
     make_images(inboxes["warmup"], 4, (args.size, args.size), seed=10_000)
@@ -159,7 +161,6 @@ def bench_infer(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_notes(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """A caveat when the machine was busy: on a small machine other work moves every number."""
-    from wmcore.runtime.device import available_cores
 
     worst = max(r["loadavg_1m_before"] for way in runs.values() for r in way)
     if worst < 0.5 * available_cores():
@@ -217,19 +218,17 @@ TRAIN_WAYS: dict[str, tuple[int, int, bool]] = {
 
 
 def train_command(nproc: int, overrides: dict[str, Any]) -> list[str]:
-    """`python -m wmcore.train` for one process, the same under torchrun --standalone for several."""
+    """`python -m wmcore.cli ... train` (`wm train`) for one process, the same under torchrun --standalone for several."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     sets = [f"-S{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML
-    return [*launcher, "-m", "wmcore.train", "--params", str(ROOT / "params.yaml"), *sets]
+    return [*launcher, "-m", "wmcore.cli", "--params", str(ROOT / "params.yaml"), *sets, "train"]
 
 
 def train_way(way: str, args: argparse.Namespace, prepared: Path) -> dict[str, Any]:
     """One timed training run of `way`; returns its row (or why it was skipped)."""
     import torch
-
-    from wmcore.runtime.device import available_cores, resolve_device
 
     nproc, accum, sync = TRAIN_WAYS[way]
     micro = args.train_batch // (nproc * accum)
@@ -277,7 +276,6 @@ def train_way(way: str, args: argparse.Namespace, prepared: Path) -> dict[str, A
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """The training section: every way `--repeats` times (interleaved), the median run kept."""
-    from bench.train import prepare_data
 
     if any(args.train_batch % (n * a) for n, a, _ in TRAIN_WAYS.values()):
         raise SystemExit(f"--train-batch {args.train_batch} must split evenly into 2 processes or 2 micro-batches")
@@ -339,27 +337,13 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], Callab
 
 
 def machine() -> dict[str, Any]:
-    import distributed
-    import torch
+    """The machine (wmcore.runtime.machine), the device training runs on, and the Dask version."""
+    import distributed  # deferred on purpose: Dask is only needed by this section, and slow to import
 
-    from wmcore.runtime.device import available_cores, resolve_device
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores_visible": os.cpu_count(),
-        "cores_free": available_cores(),
-        "device": str(resolve_device("auto"))
-        + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
-        "torch": torch.__version__,
-        "dask": distributed.__version__,
-        "python": platform.python_version(),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    return {**machine_info(), "device": str(resolve_device("auto")), "dask": distributed.__version__}
 
 
 def write_section(name: str, result: dict[str, Any], out_dir: Path) -> None:
-    from wmcore.runtime.atomic import write_json, write_text
-
     render = SECTIONS[name][1]
     write_json(out_dir / f"scale_{name}.json", result)
     write_text(out_dir / f"scale_{name}.md", render(result))

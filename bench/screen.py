@@ -5,7 +5,6 @@ test split (never trained on) cropped to 4:3 and resized to 1024x768 JPEG (quali
 4000x3000 JPEG made from another of them. Every runner is a fresh process on the same files in the
 same run, timed whole (start, model load, decoding, inference, writing a mask PNG per image), its
 peak RSS from the kernel (wait4's ru_maxrss):
-
     naive        a plain script: the model loaded once, each image whole at native size, fp32 NCHW,
                  batch 1, sigmoid, threshold, mask + probability PNG
     default      `wm predict FOLDER --out OUT` with params.yaml
@@ -22,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wmcore.data.backgrounds import corpus_rows  # noqa: E402
+from wmcore.model.checkpoint import load_model  # noqa: E402
+from wmcore.runtime.machine import machine_info  # noqa: E402
 
 WM = [sys.executable, "-m", "wmcore.cli"]
 VARIANTS = {  # name -> `wm predict` overrides
@@ -109,8 +109,6 @@ def child_naive(model: str, inputs: list[str], out: str) -> None:
     """The plain script a user would write: load once, whole image, fp32 NCHW, batch 1."""
     import torch
 
-    from wmcore.model.checkpoint import load_model
-
     net, ckpt = load_model(model)
     threshold = float((ckpt.get("meta") or {}).get("threshold") or 0.5)
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -183,9 +181,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             for ref in ("naive", "ocr"):
                 if "images_per_s" in r and "images_per_s" in rs.get(ref, {}):
                     r[f"x_{ref}"] = round(r["images_per_s"] / rs[ref]["images_per_s"], 2)
+    m = machine_info()
     results["setup"] = {
         "images": args.images, "size": "1024x768 JPEG q90 (corpus test photos) + one 4000x3000",
-        "model": args.model, "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "model": args.model, "machine": f"{m['arch']} {m['cores_visible']} cores",
         "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
     }  # fmt: skip
     return results

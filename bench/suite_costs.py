@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.suite import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
+from bench.suite_context import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
+from wmcore.model.factory import build_model
+from wmcore.runtime import device
+from wmcore.tracking.mlflow_run import connect
+from wmcore.tune.workloads import forward_rate, torch_threads
 
 STAGES = ("prepare", "train", "evaluate", "predict")
 
@@ -39,48 +43,11 @@ def timed_command(cmd: list[str], env: dict[str, str] | None = None, timeout: fl
 
 
 def child_json(kind: str, spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    cmd = [sys.executable, str(ROOT / "bench" / "suite.py"), "--child", kind, json.dumps(spec)]
+    cmd = [sys.executable, str(ROOT / "bench" / "suite_children.py"), kind, json.dumps(spec)]
     return json.loads(timed_command(cmd, env)[1])
 
 
 # --------------------------------------------------------------------------- overhead
-
-
-def child_prefect(spec: dict[str, Any]) -> dict[str, Any]:
-    """A Prefect flow of four no-op tasks, timed from the import (a `wm run` process pays all of it)."""
-    start = time.perf_counter()
-    from prefect import flow, task
-    from prefect.cache_policies import NO_CACHE
-
-    @task(cache_policy=NO_CACHE)
-    def stage(name: str) -> str:
-        return name
-
-    @flow(name="bench-overhead")
-    def shape() -> list[str]:
-        return [stage(s) for s in spec["stages"]]
-
-    shape()
-    return {"prefect_s": round(time.perf_counter() - start, 2)}
-
-
-def child_mlflow(spec: dict[str, Any]) -> dict[str, Any]:
-    """MLflow import + a parent run with one step run per tracked step (second round: the store exists already)."""
-    start = time.perf_counter()
-    from wmcore.config import load_params
-    from wmcore.tracking.mlflow_run import parent_run, step_run
-
-    import_s = time.perf_counter() - start
-    params = load_params(ROOT / "params.yaml")
-    rounds = []
-    for attempt in range(2):  # the first round creates the scratch store's tables, as only a first run does
-        start = time.perf_counter()
-        with parent_run(params, f"overhead-{attempt}"):
-            for step in spec["steps"]:
-                with step_run(step, params, out_dir=spec["fallback"]) as run_logger:
-                    run_logger.log_metrics({"x": 1.0}, step=0)
-        rounds.append(time.perf_counter() - start)
-    return {"mlflow_s": round(import_s + rounds[-1], 2), "mlflow_first_store_s": round(rounds[0], 2)}
 
 
 def dvc_status_seconds() -> float | None:
@@ -97,7 +64,6 @@ def last_pipeline_seconds(params: Any) -> tuple[float | None, str]:
     unchanged takes seconds and says nothing about a default run), and where it came from."""
     if not params.tracking.enabled:
         return None, "tracking is off"
-    from wmcore.tracking.mlflow_run import connect
 
     connection = connect(params)
     if isinstance(connection, str):
@@ -169,15 +135,12 @@ def start_competitor() -> subprocess.Popen:
 
 
 def conv_rate(model: Any, side: int, threads: int, seconds: float) -> float:
-    from wmcore.runtime.tune_workloads import forward_rate, torch_threads
-
     with torch_threads(threads):
         return forward_rate(model, side, seconds)
 
 
 def contention_rows(model: Any, side: int, seconds: float, cores: int) -> list[dict[str, Any]]:
     """images/s for 1 and all threads, idle and with a competitor, plus the counted-competitor thread count."""
-    from wmcore.runtime.device import cores_busy_elsewhere, thread_count
 
     rows = [
         {"threads": k, "competitor": False, "images_per_s": conv_rate(model, side, k, seconds)}
@@ -186,8 +149,8 @@ def contention_rows(model: Any, side: int, seconds: float, cores: int) -> list[d
     competitor = start_competitor()
     try:
         time.sleep(0.5)  # let it reach full speed
-        busy = cores_busy_elsewhere(0.5)
-        auto = thread_count(0, round(busy), cores)
+        busy = device.cores_busy_elsewhere(0.5)
+        auto = device.thread_count(0, round(busy), cores)
         for k in sorted({1, cores}):
             rows.append({"threads": k, "competitor": True, "images_per_s": conv_rate(model, side, k, seconds)})
         # auto picks one of the thread counts just measured: its speed is that row's (a rerun adds only noise)
@@ -209,10 +172,7 @@ def contention_rows(model: Any, side: int, seconds: float, cores: int) -> list[d
 
 
 def contention(ctx: SuiteContext) -> dict[str, Any]:
-    from wmcore.model.factory import build_model
-    from wmcore.runtime.device import available_cores
-
-    cores = available_cores()
+    cores = device.available_cores()
     if cores < 2:
         return {"rows": [], "figures": [], "notes": ["one usable core: no thread contention to show"]}
     model = build_model(**ctx.params.model.model_dump()).eval()
@@ -245,6 +205,3 @@ def contention(ctx: SuiteContext) -> dict[str, Any]:
         "(`reserved`); a process outside the job is counted only when it is measured, as here."
     ]
     return {"rows": rows, "figures": figures, "notes": notes}
-
-
-CHILDREN = {"prefect": child_prefect, "mlflow": child_mlflow}

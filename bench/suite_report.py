@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.suite import EXPERIMENT, PLAN, PLAN_TEXT
+from bench.suite_context import EXPERIMENT, PLAN, PLAN_TEXT
+from wmcore.runtime.atomic import atomic_open, write_json, write_text
+from wmcore.tracking.mlflow_run import connect, git_tags
 
 log = logging.getLogger("wmdetect.bench")
 
@@ -88,8 +90,6 @@ def markdown(result: dict[str, Any], charts: list[str]) -> str:
 
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
-
-    from wmcore.runtime.atomic import atomic_open
 
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
@@ -190,7 +190,6 @@ def write_charts(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
 
 def write_results(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     """Write <stem>.json, <stem>.md and the charts into `out_dir`; returns every file written."""
-    from wmcore.runtime.atomic import write_json, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"{stem}.json", result)
@@ -215,8 +214,6 @@ def log_to_mlflow(result: dict[str, Any], files: list[Path], params: Any) -> str
         log.info("tracking.enabled is false: benchmark not logged to MLflow")
         return None
     from mlflow.entities import Metric, Param
-
-    from wmcore.tracking.mlflow_run import connect, git_tags
 
     bench_params = params.model_copy(update={"tracking": params.tracking.model_copy(update={"experiment": EXPERIMENT})})
     connection = connect(bench_params)

@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.suite import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
+from bench.suite_context import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
+from bench.suite_costs import contention, overhead
+from wmcore.config import LoaderParams
+from wmcore.data.dataset import WatermarkDataset
+from wmcore.data.loader import make_loader
+from wmcore.errors import WmError
+from wmcore.infer.predictor import resolve_model
 
 SCRIPT_TIMEOUT_S = 7200.0
 
@@ -66,10 +72,6 @@ def loader_pass(loader: Any, epoch: int) -> tuple[float, int, float]:
 def measure_loader(prepared: Path, cache_dir: Path, cache: str, workers: int, pin: bool, sizes: dict) -> dict:
     """images/s of the training data path for one (cache, workers, pin_memory): first pass and steady pass."""
     import torch
-
-    from wmcore.config import LoaderParams
-    from wmcore.data.dataset import WatermarkDataset
-    from wmcore.data.loader import make_loader
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
@@ -191,8 +193,6 @@ def section_train(ctx: SuiteContext) -> dict[str, Any]:
 
 def trained_model_args(ctx: SuiteContext) -> list[str]:
     """--checkpoint/--test-split of the pipeline's trained model and test split, when both exist (full runs)."""
-    from wmcore.errors import WmError
-    from wmcore.infer.predictor import resolve_model
 
     test = Path(ctx.params.paths.prepared) / "test"
     if not ctx.sizes["trained_model"] or not (test / "images").is_dir() or not (test / "masks").is_dir():
@@ -421,22 +421,13 @@ def section_scaling(ctx: SuiteContext) -> dict[str, Any]:
 
 
 def section_overhead(ctx: SuiteContext) -> dict[str, Any]:
-    from bench.suite_costs import overhead
-
     return overhead(ctx)
 
 
 def section_contention(ctx: SuiteContext) -> dict[str, Any]:
-    from bench.suite_costs import contention
-
     return contention(ctx)
 
 
-def run_child_kind(kind: str, spec: str) -> int:
-    from bench.suite_costs import CHILDREN
-
-    print(json.dumps(CHILDREN[kind](json.loads(spec))))
-    return 0
 
 
 SECTION_FUNCTIONS = {

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make wmcore importable
+    sys.path.insert(0, str(ROOT))
+
+from wmcore.config import load_params  # noqa: E402
+from wmcore.data.prepare import run_prepare  # noqa: E402
+from wmcore.runtime.atomic import write_json, write_text  # noqa: E402
+from wmcore.runtime.machine import machine_info  # noqa: E402
+from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb  # noqa: E402
+from wmcore.train.loop import run_training  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"throughput_ratio_min": 1.5, "peak_memory_ratio_max": 0.7, "f1_abs_delta_max": 0.01}
 QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -50,10 +59,6 @@ QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFEC
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one variant in this process; returns its summary plus process memory figures."""
-    sys.path.insert(0, str(ROOT))
-    from wmcore.config import load_params
-    from wmcore.runtime.memory import process_peak_rss_mb, process_rss_mb
-    from wmcore.train.loop import run_training
 
     params = load_params(ROOT / "params.yaml", overrides=spec["overrides"])
     idle_mb = process_rss_mb()  # after imports: what any training process pays before any work
@@ -88,9 +93,6 @@ def run_variant(name: str, overrides: dict[str, Any], timeout: float) -> dict[st
 
 def prepare_data(work: Path, n_train: int, n_val: int) -> Path:
     """A small dataset made by the project's own generator (`wm prepare`) under `work`."""
-    sys.path.insert(0, str(ROOT))
-    from wmcore.config import load_params
-    from wmcore.data.prepare import run_prepare
 
     target = work / "prepared"
     overrides = {"paths.prepared": str(target), "prepare.n_train": n_train, "prepare.n_val": n_val, "prepare.n_test": 1}
@@ -132,19 +134,8 @@ def variant_overrides(args: argparse.Namespace, prepared: Path, work: Path) -> d
 
 
 def machine() -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
-    import torch
-
-    from wmcore.runtime.device import available_cores
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores_visible": os.cpu_count(),
-        "cores_free": available_cores(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    """The machine (wmcore.runtime.machine: CPU, cores, memory, versions, load at the start)."""
+    return machine_info()
 
 
 # --------------------------------------------------------------------------- report
@@ -231,9 +222,6 @@ def bar_chart(result: dict[str, Any], path: Path) -> None:
 
 
 def write_results(result: dict[str, Any], out_dir: Path) -> None:
-    sys.path.insert(0, str(ROOT))
-    from wmcore.runtime.atomic import write_json, write_text
-
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "train.json", result)
     write_text(out_dir / "train.md", markdown(result))

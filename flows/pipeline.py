@@ -63,7 +63,8 @@ def pipeline(
         log_summary_task(params, run_id, results, root=root)
     timings["total"] = time.perf_counter() - t_start
     tracked = str(run_id) if run_id else "none (tracking off or unreachable)" if to_run else "none (every stage up to date)"
-    rows = summary_rows(results, timings, {"mlflow run": tracked, "outputs": params.paths.evaluate_dir})
+    rows = summary_rows(results, timings, {"mlflow run": tracked, "outputs": params.paths.evaluate_dir,
+                                          "params": " + ".join(params.merged_files) or params_file})
     create_markdown_artifact(markdown=markdown_table(rows, "wmdetect pipeline run"), key="pipeline-summary")
     return {"results": results, "timings": timings, "mlflow_run_id": run_id, "summary_rows": rows}
 

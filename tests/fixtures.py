@@ -112,12 +112,12 @@ def make_tiny_checkpoint(path: Path, meta: dict | None = None, seed: int = 0) ->
     """Save an untrained UNet(base_width=4, depth=2) as a safe checkpoint at `path`; returns `path`."""
     import torch
 
-    from wmcore.model.checkpoint import save_checkpoint
+    from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
     from wmcore.model.unet import UNet
 
     torch.manual_seed(seed)
     net = UNet(base_width=4, depth=2).eval()
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": meta or {}})
+    save_checkpoint(path, checkpoint_dict(net, meta or {}))
     return path
 
 
@@ -145,10 +145,10 @@ def write_random_checkpoint(path: Path, epoch: int = 2) -> Path:
     """An untrained UNet(base_width=4, depth=2) as a training checkpoint (with `epoch`) at `path`."""
     import torch
 
-    from wmcore.model.checkpoint import save_checkpoint
+    from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
     from wmcore.model.unet import UNet
 
     torch.manual_seed(0)
     model = UNet(base_width=4, depth=2)
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": {}, "epoch": epoch})
+    save_checkpoint(path, checkpoint_dict(model, epoch=epoch))
     return path

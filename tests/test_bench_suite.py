@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench import suite, suite_costs, suite_sections
-from bench.suite import Figure, SuiteContext, figures_summary, judge, result_stem
+from bench.suite import result_stem
+from bench.suite_context import Figure, SuiteContext, figures_summary, judge
 from wmcore.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

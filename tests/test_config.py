@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from wmcore.config import ConfigError, Params, load_params, parse_override
+from wmcore.config import ConfigError, Params, flatten, load_params, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +85,41 @@ def test_flat_names_every_leaf():
     flat = Params().flat()
     assert flat["train.optimizer.lr"] == Params().train.optimizer.lr
     assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_params_yaml_restates_the_code_defaults_or_marks_its_overrides():
+    """One home per default: wmcore/config.py. params.yaml restates every default (DVC tracks the key, `dvc exp
+    run -S` can set it) or marks the line `# [override]`; a value that differs silently from the code fails here."""
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    defaults = flatten(Params().model_dump(mode="json"))
+    marked = set()
+    path: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        m = re.match(r"^( *)([A-Za-z_]\w*):", line)
+        if not m:
+            continue
+        depth = len(m.group(1))
+        path = [(d, k) for d, k in path if d < depth] + [(depth, m.group(2))]
+        if "# [override]" in line:
+            marked.add(".".join(k for _, k in path))
+    written = flatten(yaml.safe_load(text))
+    unknown = sorted(set(written) - set(defaults))
+    assert not unknown, f"params.yaml keys the code does not know: {unknown}"
+    missing = sorted(set(defaults) - set(written))
+    assert not missing, f"params.yaml lacks these keys (restate the code's default): {missing}"
+    silent = {k: (v, defaults[k]) for k, v in written.items() if v != defaults[k] and k not in marked}
+    assert not silent, f"params.yaml differs from the code's default (value, default) without `# [override]`: {silent}"
+    stale = sorted(k for k in marked if k in written and written[k] == defaults[k])
+    assert not stale, f"marked `# [override]` but equal to the code's default (drop the mark): {stale}"
+
+
+def test_the_tuned_file_is_merged_only_on_request(tmp_path):
+    (tmp_path / "params.yaml").write_text("base:\n  seed: 1\n")
+    (tmp_path / "params-tuned.yaml").write_text("base:\n  threads: 1\n")
+    plain = load_params(tmp_path / "params.yaml")
+    assert plain.base.threads == 0 and plain.merged_files == [str(tmp_path / "params.yaml")]
+    tuned = load_params(tmp_path / "params.yaml", overrides=["tune.apply=true"])
+    assert tuned.base.threads == 1
+    assert tuned.merged_files == [str(tmp_path / "params.yaml"), str(tmp_path / "params-tuned.yaml"), "overrides"]
+    named = load_params(tmp_path / "params.yaml", extra_files=[tmp_path / "params-tuned.yaml"])
+    assert named.base.threads == 1

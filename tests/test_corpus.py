@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from wmcore.config import ConfigError, CorpusCrops, CorpusSpec, PrepareParams, load_corpus_spec
+from wmcore.config import ConfigError, PrepareParams
 from wmcore.data.backgrounds import (
     CORPUS_DIR,
     BackgroundCatalog,
@@ -29,6 +29,7 @@ from wmcore.data.backgrounds import (
     discover_backgrounds,
 )
 from wmcore.data.corpus import SPEC_PATH, build_corpus, build_fonts, hamming, read_package, view_boxes
+from wmcore.data.corpus_spec import CorpusCrops, CorpusSpec, load_corpus_spec
 from wmcore.data.fonts import FONT_LICENSES, FONT_PACK_DIR, available_faces, covered_scripts, script_characters
 from wmcore.data.generator import GeneratorContext, generate_sample
 from wmcore.data.packages import Dep5Copyright, bundle_files, fetch, glob_match, rcc_files

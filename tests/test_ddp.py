@@ -25,7 +25,6 @@ from wmcore import cli
 from wmcore.config import ConfigError, load_params
 from wmcore.errors import WmError
 from wmcore.model import build_model
-from wmcore.train import __main__ as train_main
 from wmcore.train.loop import run_training
 
 TRAIN_OUTPUTS = {"best.pt", "last.pt", "history.json", "train_summary.json", "metrics.json", "loss_curve.png"}
@@ -88,7 +87,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     make_tiny_prepared(tmp_path / "prepared")
     params_file = write_params(tmp_path, "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    _, summaries = run_job([*cmd, "-m", "wmcore.train", "--params", str(params_file), "-v"], tmp_path)  # -v: JSON too
+    _, summaries = run_job([*cmd, "-m", "wmcore.cli", "--params", str(params_file), "-v", "train"], tmp_path)  # -v: JSON too
 
     # One process, micro-batch 2 = both ranks' micro-batches of 1: the same global batch of 2 x 2.
     single = load_params(
@@ -128,7 +127,7 @@ def test_wm_train_relaunches_as_ranks_that_stop_together_on_the_time_budget(tmp_
     params_file = write_params(
         tmp_path, "budget", nproc=2, sync_batchnorm=False, max_minutes=0.01, epochs=500, val_every=5
     )
-    _, summaries = run_job([sys.executable, "-m", "wmcore.train", "--params", str(params_file), "-v"], tmp_path)
+    _, summaries = run_job([sys.executable, "-m", "wmcore.cli", "--params", str(params_file), "-v", "train"], tmp_path)
     assert len(summaries) == 1
     summary = summaries[0]
     assert summary["world_size"] == 2 and summary["stop_reason"] == "time budget"
@@ -255,13 +254,10 @@ def test_wm_train_with_nproc_relaunches_through_torchrun(tmp_path, monkeypatch):
     monkeypatch.setattr(ddp, "launch_local_ranks", lambda nproc, argv: launched.append((nproc, argv)) or 7)
     params_file = write_params(tmp_path, "relaunch")
     code = cli.main(["--params", str(params_file), "-S", "train.nproc=3", "-S", "train.epochs=1", "train", "--resume"])
-    expected = ["--params", str(params_file), "-S", "train.nproc=3", "-S", "train.epochs=1", "--resume"]
+    # Each rank runs `python -m wmcore.cli` with the same `wm train` command line.
+    expected = ["--params", str(params_file), "-S", "train.nproc=3", "-S", "train.epochs=1", "train", "--resume"]
     assert code == 7 and launched == [(3, expected)]
-    # ... and `python -m wmcore.train` reads those arguments back as the same `wm train` command.
-    calls = []
-    monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or 0)
-    assert train_main.main(expected) == 0
-    assert calls == [["--params", str(params_file), "-S", "train.nproc=3", "-S", "train.epochs=1", "train", "--resume"]]
+    assert cli.build_parser().parse_args(expected).handler == "wmcore.commands.train"
 
 
 def test_train_nproc_and_sync_batchnorm_are_validated(tmp_path):

@@ -1,16 +1,15 @@
 """dvc.yaml against the code: every module a stage imports is a dep; plots and metrics; `dvc exp run -S`.
 
-The deps rule, checked statically (ast, no import, so it is fast and stable): a stage's command is
-`wm <name> ...`; its handler is the function `build_parser()` binds to <name> in wmcore/cli.py. The
-stage imports
-- wmcore/cli.py itself, the modules imported at its top level, and the modules imported inside the
-  handler and inside the cli.py functions the handler calls (directly or through each other);
+The deps rule, checked statically (ast, no import, so it is fast and stable). A stage's command is
+- `wm <name> ...`: the stage imports wmcore/cli.py, the modules it imports (it imports no command's
+  code), and the module of wmcore.commands that `build_parser()` binds to <name> (the one `wm` imports
+  by name when that command runs); or
+- `python -m <module> ...`: the stage imports <module> (no CLI at all);
 - then, transitively, every module imported anywhere in a first-party module reached (top level or
   inside a function: a deferred import still runs), with the `__init__.py` of each package on the way
   (importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py`).
 `from pkg import name` counts as importing `pkg`, and `pkg.name` when that is a module. Each such file
-must be a dep of the stage in dvc.yaml, or lie inside a folder that is one. Only the other cli.py
-handlers are left out: editing them changes cli.py, a dep, anyway.
+must be a dep of the stage in dvc.yaml, or lie inside a folder that is one.
 """
 
 from __future__ import annotations
@@ -58,26 +57,10 @@ def imported_modules(node: ast.AST, module: str) -> set[str]:
     return {name for name in found if module_file(name) is not None}
 
 
-def handler_modules(handler: str) -> set[str]:
-    """Modules cli.py imports at its top level, in `handler` and in the cli.py functions it calls."""
-    tree = ast.parse((ROOT / "wmcore" / "cli.py").read_text(encoding="utf-8"))
-    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
-    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    found = {name for n in top for name in imported_modules(n, CLI_MODULE)}
-    todo, seen = [handler], set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        found |= imported_modules(functions[name], CLI_MODULE)
-        todo += [n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions]
-    return found
-
-
-def reachable_files(handler: str) -> set[str]:
-    """Repository-relative source files a stage whose command runs `handler` imports (module docstring)."""
-    seen, todo = {CLI_MODULE}, sorted(handler_modules(handler))
+def reachable_files(*modules: str) -> set[str]:
+    """Repository-relative source files that importing `modules` runs (module docstring)."""
+    seen: set[str] = set()
+    todo = sorted(modules)
     while todo:
         name = todo.pop()
         if name in seen:
@@ -93,10 +76,13 @@ def stages() -> dict[str, dict]:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 
 
-def handler_of(cmd: str) -> str:
+def command_modules(cmd: str) -> tuple[str, ...]:
+    """The first-party modules a stage's command imports first: (wmcore.cli, the command's module) or (<module>,)."""
     words = cmd.split()
-    assert words[0] == "wm", f"stage command {cmd!r} is not a `wm` command"
-    return build_parser().parse_args([words[1]]).func.__name__
+    if words[:2] == ["python", "-m"]:
+        return (words[2],)
+    assert words[0] == "wm", f"stage command {cmd!r} is neither `wm <command>` nor `python -m <module>`"
+    return CLI_MODULE, build_parser().parse_args([words[1]]).handler
 
 
 def dep_paths(stage: dict) -> list[str]:
@@ -107,7 +93,7 @@ def dep_paths(stage: dict) -> list[str]:
 def test_every_module_a_stage_imports_is_a_dep(name: str) -> None:
     stage = stages()[name]
     deps = [d.rstrip("/") for d in dep_paths(stage) if d.split("/")[0] in FIRST_PARTY]
-    missing = sorted(f for f in reachable_files(handler_of(stage["cmd"]))
+    missing = sorted(f for f in reachable_files(*command_modules(stage["cmd"]))
                      if not any(f == d or f.startswith(d + "/") for d in deps))  # fmt: skip
     assert not missing, f"dvc.yaml stage {name!r}: add these deps (modules `{stage['cmd']}` imports): {missing}"
     stale = [d for d in deps if not (ROOT / d).exists()]
@@ -115,11 +101,19 @@ def test_every_module_a_stage_imports_is_a_dep(name: str) -> None:
 
 
 def test_the_rule_sees_deferred_imports_and_packages_on_the_way() -> None:
-    files = reachable_files("cmd_train")
-    # cmd_train imports wmcore.train.loop inside the function; loop imports wmcore.metrics through train.steps
+    files = reachable_files(*command_modules("wm train"))
+    # wmcore.commands.train imports wmcore.train.loop; loop imports wmcore.metrics through train.steps
     assert {"wmcore/cli.py", "wmcore/train/__init__.py", "wmcore/train/loop.py", "wmcore/config.py"} <= files
     assert any(f.startswith("wmcore/metrics/") for f in files)
-    assert not any(f.startswith("wmcore/evaluate/") for f in files)  # another handler's imports are not counted
+    assert "wmcore/tracking/mlflow_run.py" in files  # imported inside a function (deferred), still run
+    assert not any(f.startswith("wmcore/evaluate/") for f in files)  # another command's imports are not counted
+
+
+def test_the_corpus_stage_depends_on_neither_the_params_schema_nor_the_cli() -> None:
+    """Editing a config field or a `wm` option must not rebuild the corpus (a 2.3 GB download)."""
+    files = reachable_files(*command_modules(stages()["corpus"]["cmd"]))
+    assert "wmcore/data/corpus.py" in files
+    assert not {"wmcore/config.py", "wmcore/cli.py"} & files
 
 
 def test_plots_have_explicit_axes_and_metrics_are_lean() -> None:

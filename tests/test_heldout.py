@@ -17,12 +17,12 @@ from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_che
 from wmcore.config import Params, PrepareParams, validate
 from wmcore.data.backgrounds import PAGE_BACKGROUNDS, BackgroundCatalog, discover_backgrounds
 from wmcore.data.fonts import available_faces, face_scope, faces_for, load_font
-from wmcore.data.generator import ALWAYS_NEEDED_SCRIPTS, HELDOUT_SPLIT, hold_out, plan_heldout
+from wmcore.data.generator import ALWAYS_NEEDED_SCRIPTS, hold_out, plan_heldout
+from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.data.phrases import NO_HOLDOUT, PHRASE_KINDS, PhrasePolicy, make_block, make_phrase
 from wmcore.data.prepare import run_prepare
 from wmcore.data.render import STYLES
 from wmcore.evaluate import run as evaluate_run
-from wmcore.evaluate import samples as evaluate_samples
 from wmcore.evaluate import score as evaluate_score
 from wmcore.evaluate.run import run_evaluation
 from wmcore.infer.working_scale import FUSION_RULES
@@ -340,6 +340,3 @@ def test_prepare_then_evaluate_reports_the_heldout_split(prepared, tmp_path):
     assert metrics[HELDOUT_SPLIT]["n_images"] == stats["counts"][HELDOUT_SPLIT] == 8
     assert metrics[HELDOUT_SPLIT]["n_clean"] == stats["clean"][HELDOUT_SPLIT]
 
-
-def test_evaluation_and_prepare_agree_on_the_split_name():
-    assert evaluate_samples.HELDOUT_SPLIT == HELDOUT_SPLIT

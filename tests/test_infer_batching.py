@@ -12,7 +12,7 @@ from wmcore.config import load_params
 from wmcore.errors import WmError
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache, check_budget
 from wmcore.infer.predictor import clear_predictor_cache, get_predictor
-from wmcore.model.checkpoint import save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.model.unet import UNet
 from wmcore.runtime.memory import HostMemoryBudgetExceeded, is_oom_error
 
@@ -65,7 +65,7 @@ def test_a_pixel_limit_caps_chunks_without_growing_or_losing_items():
 def test_predictor_batch_limit_follows_the_pixel_budget(tmp_path, megapixels, tile, expected):
     ckpt = tmp_path / "m.pt"
     net = UNet(base_width=4, depth=2)
-    save_checkpoint(ckpt, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
+    save_checkpoint(ckpt, checkpoint_dict(net))
     params = load_params(REPO_PARAMS, overrides=[f"predict.max_batch_megapixels={megapixels}", "paths.pretrained=null",
                                                  f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
     clear_predictor_cache()
@@ -149,7 +149,7 @@ def test_predictor_backs_off_under_host_budget_and_finishes_every_image(tmp_path
     torch.manual_seed(0)
     net = UNet(base_width=4, depth=2).eval()
     ckpt = tmp_path / "m.pt"
-    save_checkpoint(ckpt, {"model": net.state_dict(), "model_args": net.model_args()})
+    save_checkpoint(ckpt, checkpoint_dict(net))
     # One 64x64 tile of a base-4 UNet is estimated at ~0.4 MB: a 1 MB budget allows 2 tiles, not 4.
     common = {"paths.cache_dir": str(tmp_path / "cache"), "predict.tile_size": 64, "predict.tile_overlap": 8,
               "predict.batch_size": 4, "predict.max_batch_size": 4, "base.threads": 1}  # fmt: skip

@@ -29,7 +29,7 @@ from wmcore.infer.working_scale import (
     upsample_rows,
 )
 from wmcore.metrics import best_threshold, threshold_histograms
-from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, load_checkpoint, save_checkpoint
 from wmcore.model.unet import UNet
 from wmcore.tracking.sink import NullLogger
 
@@ -53,7 +53,7 @@ def make_model(path: Path, meta: dict | None = None, symmetric: bool = False) ->
         logits = net(torch.from_numpy(photo(64, 64, seed=99)).permute(2, 0, 1)[None].float() / 255.0)
         net.head.weight.mul_(2.0 / float(logits.std()))
         net.head.bias.sub_(float(logits.median())).mul_(2.0 / float(logits.std()))
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": meta or {}})
+    save_checkpoint(path, checkpoint_dict(net, meta or {}))
     return net
 
 

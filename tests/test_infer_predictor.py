@@ -11,7 +11,7 @@ import torch
 from wmcore.config import load_params
 from wmcore.errors import WmError
 from wmcore.infer.predictor import get_predictor, resolve_model
-from wmcore.model.checkpoint import save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.model.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
@@ -25,7 +25,7 @@ def make_checkpoint(path: Path, meta: dict | None = None, seed: int = 0) -> UNet
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": meta or {}})
+    save_checkpoint(path, checkpoint_dict(net, meta or {}))
     return net
 
 

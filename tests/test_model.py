@@ -9,7 +9,7 @@ import torch
 
 from wmcore.errors import WmError
 from wmcore.model import UNet, count_flops, count_parameters
-from wmcore.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, load_checkpoint, load_model, save_checkpoint
 
 
 @pytest.mark.parametrize(("h", "w"), [(64, 64), (37, 53), (1, 1), (5, 300), (129, 17)])
@@ -45,7 +45,7 @@ def test_params_and_flops_scale_with_width():
 def test_checkpoint_roundtrip(tmp_path):
     model = UNet(base_width=4, depth=2)
     path = tmp_path / "ck.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": {"threshold": 0.4}})
+    save_checkpoint(path, checkpoint_dict(model, {"threshold": 0.4}))
     loaded, ckpt = load_model(path)
     assert ckpt["meta"]["threshold"] == 0.4
     x = torch.rand(1, 3, 16, 16)

@@ -11,9 +11,10 @@ import torch
 
 from tests.fixtures import make_tiny_checkpoint
 from wmcore.config import load_params
-from wmcore.infer.predictor import file_sha256, resolve_model
+from wmcore.hashing import file_sha256
+from wmcore.infer.predictor import resolve_model
 from wmcore.model.checkpoint import load_checkpoint, load_model
-from wmcore.model.pretrained import (
+from wmcore.pretrained import (
     check_metrics,
     export_weights,
     prepare_check_set,

@@ -10,7 +10,7 @@ from PIL import Image
 from wmcore.config import OptimizerParams
 from wmcore.errors import WmError
 from wmcore.model import TextUNet, build_model, model_from_args
-from wmcore.model.checkpoint import load_model, save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from wmcore.model.ocr_import import TEXT_DETECTOR, check_against_onnx, import_text_detector, text_detector_onnx
 from wmcore.train.setup import param_groups
 
@@ -107,7 +107,7 @@ def test_checkpoint_round_trip_rebuilds_the_text_unet(tmp_path):
     torch.manual_seed(0)
     model = build_model(arch="text_unet", width=16).eval()
     assert isinstance(model, TextUNet) and model.model_args() == {"arch": "text_unet", "in_channels": 3, "width": 16}
-    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "model_args": model.model_args(), "meta": {}})
+    save_checkpoint(tmp_path / "m.pt", checkpoint_dict(model))
     loaded, _ = load_model(tmp_path / "m.pt")
     x = torch.rand(1, 3, 40, 56)
     with torch.inference_mode():

@@ -16,7 +16,7 @@ from tests.fixtures import make_tiny_prepared
 from wmcore.config import Params, validate
 from wmcore.data.fingerprint import split_fingerprint
 from wmcore.model import UNet
-from wmcore.model.checkpoint import save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.tracking.mlflow_run import (
     CHAMPION_ALIAS,
     EXPERIMENT_KIND_TAG,
@@ -59,7 +59,7 @@ def make_params(root: Path, **tracking: object) -> Params:
 
 def write_model(path: Path, threshold: float = 0.4) -> Path:
     model = UNet(base_width=4, depth=2)
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": {"threshold": threshold}})
+    save_checkpoint(path, checkpoint_dict(model, {"threshold": threshold}))
     return path
 
 

@@ -14,7 +14,7 @@ import wmcore.train.setup as setup
 from wmcore.config import Params, merge, validate
 from wmcore.errors import WmError
 from wmcore.model import UNet
-from wmcore.model.checkpoint import save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.train.history import METRICS_KEYS
 from wmcore.train.loss import SegmentationLoss
 from wmcore.train.state import warm_start
@@ -251,7 +251,7 @@ def test_compile_failure_falls_back_to_eager(tiny_prepared, tmp_path, monkeypatc
 def test_warm_start_loads_matching_weights_and_refuses_others(tmp_path):
     source = UNet(base_width=4, depth=2)
     path = tmp_path / "weights.pt"
-    save_checkpoint(path, {"model": source.state_dict(), "model_args": source.model_args(), "meta": {}})
+    save_checkpoint(path, checkpoint_dict(source))
     target = UNet(base_width=4, depth=2)
     warm_start(path, target)
     assert all(

@@ -11,9 +11,12 @@ import yaml
 
 from wmcore.config import ConfigError, load_params
 from wmcore.errors import WmError
-from wmcore.runtime import tune, tune_plans
-from wmcore.runtime.tune import Choice, KnobPlan, Trial, TuneHistory, choose, tune_knob, tuned_file_text
-from wmcore.runtime.tune_workloads import mask_f1, median_split_delta
+from wmcore.metrics import mask_f1
+from wmcore.tune import plans as tune_plans
+from wmcore.tune import run as tune
+from wmcore.tune.run import TuneHistory, tune_knob, tuned_file_text
+from wmcore.tune.trials import Choice, KnobPlan, Trial, choose
+from wmcore.tune.workloads import median_split_delta
 
 ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = {"cpu": "test cpu", "cores": 2}
@@ -156,15 +159,17 @@ def test_tuned_file_loads_through_load_params_in_the_documented_order(project):
     assert "# predict_backend: torch 10 img/s; onnx 14 img/s (F1 delta 0.000) -> onnx" in text
     assert "# precision: kept params.yaml's fp32" in text and "amp:" not in text  # kept = comment only
 
-    p = load_params(params_path)
+    p = load_params(params_path, overrides=["tune.apply=true"])  # an explicit opt-in
     assert p.predict.backend == "onnx"
     assert p.train.grad_accum_steps == 2 and [s.batch_size for s in p.train.progressive] == [4, 2]
-    assert load_params(params_path, tuned=False).predict.backend == "torch"
-    assert load_params(params_path, overrides=["tune.apply=false"]).predict.backend == "torch"
-    assert load_params(params_path, overrides=["predict.backend=onnx-int8"]).predict.backend == "onnx-int8"
+    assert load_params(params_path).predict.backend == "torch"  # not applied unless asked for
+    assert load_params(params_path, tuned=False, overrides=["tune.apply=true"]).predict.backend == "torch"
+    on = ["tune.apply=true"]
+    assert load_params(params_path, overrides=[*on, "predict.backend=onnx-int8"]).predict.backend == "onnx-int8"
     extra = project / "extra.yaml"
     extra.write_text("predict:\n  backend: torch\n")
-    assert load_params(params_path, extra_files=[extra]).predict.backend == "torch"  # --params-extra wins
+    assert load_params(params_path, overrides=on, extra_files=[extra]).predict.backend == "torch"  # --params-extra wins
+    assert load_params(params_path, extra_files=[project / "params-tuned.yaml"]).predict.backend == "onnx"  # named
 
 
 def test_params_without_tuned_file_load_unchanged(project):
@@ -182,7 +187,7 @@ def test_params_without_tuned_file_load_unchanged(project):
 def test_bad_tuned_file_fails_naming_the_file_and_key(project, tuned_text, in_message):
     (project / "params-tuned.yaml").write_text(tuned_text)
     with pytest.raises(ConfigError) as err:
-        load_params(project / "params.yaml")
+        load_params(project / "params.yaml", overrides=["tune.apply=true"])
     assert "params-tuned.yaml" in str(err.value) and in_message in str(err.value)
 
 
@@ -199,14 +204,14 @@ def test_a_partial_run_keeps_the_other_knobs_choices_and_drops_its_own_old_ones(
     tune.write_tuned_file(tuned, made_up_choices(), [], params_path)
     threads = Trial("1 thread", {"base.threads": 1}, 9.0)
     tune.write_tuned_file(tuned, [Choice("threads", threads, "2 threads", [threads], "made up")], [], params_path)
-    p = load_params(params_path)
+    p = load_params(params_path, overrides=["tune.apply=true"])
     assert (p.base.threads, p.predict.backend, p.train.grad_accum_steps) == (1, "onnx", 2)
     assert "# earlier run: not measured this run" in tuned.read_text()
     # predict_backend tuned again, and now params.yaml's torch wins: its old key goes
     torch_wins = [Trial("torch", {"predict.backend": "torch"}, 20.0), Trial("onnx", {"predict.backend": "onnx"}, 14.0)]
     again = Choice("predict_backend", torch_wins[0], "torch", torch_wins, "kept")
     tune.write_tuned_file(tuned, [again], [], params_path)
-    p = load_params(params_path)
+    p = load_params(params_path, overrides=["tune.apply=true"])
     assert (p.base.threads, p.predict.backend, p.train.grad_accum_steps) == (1, "torch", 2)
 
 

@@ -9,30 +9,25 @@ names the dotted key, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+
+from wmcore.schema import ConfigError, Group, format_error
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
-    """A params file or override is invalid; the message names the key."""
-
-
-class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 # --------------------------------------------------------------------------- groups
 
 
-class BaseParams(_Group):
+class BaseParams(Group):
     seed: int = Field(42, ge=0, description="Global random seed (data generation, init, sampling).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Compute device; auto = cuda when available, else cpu."
@@ -48,7 +43,7 @@ class BaseParams(_Group):
     )
 
 
-class PathsParams(_Group):
+class PathsParams(Group):
     prepared: str = Field("data/prepared", description="Prepared dataset folder (DVC output of `prepare`).")
     train_dir: str = Field("results/train", description="Training outputs: checkpoints, history, plots.")
     evaluate_dir: str = Field("results/evaluate", description="Evaluation outputs: metrics.json, curves, PNGs.")
@@ -78,7 +73,7 @@ DEFAULT_STYLE_WEIGHTS: dict[str, float] = {
 }
 
 
-class PrepareParams(_Group):
+class PrepareParams(Group):
     n_train: int = Field(480, ge=1, description="Number of generated training samples.")
     n_val: int = Field(64, ge=1, description="Number of generated validation samples.")
     n_test: int = Field(96, ge=1, description="Number of generated test samples.")
@@ -166,7 +161,7 @@ class PrepareParams(_Group):
         return self
 
 
-class ModelParams(_Group):
+class ModelParams(Group):
     arch: Literal["unet", "text_unet"] = Field(
         "unet",
         description="unet = the classic UNet trained from scratch; text_unet = PP-OCRv4's text-detector encoder "
@@ -178,7 +173,7 @@ class ModelParams(_Group):
     in_channels: int = Field(3, ge=1, le=4, description="Input channels (RGB; text_unet takes 3 only).")
 
 
-class LoaderParams(_Group):
+class LoaderParams(Group):
     workers: int = Field(
         0, ge=0, le=64, description="DataLoader worker processes; 0 = load in the main process (on the 2-core CPU "
         "loading was never the bottleneck)."
@@ -191,13 +186,13 @@ class LoaderParams(_Group):
     )
 
 
-class ProgressiveStage(_Group):
+class ProgressiveStage(Group):
     until_epoch: int = Field(..., ge=1, description="This stage is used for epochs < until_epoch (last stage: rest).")
     crop: int = Field(..., ge=32, le=4096, description="Training crop side in this stage, px.")
     batch_size: int = Field(..., ge=1, le=4096, description="Micro-batch size in this stage.")
 
 
-class OptimizerParams(_Group):
+class OptimizerParams(Group):
     lr: float = Field(
         2e-3, gt=0.0, le=1.0, description="AdamW peak learning rate (2e-3 trained the shipped model from scratch; "
         "params.yaml's fine-tune of it uses 3e-4)."
@@ -220,7 +215,7 @@ class OptimizerParams(_Group):
         return self
 
 
-class SchedulerParams(_Group):
+class SchedulerParams(Group):
     kind: Literal["cosine", "onecycle", "constant"] = Field(
         "cosine", description="LR schedule after warm-up: cosine decay, one-cycle, or constant."
     )
@@ -228,7 +223,7 @@ class SchedulerParams(_Group):
     min_lr_ratio: float = Field(0.02, ge=0.0, le=1.0, description="Final LR as a fraction of the peak LR.")
 
 
-class LossParams(_Group):
+class LossParams(Group):
     bce_weight: float = Field(1.0, ge=0.0, description="Weight of BCE-with-logits.")
     dice_weight: float = Field(1.0, ge=0.0, description="Weight of soft Dice loss (imbalance-robust).")
     pos_weight: float = Field(3.0, gt=0.0, le=1000.0, description="BCE weight of watermark pixels (they are rare).")
@@ -237,7 +232,7 @@ class LossParams(_Group):
     )
 
 
-class TrainParams(_Group):
+class TrainParams(Group):
     epochs: int = Field(12, ge=1, description="Maximum number of epochs.")
     max_minutes: float = Field(
         0.0, ge=0.0, description="Wall-clock budget for training, min; 0 = no budget. Schedule is sized to it."
@@ -314,7 +309,7 @@ class TrainParams(_Group):
         return self
 
 
-class EvaluateParams(_Group):
+class EvaluateParams(Group):
     threshold_grid: int = Field(49, ge=3, le=999, description="Number of pixel thresholds tried on validation.")
     batch_size: int = Field(4, ge=1, le=1024, description="Evaluation batch size.")
     crop: int = Field(0, ge=0, le=8192, description="Centre crop for evaluation, px; 0 = whole image (tiled).")
@@ -358,7 +353,7 @@ class EvaluateParams(_Group):
     )
 
 
-class PredictParams(_Group):
+class PredictParams(Group):
     backend: Literal["torch", "onnx", "onnx-int8"] = Field("torch", description="Inference backend.")
     batch_size: int = Field(4, ge=1, le=4096, description="Starting tile batch size.")
     auto_batch: bool = Field(True, description="Adapt the batch size to memory (grow, halve on OOM).")
@@ -477,7 +472,7 @@ class PredictParams(_Group):
         return self
 
 
-class MineParams(_Group):
+class MineParams(Group):
     threshold: float = Field(
         0.3, gt=0.0, lt=1.0, description="Probability at which a region of a real clean train photo counts as mined."
     )
@@ -485,7 +480,7 @@ class MineParams(_Group):
     max_per_photo: int = Field(5, ge=1, le=1000, description="Most regions kept per photo, largest first.")
 
 
-class TrackingParams(_Group):
+class TrackingParams(Group):
     enabled: bool = Field(True, description="Log runs to MLflow.")
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (env MLFLOW_TRACKING_URI wins).")
     experiment: str = Field("wmdetect", description="MLflow experiment name.")
@@ -497,7 +492,7 @@ class TrackingParams(_Group):
     log_model: bool = Field(True, description="Log the evaluated model to MLflow and register it (champion alias).")
 
 
-class ScheduleParams(_Group):
+class ScheduleParams(Group):
     retrain_cron: str = Field("0 2 * * *", description="Cron of the nightly retrain deployment (server time zone).")
     screening_cron: str = Field("*/15 * * * *", description="Cron of the periodic inbox screening deployment.")
     screening_model: str = Field(
@@ -520,7 +515,7 @@ class ScheduleParams(_Group):
         return self
 
 
-class DistributedParams(_Group):
+class DistributedParams(Group):
     runner: Literal["local", "dask"] = Field(
         "local", description="Task runner of the screening flow: local (threads in this process) or dask."
     )
@@ -550,10 +545,11 @@ TuneKnob = Literal[
 TUNE_KNOBS: tuple[str, ...] = typing.get_args(TuneKnob)
 
 
-class TuneParams(_Group):
+class TuneParams(Group):
     apply: bool = Field(
-        True, description="Merge the tuned params file (tune.output) after params.yaml when it exists; false = ignore it."
-    )
+        False, description="Merge the tuned params file (tune.output) after params.yaml when it exists (an explicit "
+        "opt-in: -S tune.apply=true, or name the file with --params-extra); false = ignore it.",
+    )  # fmt: skip
     output: str = Field(
         "params-tuned.yaml", description="Tuned params file `wm tune` writes; relative to the params file's folder."
     )
@@ -573,7 +569,7 @@ class TuneParams(_Group):
     images: int = Field(8, ge=1, le=1024, description="Images per inference measurement (and per quality check).")
 
 
-class Params(_Group):
+class Params(Group):
     base: BaseParams = Field(default_factory=BaseParams)
     paths: PathsParams = Field(default_factory=PathsParams)
     prepare: PrepareParams = Field(default_factory=PrepareParams)
@@ -587,163 +583,16 @@ class Params(_Group):
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     distributed: DistributedParams = Field(default_factory=DistributedParams)
     tune: TuneParams = Field(default_factory=TuneParams)
+    _sources: list[str] = PrivateAttr(default_factory=list)  # set by load_params
+
+    @property
+    def merged_files(self) -> list[str]:
+        """The params files merged into these values, in order ("overrides" for -S), as load_params found them."""
+        return list(self._sources)
 
     def flat(self) -> dict[str, Any]:
         """All parameters as a flat {"group.key": value} dict (for MLflow)."""
         return flatten(self.model_dump(mode="json"))
-
-
-# --------------------------------------------------------------------------- the corpus spec (data/corpus.yaml)
-# A lock of pinned registry packages, not an experiment knob: it lives in its own file so params.yaml
-# (and every MLflow run's flat params) stays free of ~40 package hashes, and only `wm corpus` reads it.
-
-CorpusSplit = Literal["train", "val", "test"]
-CorpusCategory = Literal[
-    "landscape", "nature", "water", "mountain", "sky", "animal", "people", "food", "product", "interior", "street",
-    "facade", "monument", "artwork", "line_art", "texture", "scene_text", "screenshot", "document", "abstract",
-]  # fmt: skip
-FontStyle = Literal["sans", "serif", "mono", "condensed", "script", "handwritten", "display", "rounded", "slab"]
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-FACE_NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-
-
-class CorpusCrops(_Group):
-    """Views cut from each taken picture (a panorama strip, a texture atlas) instead of the whole picture."""
-
-    aspect: float = Field(4 / 3, ge=0.25, le=4.0, description="Width / height of every view.")
-    region: list[float] = Field(
-        default_factory=lambda: [0.0, 0.0, 1.0, 1.0], min_length=4, max_length=4,
-        description="[left, top, right, bottom] of the picture the views come from, as shares of its width and "
-        "height (e.g. the band of a panorama below its transparent sky).",
-    )  # fmt: skip
-    views: int | None = Field(
-        None, ge=1, le=200, description="Views spread evenly along the region's long side; null = as many as fit "
-        "side by side without overlapping.",
-    )  # fmt: skip
-    max_overlap: float = Field(
-        0.25, ge=0.0, le=0.5, description="Share of its long side a view may share with its neighbour (more "
-        "`views` than fit overlap; beyond this they are one picture twice and the build refuses them).",
-    )  # fmt: skip
-    skip: list[int] = Field(
-        default_factory=list, description="Views left out, counted from 0 along the region (text, a seam, a flat patch)."
-    )
-
-    @model_validator(mode="after")
-    def _valid_region(self) -> CorpusCrops:
-        left, top, right, bottom = self.region
-        if not (0.0 <= left < right <= 1.0 and 0.0 <= top < bottom <= 1.0):
-            raise ValueError(f"region {self.region}: needs 0 <= left < right <= 1 and 0 <= top < bottom <= 1")
-        if any(i < 0 for i in self.skip) or len(set(self.skip)) != len(self.skip):
-            raise ValueError(f"skip {self.skip}: view numbers are distinct and >= 0")
-        if self.views is not None and any(i >= self.views for i in self.skip):
-            raise ValueError(f"skip {self.skip}: only views 0..{self.views - 1} exist")
-        return self
-
-
-class CorpusTake(_Group):
-    globs: list[str] = Field(
-        ..., min_length=1,
-        description="Paths inside the package to take: `*` within a folder, `**` across folders; "
-        "`bundle.rcc!inner/*.webp` reaches into a Qt resource bundle, `bundle.pk3!inner/*.png` into a zip (.pk3).",
-    )  # fmt: skip
-    exclude: list[str] = Field(default_factory=list, description="Paths the globs take that are left out.")
-    every: int = Field(1, ge=1, le=1000, description="Take every n-th of the matching paths (sorted): thins big folders.")
-    category: CorpusCategory = Field(..., description="What the pictures show (per-category counts, page backgrounds).")
-    license: str | None = Field(
-        None, description="License of these files; null = the package's machine-readable copyright file says it per file."
-    )
-    has_text: bool = Field(False, description="The pictures hold ordinary text of their own (never mirrored).")
-    crops: CorpusCrops | None = Field(
-        None, description="Cut each picture into views (each stored as a picture of its own); null = the whole picture."
-    )
-
-
-class CorpusPackage(_Group):
-    name: str = Field(..., min_length=1, description="Registry package name.")
-    version: str = Field(..., min_length=1, description="Exact package version.")
-    kind: Literal["deb", "sdist"] = Field("deb", description="Debian binary package or Python source tarball.")
-    urls: list[str] = Field(..., min_length=1, description="Where to fetch it, tried in order (same file, same sha256).")
-    sha256: str = Field(..., pattern=SHA256_PATTERN, description="sha256 of the package file.")
-    split: CorpusSplit | None = Field(
-        None, description="The one corpus split all its pictures go to (a package never feeds two splits); "
-        "null for a package that only lends its copyright file.",
-    )  # fmt: skip
-    copyright: str | None = Field(
-        None, description="Path of the copyright file inside; null = usr/share/doc/<name>/copyright (deb)."
-    )
-    copyright_from: str | None = Field(
-        None, description="Another package of the spec whose copyright file covers this one (a symlinked doc folder)."
-    )
-    take: list[CorpusTake] = Field(default_factory=list, description="The files taken and what they are.")
-
-    @model_validator(mode="after")
-    def _needs_split(self) -> CorpusPackage:
-        if self.take and self.split is None:
-            raise ValueError(f"package {self.name} takes files, so it needs a split (train, val or test)")
-        return self
-
-
-class CorpusImages(_Group):
-    long_side: int = Field(768, ge=128, le=4096, description="Stored pictures are downscaled to this long side, px.")
-    min_side: int = Field(200, ge=16, le=4096, description="Source pictures with a shorter side are skipped, px.")
-    webp_quality: int = Field(70, ge=1, le=100, description="WebP quality of the stored pictures.")
-    dedup_bits: int = Field(
-        24, ge=0, le=256, description="Pictures whose 256-bit difference hashes differ in at most this many bits "
-        "are one picture (the same wallpaper in several sizes): the first kept, test before val before train.",
-    )  # fmt: skip
-    max_mib: float = Field(32.0, gt=0.0, description="The built corpus folder must stay under this size, MiB.")
-
-
-class FontFaceSpec(_Group):
-    name: str = Field(..., pattern=FACE_NAME_PATTERN, description="Stable face name (the held-out split uses it).")
-    file: str = Field(..., min_length=1, description="Path of the .ttf/.otf/.ttc inside the package.")
-    index: int = Field(0, ge=0, le=64, description="Face index inside a .ttc collection.")
-    bold: bool = Field(False, description="A bold face (offered when a style asks for bold).")
-    style: FontStyle = Field(..., description="What kind of typeface it is (counts in the build summary).")
-    subset: Literal["latin", "cjk", "none"] = Field(
-        ..., description="Characters kept: latin ranges, latin + the CJK text, or the file unchanged "
-        "(required for fonts with a Reserved Font Name: a subset is a modified version).",
-    )  # fmt: skip
-
-
-class FontPackage(_Group):
-    name: str = Field(..., min_length=1, description="Registry package name.")
-    version: str = Field(..., min_length=1, description="Exact package version.")
-    urls: list[str] = Field(..., min_length=1, description="Where to fetch it, tried in order.")
-    sha256: str = Field(..., pattern=SHA256_PATTERN, description="sha256 of the package file.")
-    license: str = Field(..., min_length=1, description="License of the fonts, as its copyright file states it.")
-    faces: list[FontFaceSpec] = Field(..., min_length=1, description="The faces taken.")
-
-
-class FontBuild(_Group):
-    latin_ranges: list[str] = Field(
-        ..., min_length=1, description="Unicode ranges every subset keeps, e.g. U+0020-007E."
-    )
-    cjk_text: str = Field(..., min_length=1, description="Characters CJK subsets keep besides the phrases' own.")
-    cjk_ranges: list[str] = Field(default_factory=list, description="Unicode ranges CJK subsets keep (kana, punctuation).")
-    max_mib: float = Field(8.0, gt=0.0, description="The built fonts folder must stay under this size, MiB.")
-
-
-class CorpusSpec(_Group):
-    images: CorpusImages = Field(default_factory=CorpusImages)
-    packages: list[CorpusPackage] = Field(..., min_length=1)
-    fonts: FontBuild
-    font_packages: list[FontPackage] = Field(..., min_length=1)
-
-    @model_validator(mode="after")
-    def _unique(self) -> CorpusSpec:
-        names = [p.name for p in self.packages]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"packages listed twice: {dupes}")
-        for p in self.packages:
-            if p.copyright_from is not None and p.copyright_from not in names:
-                raise ValueError(f"package {p.name}: copyright_from {p.copyright_from!r} is not a package of the spec")
-        faces = [f.name for fp in self.font_packages for f in fp.faces]
-        dupes = sorted({n for n in faces if faces.count(n) > 1})
-        if dupes:
-            raise ValueError(f"font faces named twice: {dupes}")
-        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -758,36 +607,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)" + _allowed_keys_hint(e["loc"])
-        got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{source}: {key}: {msg}{got_s}")
-    return "\n".join(lines)
-
-
-def _allowed_keys_hint(loc: tuple[str | int, ...]) -> str:
-    """"; did you mean 'x'? allowed: a, b, ..." for an unknown key at `loc` (empty if the group is unknown)."""
-    model: type[BaseModel] = Params
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue  # an index into a list of groups (train.progressive.0.crop)
-        field = model.model_fields.get(part)
-        inner = [field.annotation, *typing.get_args(field.annotation)] if field else []
-        groups = [t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not groups:
-            return ""
-        model = groups[0]
-    allowed = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    return (f"; did you mean {close[0]!r}?" if close else "") + f" allowed: {', '.join(allowed)}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -853,7 +672,9 @@ def load_params(
     if tuned_tree:  # an empty (placeholder) file is no layer: errors need not name it
         layers.insert(1, (str(tuned_file), tuned_tree))
     sources = [name for name, _ in layers] + (["overrides"] if items else [])
-    return validate(_layered(layers, items), " + ".join(sources))
+    params = validate(_layered(layers, items), " + ".join(sources))
+    params._sources = sources
+    return params
 
 
 def _layered(layers: list[tuple[str, dict[str, Any]]], items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -901,19 +722,4 @@ def validate(tree: dict[str, Any], source: str = "params") -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
-
-
-def load_corpus_spec(path: str | Path) -> CorpusSpec:
-    """The validated corpus spec (data/corpus.yaml: pinned packages, files taken, fonts); ConfigError names the key."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: corpus spec not found")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return CorpusSpec.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, str(path))) from None
+        raise ConfigError(format_error(err, source, Params)) from None

@@ -32,18 +32,16 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from wmcore.config import PrepareParams
+from wmcore.data.corpus_spec import CORPUS_DIR, PAGE_CATEGORIES, TEXT_CATEGORIES
+from wmcore.data.layout import PHOTO_SUFFIXES
 from wmcore.data.procedural import PROCEDURAL_KINDS
 from wmcore.errors import WmError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 SYSTEM_FOLDERS = ("/usr/share/backgrounds", "/usr/share/wallpapers", "/usr/share/desktop-base")
 # The committed real-photo corpus: where `wm corpus` writes it, read in place (no install step).
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "data" / "corpus"
 CORPUS_SPLITS = ("train", "val", "test")
-PAGE_CATEGORIES = ("document", "screenshot")  # corpus categories that are pages of text: "page" backgrounds
-TEXT_CATEGORIES = (*PAGE_CATEGORIES, "scene_text")  # corpus categories with text of their own: never mirrored
 CORPUS_DOCUMENT = "corpus:document/"  # id prefix of corpus document pages (they get rubber stamps more often)
 # Files of the package sample folders that are not photographs (why, as written to stats.json).
 EXCLUDED = {
@@ -157,7 +155,7 @@ def _source_folders(p: PrepareParams, corpus_dir: Path) -> dict[str, list[Path]]
 def _candidate_files(source: str, folder: Path) -> list[Path]:
     # Package sample folders are flat; user and system folders are searched recursively.
     pattern = "*" if source in ("skimage", "matplotlib", "sklearn") else "**/*"
-    return sorted(f for f in folder.glob(pattern) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    return sorted(f for f in folder.glob(pattern) if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
 
 
 def check_photo(path: Path, min_side: int, max_side: int) -> tuple[Image.Image | None, str]:

@@ -1,7 +1,7 @@
 """`wm corpus`: build the committed real-photo corpus (data/corpus) and font pack (data/fonts) from pinned packages.
 
 `data/corpus.yaml` pins every package (name, version, URLs, sha256), the files taken from it, what
-they show and which split they feed; it is validated by `wmcore.config.load_corpus_spec`. The build:
+they show and which split they feed; it is validated by `wmcore.data.corpus_spec.load_corpus_spec`. The build:
 
     fetch each package (cached under <paths.cache_dir>/registry, sha256 checked)
     -> take the files the globs name (inside .deb, sdist, Qt .rcc and zip/.pk3 bundles)
@@ -17,10 +17,15 @@ Fonts are subset (fontTools) to the characters the phrases need plus `fonts.cjk_
 for glyph coverage per script, and stored with the same provenance in data/fonts/manifest.jsonl.
 Both folders are built beside the target and renamed into place, and must stay under their size
 caps: they are committed to git, so a clone (or a GPU machine) has them without registry access.
+
+The DVC `corpus` stage runs `python -m wmcore.data.corpus --out ... --downloads ...` (the folders from
+params.yaml through dvc.yaml), so it depends on this module and what it imports, not on the params
+schema or the `wm` CLI: editing them does not rebuild the corpus. `wm corpus` runs the same `build`.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -28,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -37,15 +43,27 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wmcore.config import CorpusCrops, CorpusPackage, CorpusSpec, CorpusTake, FontBuild, FontFaceSpec, FontPackage
-from wmcore.data.backgrounds import CORPUS_DIR, PAGE_CATEGORIES, TEXT_CATEGORIES
+from wmcore.data.corpus_spec import (
+    CORPUS_DIR,
+    PAGE_CATEGORIES,
+    SPEC_PATH,
+    TEXT_CATEGORIES,
+    CorpusCrops,
+    CorpusPackage,
+    CorpusSpec,
+    CorpusTake,
+    FontBuild,
+    FontFaceSpec,
+    FontPackage,
+    load_corpus_spec,
+)
+from wmcore.schema import ConfigError
 from wmcore.data.fonts import FONT_PACK_DIR, SCRIPTS, covered_scripts, script_characters
 from wmcore.data.packages import NESTED, Dep5Copyright, bundle_files, fetch, glob_match, iter_package_files
 from wmcore.errors import WmError
 
 log = logging.getLogger(__name__)
 
-SPEC_PATH = CORPUS_DIR.parent / "corpus.yaml"
 SPLIT_ORDER = ("test", "val", "train")  # near-duplicates keep the evaluation copy: training never sees its twin
 MANIFEST = "manifest.jsonl"
 LICENSE_DIR = "licenses"
@@ -583,3 +601,39 @@ def _names(path: Path) -> tuple[str, str]:
     name = TTFont(path, lazy=True)["name"]
     family = name.getDebugName(16) or name.getDebugName(1) or path.stem
     return family, name.getDebugName(4) or family
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build(spec_path: str | Path, downloads: Path, corpus_dir: Path, only: str | None = None) -> None:
+    """Build the pictures (unless `only` is "fonts") and the fonts (unless "images"); print what was built."""
+    spec = load_corpus_spec(spec_path)
+    if only in (None, "images"):
+        summary = build_corpus(spec, downloads, corpus_dir)
+        print(summary_table(summary))
+        print(f"corpus: {summary['pictures']} pictures, {summary['mib']} MiB; licenses: {summary['licenses']}")
+    if only in (None, "fonts"):
+        fonts = build_fonts(spec, downloads)
+        print(f"fonts: {fonts['faces']} faces of {fonts['families']} families, {fonts['mib']} MiB; scripts {fonts['scripts']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m wmcore.data.corpus --out DIR --downloads DIR`: the DVC stage's command (no params file read)."""
+    parser = argparse.ArgumentParser(prog="python -m wmcore.data.corpus", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="corpus folder (paths.corpus)")
+    parser.add_argument("--downloads", required=True, type=Path, help="package download cache (<paths.cache_dir>/registry)")
+    parser.add_argument("--spec", default=None, help="corpus spec (default: data/corpus.yaml of the source tree)")
+    parser.add_argument("--only", choices=["images", "fonts"], default=None, help="build the pictures or the fonts only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        build(args.spec or SPEC_PATH, args.downloads, args.out, args.only)
+    except (ConfigError, WmError) as exc:
+        print(f"python -m wmcore.data.corpus: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

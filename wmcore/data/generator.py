@@ -42,11 +42,11 @@ from wmcore.data.backgrounds import (
 from wmcore.data.compose import composite, jpeg_roundtrip, render_scene_text, strengthen, to_uint8
 from wmcore.data.fonts import available_faces, face_scope
 from wmcore.data.layer import MarkLayer
+from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.data.phrases import PHRASE_KINDS, PhrasePolicy
 from wmcore.data.procedural import render_procedural
 from wmcore.data.render import SECOND_MARK_STYLES, MarkContext, draw_style
 
-HELDOUT_SPLIT = "test_heldout"
 # Scripts training always needs a face for, whatever kinds are held out: AI labels, stamps and blocks
 # may be Chinese ("sc"), and scene text and dates may carry CJK characters (drawn with an "sc" face).
 ALWAYS_NEEDED_SCRIPTS = frozenset({"latin", "sc"})

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from wmcore.config import PrepareParams
-from wmcore.data.backgrounds import IMAGE_SUFFIXES
+from wmcore.data.layout import PHOTO_SUFFIXES
 from wmcore.errors import WmError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def import_id(stem: str) -> str:
 def _index_folder(folder: Path, skipped: list[dict[str, str]], what: str) -> dict[str, Path]:
     """{stem: file} of the image files in `folder`; a second file with the same stem is skipped."""
     found: dict[str, Path] = {}
-    for path in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES):
         if path.stem in found:
             skipped.append({"name": path.name, "path": str(path),
                             "reason": f"duplicate {what} stem (already have {found[path.stem].name})"})
@@ -87,8 +87,8 @@ def import_folders(p: PrepareParams) -> tuple[Path, Path]:
     for folder in (root / "images", root / "masks"):
         if not folder.is_dir():
             raise WmError(f"prepare.import_dir: {folder}: not found; expected {root}/images/ and {root}/masks/ with matching stems")
-    if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (root / "images").iterdir()):
-        raise WmError(f"prepare.import_dir: {root / 'images'}: holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}); "
+    if not any(f.suffix.lower() in PHOTO_SUFFIXES for f in (root / "images").iterdir()):
+        raise WmError(f"prepare.import_dir: {root / 'images'}: holds no images ({' '.join(sorted(PHOTO_SUFFIXES))}); "
                       "fill it or set prepare.import_dir: null")
     return root / "images", root / "masks"
 

@@ -35,20 +35,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from wmcore.hashing import file_sha256
 from wmcore.errors import WmError
 
 CHUNK = 1 << 20
 USER_AGENT = "wmdetect-corpus/1 (python urllib)"
 TIMEOUT_S = 60
 NESTED = "!"  # separates a bundle's path from the path of a file inside it
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- download
@@ -70,7 +63,7 @@ def fetch(name: str, urls: list[str], sha256: str, cache_dir: Path, opener: Open
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / PurePosixPath(urls[0].split("?")[0]).name
-    if target.is_file() and sha256_file(target) == sha256:
+    if target.is_file() and file_sha256(target) == sha256:
         return target
     errors = []
     for url in urls:

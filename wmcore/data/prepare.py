@@ -41,7 +41,8 @@ from wmcore.config import Params
 from wmcore.data.backgrounds import BackgroundCatalog, discover_backgrounds, load_hard_negatives
 from wmcore.data.contact_sheet import write_contact_sheet
 from wmcore.data.fonts import FONT_LICENSES, FONT_PACK_DIR
-from wmcore.data.generator import HELDOUT_SPLIT, GeneratorContext, HeldoutPlan, generate_sample, plan_heldout
+from wmcore.data.layout import HELDOUT_SPLIT
+from wmcore.data.generator import GeneratorContext, HeldoutPlan, generate_sample, plan_heldout
 from wmcore.data.importer import import_dataset, import_folders
 from wmcore.runtime.atomic import write_json, write_text
 

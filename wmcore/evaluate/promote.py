@@ -1,9 +1,9 @@
 """Promotion and export: which evaluated model `wm evaluate` ships, and the deployable weights file.
 
-One rule decides (`promotion_record`): a freshly trained candidate replaces the pretrained
-(shipped) model only when its test pixel F1 is higher, both scored on the same prepared test split
-with their own calibration. The MLflow champion alias follows the same record
-(wmcore.tracking.mlflow_run), so the exported file and the registry never disagree.
+One rule decides (`wmcore.metrics.promotion.beats`, applied in `promotion_record`): a freshly trained
+candidate replaces the pretrained (shipped) model only when its test pixel F1 is higher, both scored
+on the same prepared test split with their own calibration. The MLflow champion alias applies the same
+rule (wmcore.tracking.mlflow_run.promote_if_better), so the exported file and the registry never disagree.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wmcore.evaluate.samples import HELDOUT_SPLIT
-from wmcore.model.checkpoint import load_model, save_checkpoint
+from wmcore.data.layout import HELDOUT_SPLIT
+from wmcore.metrics.promotion import beats
+from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 
 
 def promotion_record(
@@ -26,7 +27,7 @@ def promotion_record(
     cand_f1 = candidate["test"]["f1"] or 0.0
     pre_f1 = pretrained["test"]["f1"] or 0.0
     return {
-        "promoted": "candidate" if cand_f1 > pre_f1 else "pretrained",
+        "promoted": "candidate" if beats(candidate["test"]["f1"], pretrained["test"]["f1"]) else "pretrained",
         "candidate": str(source),
         "pretrained": str(pretrained_path),
         "candidate_test_f1": cand_f1,
@@ -61,5 +62,5 @@ def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str
         "source_epoch": ckpt.get("epoch"),
         "source_step": ckpt.get("step"),
     }
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": model.model_args(), "meta": meta})
+    save_checkpoint(path, checkpoint_dict(model, meta))
     return path

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from wmcore.config import Params
+from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.evaluate.plots import OverlayRow, pick_overlay_rows, plot_overlays, plot_pr_curves, plot_training_curves
-from wmcore.evaluate.samples import HELDOUT_SPLIT, SampleError, read_sample
+from wmcore.evaluate.samples import SampleError, read_sample
 from wmcore.evaluate.score import REAL_SPLITS, SplitScores
 from wmcore.metrics import (
     average_precision,

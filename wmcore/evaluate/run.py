@@ -163,6 +163,7 @@ def evaluate_tracked(params: Params, backend: str | None = None, checkpoint: str
     """
     if not params.tracking.enabled:  # off: mlflow is not even imported (nor needed installed)
         return {**run_evaluation(params, backend=backend, checkpoint=checkpoint), "champion": False}
+    # deferred on purpose: mlflow takes seconds to import and need not be installed with tracking off
     from wmcore.tracking.mlflow_run import TEST_DATA_TAG, log_and_register_model, log_prepared_input, step_run
 
     prepared = Path(params.paths.prepared)

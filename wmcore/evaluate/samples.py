@@ -23,14 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from wmcore.data.layout import PREPARED_IMAGE_SUFFIXES
 from wmcore.errors import WmError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-# The style-held-out split `wm prepare` writes (same name as wmcore.data.generator.HELDOUT_SPLIT; kept
-# here so evaluation does not import the synthetic generator). Optional: absent when it was not made.
-HELDOUT_SPLIT = "test_heldout"
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ def _from_manifest(prepared: Path, rows: list[dict]) -> list[EvalSample]:
 
 
 def _from_folder(split_dir: Path) -> list[EvalSample]:
-    images = sorted(p for p in (split_dir / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in (split_dir / "images").glob("*") if p.suffix.lower() in PREPARED_IMAGE_SUFFIXES)
     return [EvalSample(id=p.stem, image=p, mask=split_dir / "masks" / f"{p.stem}.png") for p in images]
 
 

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from wmcore.config import Params
 from wmcore.data.backgrounds import corpus_rows
+from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.errors import WmError
 from wmcore.evaluate.fusion import rule_maps
-from wmcore.evaluate.samples import HELDOUT_SPLIT, EvalSample, SampleError, load_split, read_sample
+from wmcore.evaluate.samples import EvalSample, SampleError, load_split, read_sample
 from wmcore.infer.predictor import get_predictor
 from wmcore.metrics import image_score, threshold_histograms
 

@@ -169,7 +169,7 @@ def predict_inputs(
     if overlay is None:
         overlay = overlay_wanted(params.predict.save_overlay, len(images), params.predict.overlay_auto_images)
     todo = images if force else _still_to_do(images, table, out, overlay)
-    predictor = get_predictor(model, params, calibration=_calibration_files(todo, params))
+    predictor = get_predictor(model, params, int8_calibration=_int8_calibration_files(todo, params))
     predictor.sizer.reset_stats()  # the cached predictor may have served earlier runs
     if threshold is not None or image_threshold is not None:
         predictor = predictor.with_thresholds(threshold, image_threshold)
@@ -210,7 +210,7 @@ def predict_images(
     out = Path(out_dir)
     table = ResultsTable(out)
     set_pixel_cap(params.predict.max_image_megapixels)
-    predictor = get_predictor(model, params, calibration=_calibration_files(items, params))
+    predictor = get_predictor(model, params, int8_calibration=_int8_calibration_files(items, params))
     overlay = params.predict.save_overlay is True  # auto: a service's chunks get no overlays
     run = FolderRun(params, predictor, table, out, list(items), keep_rows=True, overlay=overlay)
     with _compacted(table):
@@ -218,7 +218,7 @@ def predict_images(
     return run.rows
 
 
-def _calibration_files(items: list[InputImage], params: Params) -> list[Path]:
+def _int8_calibration_files(items: list[InputImage], params: Params) -> list[Path]:
     """Image files for onnx-int8 calibration: the first inputs that are to be decoded."""
     return [i.path for i in items if not i.skip][: params.predict.calibration_images]
 

@@ -28,11 +28,6 @@ try:  # optional at run time: without it HEIC files are skipped with a reason th
 except ImportError:
     pillow_heif = None
 
-# The one list of file suffixes inference reads from a folder (files named on the command line
-# are tried whatever their suffix).
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".hif", ".avif"}
-)
 DEFAULT_MAX_MEGAPIXELS = 200.0
 # What wmcore.infer.large_images decodes strip by strip with the same pixels as load_rgb.
 STREAM_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})

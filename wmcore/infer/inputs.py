@@ -2,7 +2,7 @@
 
 Inputs are files, folders (walked recursively, following symlinks but never
 entering a folder twice, so symlink loops end) and glob patterns. Every file
-found is accounted for: a regular file with an image suffix (IMAGE_SUFFIXES) is
+found is accounted for: a regular file with an image suffix (INPUT_SUFFIXES) is
 decoded; any other file under a folder or matched by a glob comes back with a skip
 reason ("not a regular file: FIFO", "no image extension", "not an image extension:
 .txt", "unreadable: ..."), so it gets a `skipped` row instead of vanishing. A file
@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from wmcore.infer.images import IMAGE_SUFFIXES
+from wmcore.data.layout import INPUT_SUFFIXES
 from wmcore.runtime.atomic import is_temp_file
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def skip_reason(path: Path, named: bool = False) -> str:
         kind = next((name for test, name in FILE_KINDS if test(mode)), "special file")
         return f"not a regular file: {kind}"
     suffix = path.suffix.lower()
-    if named or suffix in IMAGE_SUFFIXES:
+    if named or suffix in INPUT_SUFFIXES:
         return ""
     return f"not an image extension: {suffix}" if suffix else "no image extension"
 
@@ -101,7 +101,7 @@ def discover_inputs(args: list[str], exclude: Path | None = None) -> tuple[list[
         if matches is None:
             missing.append(MissingInput(arg, "not found"))
         elif not matches and Path(arg).is_dir():
-            log.warning("%s: folder is empty (images: %s)", arg, " ".join(sorted(IMAGE_SUFFIXES)))
+            log.warning("%s: folder is empty (images: %s)", arg, " ".join(sorted(INPUT_SUFFIXES)))
         elif not matches:
             missing.append(MissingInput(arg, "no images matched"))
         found.extend(matches or [])

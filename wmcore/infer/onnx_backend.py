@@ -20,11 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from wmcore.config import Params
+from wmcore.data.layout import INPUT_SUFFIXES
 from wmcore.errors import WmError
+from wmcore.hashing import file_sha256
 from wmcore.infer.batching import check_budget
+from wmcore.infer.images import ImageSkip, load_rgb
 from wmcore.infer.torch_backend import estimate_batch_mb
 
 log = logging.getLogger(__name__)
@@ -132,7 +136,7 @@ class OnnxBackend:
 # --------------------------------------------------------------------------- int8
 
 
-class _CalibrationReader:
+class _Int8CalibrationReader:
     """Feeds calibration tiles to onnxruntime.quantization (CalibrationDataReader protocol)."""
 
     def __init__(self, tiles: list[np.ndarray]) -> None:
@@ -143,10 +147,8 @@ class _CalibrationReader:
         return None if tile is None else {"image": tile}
 
 
-def calibration_tiles(files: Sequence[str | Path], count: int, side: int, multiple: int) -> list[np.ndarray]:
+def int8_calibration_tiles(files: Sequence[str | Path], count: int, side: int, multiple: int) -> list[np.ndarray]:
     """Up to `count` float32 (1, 3, s, s) centre crops (s <= side, multiple of `multiple`) of readable images."""
-    from wmcore.infer.images import ImageSkip, load_rgb
-
     tiles = []
     for f in files:
         if len(tiles) >= count:
@@ -177,7 +179,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray]) -> 
         quantize_static(
             str(pre),
             str(tmp),
-            _CalibrationReader(tiles),
+            _Int8CalibrationReader(tiles),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -191,12 +193,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray]) -> 
 
 
 def _validation_files(params: Params) -> list[Path]:
-    from wmcore.infer.images import IMAGE_SUFFIXES
-
     folder = Path(params.paths.prepared) / "val" / "images"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
 
 
 def build_onnx_backend(
@@ -206,13 +206,9 @@ def build_onnx_backend(
     int8: bool,
     device: torch.device,
     threads: int,
-    calibration: Sequence[str | Path] | None = None,
+    int8_calibration: Sequence[str | Path] | None = None,
 ) -> OnnxBackend:
     """Export (and quantize) once per checkpoint hash, then open an ORT session on the cached file."""
-    from filelock import FileLock
-
-    from wmcore.infer.predictor import file_sha256
-
     folder = Path(params.paths.cache_dir) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
     digest = file_sha256(checkpoint)[:16]
@@ -222,9 +218,9 @@ def build_onnx_backend(
             log.info("exporting %s to ONNX (%s)", checkpoint, fp32)
             export_onnx(model, fp32)
         if int8 and not int8_file.is_file():
-            files = _validation_files(params) or list(calibration or [])
+            files = _validation_files(params) or list(int8_calibration or [])
             pp = params.predict
-            tiles = calibration_tiles(files, pp.calibration_images, pp.tile_size, model.multiple)
+            tiles = int8_calibration_tiles(files, pp.calibration_images, pp.tile_size, model.multiple)
             log.info("quantizing to int8 on %d calibration images (%s)", len(tiles), int8_file)
             quantize_int8(fp32, int8_file, tiles)
     budget = params.predict.host_memory_budget_mb

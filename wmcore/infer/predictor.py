@@ -34,18 +34,22 @@ import torch
 
 from wmcore.config import Params
 from wmcore.errors import WmError
+from wmcore.hashing import file_sha256
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
+from wmcore.infer.flip_tta import flip_averaged
 from wmcore.infer.images import DraftedImage
+from wmcore.infer.onnx_backend import build_onnx_backend
 from wmcore.infer.sinks import MaskSummary, MaskSummarySink, MaskWriter, ProbabilityMapSink
 from wmcore.infer.tiling import RowSource, StripSink, as_row_source, predict_tiled
+from wmcore.infer.torch_backend import TorchBackend
 from wmcore.infer.working_scale import (
     FUSION_RULES,
     RefineSettings,
-    flip_averaged,
     native_and_global_maps,
     resolve_rule,
     run_working_scale,
 )
+from wmcore.model.checkpoint import load_model
 from wmcore.runtime.device import configure_threads, resolve_device
 from wmcore.runtime.memory import MemoryMonitor, set_malloc_mmap_threshold
 
@@ -279,14 +283,6 @@ def _local_model(path: Path) -> ResolvedModel:
     return ResolvedModel(path, f"{path}@{st.st_mtime_ns}:{st.st_size}")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _mlflow_model(uri: str, params: Params) -> ResolvedModel:
     """Download a registered/run model with MLflow and return the checkpoint file inside it."""
     import os
@@ -342,7 +338,7 @@ def get_predictor(
     model_ref: str | Path | None,
     params: Params,
     backend: str | None = None,
-    calibration: Sequence[str | Path] | None = None,
+    int8_calibration: Sequence[str | Path] | None = None,
 ) -> Predictor:
     """The process-wide Predictor for this model, backend, device and settings (built once).
 
@@ -351,7 +347,7 @@ def get_predictor(
             else <evaluate_dir>/model.pt, else <train_dir>/best.pt.
         params: validated parameters.
         backend: torch | onnx | onnx-int8; None = params.predict.backend.
-        calibration: image files for onnx-int8 calibration when <prepared>/val/images is absent.
+        int8_calibration: image files for onnx-int8 calibration when <prepared>/val/images is absent.
     """
     backend = backend or params.predict.backend
     if backend not in ("torch", "onnx", "onnx-int8"):
@@ -361,7 +357,7 @@ def get_predictor(
     key = _cache_key(model, params, backend, device)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _build(model, params, backend, device, calibration)
+            _CACHE[key] = _build(model, params, backend, device, int8_calibration)
         return _CACHE[key]
 
 
@@ -372,10 +368,8 @@ def clear_predictor_cache() -> None:
 
 
 def _build(
-    model: ResolvedModel, params: Params, backend: str, device: torch.device, calibration: Sequence[str | Path] | None
+    model: ResolvedModel, params: Params, backend: str, device: torch.device, int8_calibration: Sequence[str | Path] | None
 ) -> Predictor:
-    from wmcore.model.checkpoint import load_model
-
     threads = configure_threads(params.base.threads, reserved=params.predict.loader_workers)  # decoders' cores
     pp = params.predict
     if set_malloc_mmap_threshold(pp.malloc_mmap_threshold_kb, pp.malloc_trim_threshold_kb):
@@ -388,15 +382,11 @@ def _build(
     pp = params.predict
     fusion = resolve_rule(pp.fusion, meta.get("fusion"), pp.global_side)
     if backend == "torch":
-        from wmcore.infer.torch_backend import TorchBackend
-
         engine: Backend = TorchBackend(
             net, device, pp.channels_last, pp.amp, params.base.precision, pp.non_blocking, pp.host_memory_budget_mb
         )
     else:
-        from wmcore.infer.onnx_backend import build_onnx_backend
-
-        engine = build_onnx_backend(net, model.path, params, backend == "onnx-int8", device, threads, calibration)
+        engine = build_onnx_backend(net, model.path, params, backend == "onnx-int8", device, threads, int8_calibration)
     log.info("model %s loaded (%s backend on %s, %d threads, fusion %s)", model.path, backend, device, threads, fusion)
     return Predictor(engine, params, threshold, image_threshold, model.identity, device, fusion)
 

@@ -150,7 +150,7 @@ def discover_inbox(inbox: str | Path, out_dir: str | Path) -> list[InputImage]:
 
 def screen_chunk(params: Params, out_dir: str | Path, items: list[InputImage], model: str | None) -> list[dict]:
     """Predict a claimed chunk into `out_dir`, record it in the manifest; returns the manifest rows."""
-    from wmcore.infer.folder import predict_images  # imports torch: only where work is done
+    from wmcore.infer.folder import predict_images  # deferred on purpose: torch, only where work is done
 
     manifest = ProcessedManifest(out_dir)
     keys = {}

@@ -1,4 +1,4 @@
-"""Working-scale inference: a downscaled working view, native refinement where it fires, fusion, flip TTA.
+"""Working-scale inference: a downscaled working view, native refinement where it fires, fusion.
 
 Watermarks are sized relative to the whole image: a mark across a 4000 px photo is seen only in
 fragments by native tiles, while a small corner label may shrink to a smudge when the photo is
@@ -21,9 +21,6 @@ map beyond the sink's own is allocated. An image that fits the working side *is*
 view: it gets one pass, and every rule gives exactly the single-path result. Rule "auto" is
 resolved by the predictor from the model's meta (`wm evaluate` calibrates it on validation), else
 "refine".
-
-`flip_averaged` wraps a tile runner so every batch is averaged with its horizontally flipped pass
-(test-time augmentation; twice the compute, same memory per call).
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from wmcore.infer.sinks import ProbabilityMapSink
-from wmcore.infer.tiling import RowSource, StripSink, TileRunner, as_row_source, tile_layout
+from wmcore.infer.tiling import RowSource, StripSink, as_row_source, tile_layout
 
 log = logging.getLogger(__name__)
 
@@ -308,17 +305,3 @@ def native_and_global_maps(
         out.append((sink.probs, upsample_rows(small, height, width, 0, height), refined))
     return out
 
-
-def flip_averaged(run_tiles: TileRunner) -> TileRunner:
-    """A tile runner whose output is the mean of `run_tiles` on the tiles and on their mirror images.
-
-    uint8 (N, h, w, 3) -> float32 (N, h, w): (run(x) + flip(run(flip(x)))) / 2, flip = left-right.
-    The two passes are separate calls, so a call never holds more than one batch of activations.
-    """
-
-    def run(tiles: np.ndarray) -> np.ndarray:
-        probs = run_tiles(tiles)
-        mirrored = run_tiles(np.ascontiguousarray(tiles[:, :, ::-1]))
-        return (probs + mirrored[:, :, ::-1]) * np.float32(0.5)
-
-    return run

@@ -2,11 +2,13 @@
 
 Shared by training validation, evaluation and the benchmarks, so every number
 called "F1" in this project is computed the same way. Works on torch tensors
-(on any device: counts accumulate where the data is) and returns tensors.
+(on any device: counts accumulate where the data is) and returns tensors; `mask_f1` and
+`median_split_f1` take numpy masks and maps (benchmarks and `wm tune` compare backends with them).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EPS = 1e-9
@@ -147,3 +149,19 @@ def gate_counts(counts: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     k = keep.to(counts.dtype).reshape(-1, *([1] * (counts.dim() - 2)))
     tp, fp, fn, tn = counts.unbind(-1)
     return torch.stack([tp * k, fp * k, fn + tp * (1 - k), tn + fp * (1 - k)], dim=-1)
+
+
+def mask_f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    """F1 of two boolean numpy masks of any equal shape; 1.0 when both are empty (as `scores_from_counts`)."""
+    tp = float(np.logical_and(pred, truth).sum())
+    denom = float(pred.sum()) + float(truth.sum())
+    return 1.0 if denom == 0 else 2.0 * tp / denom
+
+
+def median_split_f1(probs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """F1 of `probs` vs `reference` maps, both cut at the reference maps' median: a 50/50 split where any
+    rounding shows, so two backends of one model (or an untrained one) still compare strictly. 1.0 = same."""
+    cut = float(np.median(np.concatenate([r.ravel() for r in reference])))
+    pred = np.concatenate([(p >= cut).ravel() for p in probs])
+    ref = np.concatenate([(r >= cut).ravel() for r in reference])
+    return mask_f1(pred, ref)

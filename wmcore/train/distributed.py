@@ -1,7 +1,7 @@
 """Data-parallel training (DDP) under torchrun: process group, rank device, model wrapping, agreement.
 
 One training loop serves 1 and N processes. Under torchrun (`python -m torch.distributed.run
-... -m wmcore.train`, or `wm train` with `train.nproc > 1`, which relaunches itself that way)
+... -m wmcore.cli ... train`, or `wm train` with `train.nproc > 1`, which relaunches itself that way)
 every process runs `wmcore.train.loop.run_training` with these pieces switched on:
 
     distributed_session   init_process_group (nccl for CUDA tensors + gloo for CPU tensors on a
@@ -98,7 +98,7 @@ def require_process_group(ranks: RankInfo) -> None:
     if ranks.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
         raise WmError(
             f"WORLD_SIZE={ranks.world_size} but no process group is initialised; start training with "
-            "`python -m torch.distributed.run ... -m wmcore.train` or `wm train` (they open it), "
+            "`python -m torch.distributed.run ... -m wmcore.cli ... train` or `wm train` (they open it), "
             "or call run_training inside wmcore.train.distributed.distributed_session"
         )
 
@@ -349,13 +349,13 @@ def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
 def train_module_args(
     params_file: str, params_extra: list[str], overrides: list[str], resume: bool, verbose: bool
 ) -> list[str]:
-    """Arguments of `python -m wmcore.train` that repeat a `wm train` command line."""
+    """Arguments of `python -m wmcore.cli` (each rank's command) that repeat a `wm train` command line."""
     args = ["--params", params_file]
     for path in params_extra:
         args += ["--params-extra", path]
     for override in overrides:
         args += ["-S", override]
-    return args + (["--resume"] if resume else []) + (["-v"] if verbose else [])
+    return args + (["-v"] if verbose else []) + ["train"] + (["--resume"] if resume else [])
 
 
 def check_local_ranks(nproc: int, device_name: str) -> None:
@@ -374,9 +374,9 @@ def check_local_ranks(nproc: int, device_name: str) -> None:
 
 
 def launch_local_ranks(nproc: int, module_args: list[str]) -> int:
-    """Run `python -m wmcore.train <module_args>` as `nproc` ranks on this machine; returns the exit code.
+    """Run `python -m wmcore.cli <module_args>` (`wm ... train`) as `nproc` ranks on this machine; returns the exit code.
 
-    This is `torchrun --standalone --nproc-per-node N -m wmcore.train ...`, through torchrun's
+    This is `torchrun --standalone --nproc-per-node N -m wmcore.cli ... train`, through torchrun's
     own API, so a failed rank ends in its own message and exit code (2 for a user error)
     instead of torchrun's traceback. Each rank sizes its torch threads itself (threads_per_rank);
     OMP_NUM_THREADS is set to the same share for libraries that read only the variable.
@@ -387,7 +387,7 @@ def launch_local_ranks(nproc: int, module_args: list[str]) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)  # the agent's INFO is noise here
-    argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "wmcore.train", *module_args]
+    argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "wmcore.cli", *module_args]
     log.info("train.nproc = %d: starting torchrun %s", nproc, " ".join(argv))
     try:
         torchrun.run(torchrun.parse_args(argv))

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from wmcore.config import Params
 from wmcore.data.dataset import WatermarkDataset
 from wmcore.data.loader import EpochSampler, make_loader
-from wmcore.errors import WmError
+from wmcore.errors import WmError, first_line
 from wmcore.model import TextUNet, build_model
 from wmcore.model.ocr_import import import_text_detector, text_detector_onnx
 from wmcore.runtime.device import resolve_device
@@ -357,8 +357,8 @@ def with_compile_fallback(run: Run, mode: str, call):
     try:
         out = call()
     except Exception as exc:  # compilation errors have no common base class
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("torch.compile failed in %s (%s: %s); falling back to eager", mode, type(exc).__name__, first)
+        log.warning("torch.compile failed in %s (%s: %s); falling back to eager", mode, type(exc).__name__,
+                    first_line(exc))  # fmt: skip
         run.tools.optimizer.zero_grad(set_to_none=True)
         if run.eval_model is compiled:  # one process: train and eval share the compiled model
             run.eval_model = run.eager_model

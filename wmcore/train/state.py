@@ -24,7 +24,7 @@ from torch import nn
 
 from wmcore.config import Params
 from wmcore.errors import WmError, one_line
-from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
+from wmcore.model.checkpoint import checkpoint_dict, load_checkpoint, save_checkpoint
 from wmcore.runtime.atomic import remove_stale_temp_files
 
 
@@ -80,26 +80,26 @@ def checkpoint_payload(
 ) -> dict[str, Any]:
     """Everything `resume_from` needs, from the bare (not compiled, not DDP) model."""
     extra = asdict(state)
-    return {
-        "model": model.state_dict(),
-        "model_args": model.model_args(),
-        "meta": {
-            "threshold": None,
-            "train_val_threshold": state.best_threshold,
-            "epoch": state.epoch,
-            "best_epoch": state.best_epoch,
-            "val_f1": state.best_f1,
-        },
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
+    meta = {
+        "threshold": None,
+        "train_val_threshold": state.best_threshold,
         "epoch": state.epoch,
-        "step": state.step,
-        "best_f1": state.best_f1,
-        "rng": capture_rng(),
-        "config": params.model_dump(mode="json"),
-        "train_state": {k: v for k, v in extra.items() if k not in ("epoch", "step", "best_f1")},
+        "best_epoch": state.best_epoch,
+        "val_f1": state.best_f1,
     }
+    return checkpoint_dict(
+        model,
+        meta,
+        optimizer=optimizer.state_dict(),
+        scheduler=schedule.state_dict(),
+        scaler=scaler.state_dict(),
+        epoch=state.epoch,
+        step=state.step,
+        best_f1=state.best_f1,
+        rng=capture_rng(),
+        config=params.model_dump(mode="json"),
+        train_state={k: v for k, v in extra.items() if k not in ("epoch", "step", "best_f1")},
+    )
 
 
 def save_training_checkpoint(path: Path, payload: dict[str, Any]) -> None:

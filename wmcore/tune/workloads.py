@@ -12,6 +12,7 @@ untrained model still gives a strict answer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +20,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from wmcore.config import Params
+from wmcore.data.dataset import WatermarkDataset
+from wmcore.data.loader import make_loader
+from wmcore.infer.predictor import clear_predictor_cache, get_predictor
+from wmcore.metrics import median_split_f1
+from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.model.factory import build_model
 from wmcore.model.unet import UNet
+from wmcore.train.setup import Switches, build_optimization
+from wmcore.train.steps import train_step
 
 
 def images_per_second(call: Callable[[], int], seconds: float, min_calls: int = 2) -> tuple[float, float]:
@@ -38,19 +47,9 @@ def images_per_second(call: Callable[[], int], seconds: float, min_calls: int = 
     return done / (time.perf_counter() - start), warmup_s
 
 
-def mask_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    """F1 of two boolean masks of any equal shape; 1.0 when both are empty."""
-    tp = float(np.logical_and(pred, truth).sum())
-    denom = float(pred.sum()) + float(truth.sum())
-    return 1.0 if denom == 0 else 2.0 * tp / denom
-
-
 def median_split_delta(probs: list[np.ndarray], reference: list[np.ndarray]) -> float:
     """1 - F1 of `probs` vs `reference` masks, both cut at the reference maps' median (0 = same decisions)."""
-    cut = float(np.median(np.concatenate([r.ravel() for r in reference])))
-    pred = np.concatenate([(p >= cut).ravel() for p in probs])
-    ref = np.concatenate([(r >= cut).ravel() for r in reference])
-    return round(1.0 - mask_f1(pred, ref), 4)
+    return round(1.0 - median_split_f1(probs, reference), 4)
 
 
 @contextlib.contextmanager
@@ -91,10 +90,8 @@ def spread_logits(net: UNet, sample: torch.Tensor) -> UNet:
 
 
 def save_random_checkpoint(params: Params, path: Path) -> Path:
-    from wmcore.model.checkpoint import save_checkpoint
-
     net = random_model(params)
-    save_checkpoint(path, {"model": net.state_dict(), "model_args": net.model_args(), "meta": {}})
+    save_checkpoint(path, checkpoint_dict(net))
     return path
 
 
@@ -117,8 +114,6 @@ def tune_images(params: Params, count: int, side: int) -> list[np.ndarray]:
     folder = Path(params.paths.prepared) / "val" / "images"
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     if files:
-        from PIL import Image
-
         images = []
         for path in files[:count]:
             with Image.open(path) as im:
@@ -137,10 +132,6 @@ def training_tools(params: Params, model: nn.Module, channels_last: bool, precis
 
     `precision` "fp32" = no autocast; "bf16"/"fp16" = autocast to that dtype (as train.amp does).
     """
-    import copy
-
-    from wmcore.train.setup import Switches, build_optimization
-
     net = copy.deepcopy(model).train()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -166,8 +157,6 @@ def train_step_rate(
     compile_model: bool = False,
 ) -> dict[str, float]:
     """Images/s of optimizer steps of `accum` micro-batches of `micro` crops; warm-up seconds (compile) too."""
-    from wmcore.train.steps import train_step
-
     tools = training_tools(params, model, channels_last, precision, compile_model)
     x, y = synthetic_batch(micro * accum, crop)
     micro_batches = [(x[i : i + micro], y[i : i + micro]) for i in range(0, micro * accum, micro)]
@@ -209,10 +198,6 @@ def autocast_delta(model: nn.Module, side: int, dtype: torch.dtype) -> float:
 
 def loader_step_rate(params: Params, model: nn.Module, workers: int, prefetch: int, seconds: float) -> float:
     """Images/s of the training loop's data path: the train split through make_loader, one train step per batch."""
-    from wmcore.data.dataset import WatermarkDataset
-    from wmcore.data.loader import make_loader
-    from wmcore.train.steps import train_step
-
     t, p = params.train, params.paths
     stage = t.progressive[0] if t.progressive else t
     data = WatermarkDataset(p.prepared, "train", stage.crop, True, params.loader.cache, p.cache_dir,
@@ -253,19 +238,17 @@ def predictor_rate(
     images: list[np.ndarray],
     batch: int,
     seconds: float,
-    calibration: list[Path] | None = None,
+    int8_calibration: list[Path] | None = None,
 ) -> tuple[float, list[np.ndarray]]:
     """(images/s, probability maps) of `backend` predicting `images` in fixed batches of `batch`.
 
-    `calibration`: image files for onnx-int8 when the prepared val split is absent.
+    `int8_calibration`: image files for onnx-int8 when the prepared val split is absent.
     """
-    from wmcore.infer.predictor import clear_predictor_cache, get_predictor
-
     pp = params.predict.model_copy(update={"batch_size": batch, "min_batch_size": 1, "max_batch_size": batch,
                                            "auto_batch": False})  # fmt: skip
     run_params = params.model_copy(update={"predict": pp})
     clear_predictor_cache()  # a fresh predictor per candidate: no cached batch sizer or arena
-    predictor = get_predictor(str(model_path), run_params, backend, calibration=calibration)
+    predictor = get_predictor(str(model_path), run_params, backend, int8_calibration=int8_calibration)
     probs: list[np.ndarray] = []
 
     def call() -> int:

@@ -15,16 +15,22 @@ F1: the recorded metrics are measured on the exported file, not on the fp32 orig
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from wmcore.config import validate
+from wmcore.data.prepare import run_prepare
 from wmcore.errors import WmError
-from wmcore.infer.predictor import file_sha256
+from wmcore.evaluate.samples import load_split, read_sample
+from wmcore.hashing import file_sha256
+from wmcore.infer.predictor import get_predictor
+from wmcore.metrics import confusion_counts, scores_from_counts
 from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
 from wmcore.runtime.atomic import write_text
+from wmcore.runtime.machine import machine_info
 from wmcore.runtime.report import read_json
 
 FORMAT = "wmdetect-weights-1"
@@ -44,14 +50,10 @@ def half_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def hardware() -> dict[str, Any]:
     """What the export ran on (the training hardware is in the train summary's `device`)."""
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
+    m = machine_info()
+    info: dict[str, Any] = {"python": m["python"], "torch": m["torch"], "machine": m["arch"]}
+    if m["gpu"]:
+        info.update(gpu=m["gpu"], cuda=m["cuda"])
     return info
 
 
@@ -121,9 +123,6 @@ CHECK_SET = {
 
 def prepare_check_set(params: Any, folder: str | Path) -> Path:
     """Generate the check set into `folder` (the generator's params from `params`, counts from CHECK_SET)."""
-    from wmcore.config import validate
-    from wmcore.data.prepare import run_prepare
-
     data = params.model_dump(mode="json")
     for key, value in {**CHECK_SET, "paths.prepared": str(folder)}.items():
         group, name = key.split(".")
@@ -138,12 +137,6 @@ def check_metrics(weights: str | Path, prepared: str | Path, params: Any) -> dic
     Runs the torch backend on the CPU with the fusion rule stored in the weights, the same path
     `wm predict` takes, so a changed file, a changed predictor or a broken load moves these numbers.
     """
-    import numpy as np
-
-    from wmcore.evaluate.samples import load_split, read_sample
-    from wmcore.infer.predictor import get_predictor
-    from wmcore.metrics import confusion_counts, scores_from_counts
-
     predictor = get_predictor(str(weights), params, backend="torch")
     counts, scores = torch.zeros(4, dtype=torch.int64), []
     for sample in load_split(prepared, "test"):

@@ -22,12 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from wmcore.config import Params
 from wmcore.errors import WmError
-from wmcore.runtime import tune_workloads as work
-from wmcore.runtime.tune import Choice, KnobPlan, Trial, hardware_fingerprint, with_overrides
+from wmcore.hashing import file_sha256
+from wmcore.infer.predictor import resolve_model
+from wmcore.model.checkpoint import load_model
+from wmcore.runtime import device  # via the module: tests stand in other core counts
+from wmcore.tune import workloads as work
+from wmcore.tune.trials import Choice, KnobPlan, Trial, hardware_fingerprint, with_overrides
 
 DEFAULT_RUN_SECONDS = 300.0  # compile's start-up is judged over this when train.max_minutes is 0
 
@@ -47,15 +52,10 @@ class TuneSession:
 
     @classmethod
     def open(cls, params: Params) -> TuneSession:
-        from wmcore.model.checkpoint import load_model
-        from wmcore.runtime.device import configure_threads
-
         scratch = Path(params.paths.cache_dir) / "tune"
         scratch.mkdir(parents=True, exist_ok=True)
-        configure_threads(params.base.threads)
+        device.configure_threads(params.base.threads)
         try:
-            from wmcore.infer.predictor import file_sha256, resolve_model
-
             path = resolve_model(None, params).path
             model, _ = load_model(path)
             model_id = f"trained:{file_sha256(path)[:16]}"
@@ -67,11 +67,9 @@ class TuneSession:
 
     def accept(self, choice: Choice) -> None:
         """Apply a knob's choice to the params later knobs measure with (threads take effect now)."""
-        from wmcore.runtime.device import configure_threads
-
         if choice.chosen.overrides:
             self.params = with_overrides(self.params, choice.chosen.overrides)
-        configure_threads(self.params.base.threads)
+        device.configure_threads(self.params.base.threads)
 
     def images(self) -> list[np.ndarray]:
         if not self._images:
@@ -79,10 +77,8 @@ class TuneSession:
             self._images = work.tune_images(self.params, tp.images, tp.image_side)
         return self._images
 
-    def calibration_files(self) -> list[Path]:
+    def int8_calibration_files(self) -> list[Path]:
         """The inference images as PNG files (onnx-int8 calibration when there is no prepared val split)."""
-        from PIL import Image
-
         folder = self.scratch / "calibration"
         folder.mkdir(exist_ok=True)
         files = []
@@ -112,9 +108,7 @@ def train_shape(params: Params) -> tuple[int, int]:
 
 
 def plan_threads(s: TuneSession) -> KnobPlan:
-    from wmcore.runtime.device import available_cores
-
-    cores = available_cores()
+    cores = device.available_cores()
     counts = sorted({1, cores, *(c for c in (2, 4, 8, 16) if c < cores)})
     label = {k: f"{k} thread{'s' if k > 1 else ''}" + (" (auto)" if k == cores else "") for k in counts}
     current = s.params.base.threads or cores
@@ -245,11 +239,9 @@ def loader_label(workers: int, prefetch: int) -> str:
 
 
 def plan_loader(s: TuneSession) -> KnobPlan:
-    from wmcore.runtime.device import available_cores
-
     p = s.params
     manifest = Path(p.paths.prepared) / "manifest.jsonl"
-    workers = [0, *(w for w in (1, 2, 4) if w <= available_cores())]
+    workers = [0, *(w for w in (1, 2, 4) if w <= device.available_cores())]
     candidates = [(loader_label(0, 2), {"loader.workers": 0})] + [
         (loader_label(w, f), {"loader.workers": w, "loader.prefetch_factor": f}) for w in workers[1:] for f in (2, 4)
     ]
@@ -272,7 +264,7 @@ def plan_predict_backend(s: TuneSession) -> KnobPlan:
 
     def measure(name: str, overrides: dict[str, Any]) -> Trial:
         rate, probs = work.predictor_rate(p, s.model_path, name, s.images(), p.predict.batch_size,
-                                          p.tune.seconds_per_candidate, s.calibration_files())  # fmt: skip
+                                          p.tune.seconds_per_candidate, s.int8_calibration_files())  # fmt: skip
         delta = None if name == "torch" else work.median_split_delta(probs, s.reference_probs())
         return Trial(name, overrides, rate, delta)
 
@@ -294,7 +286,7 @@ def plan_predict_batch(s: TuneSession) -> KnobPlan:
 
     def measure(name: str, overrides: dict[str, Any]) -> Trial:
         rate, _ = work.predictor_rate(p, s.model_path, pp.backend, s.images(), overrides["predict.batch_size"],
-                                      p.tune.seconds_per_candidate, s.calibration_files())  # fmt: skip
+                                      p.tune.seconds_per_candidate, s.int8_calibration_files())  # fmt: skip
         return Trial(name, overrides, rate)
 
     context = {**_infer_context(s), "backend": pp.backend, "batch": None}

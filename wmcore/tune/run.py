@@ -1,7 +1,7 @@
 """`wm tune`: measure this machine briefly and write the fastest settings that keep accuracy.
 
 Each knob (`tune.knobs`) is a small set of candidate settings. Every candidate runs the real
-workload for `tune.seconds_per_candidate` (`wmcore.runtime.tune_workloads`), and `choose` keeps
+workload for `tune.seconds_per_candidate` (`wmcore.tune.workloads`), and `choose` keeps
 the current params.yaml setting unless a candidate is `tune.min_gain` faster and changes F1 by
 at most `tune.max_f1_delta` (a candidate whose accuracy cannot be measured is never chosen over
 one that can). Knobs run in order and each sees the choices before it (threads first).
@@ -11,8 +11,9 @@ fingerprint, the knob, the candidate and what the measurement depends on (model,
 earlier choices), so a rerun re-measures only what changed (`--remeasure` forces all).
 
 The choices that differ from params.yaml go to `tune.output` (default `params-tuned.yaml`, next
-to params.yaml), one comment line per choice with the measured numbers. `load_params` merges
-that file after params.yaml (before --params-extra and -S) while `tune.apply` is true.
+to params.yaml), one comment line per choice with the measured numbers. Applying it is an explicit
+opt-in: `-S tune.apply=true` (load_params merges it after params.yaml, before --params-extra and -S)
+or `--params-extra params-tuned.yaml`; each command's summary names the files it merged.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +31,10 @@ import yaml
 
 from wmcore.config import TUNE_KNOBS, ConfigError, Params, flatten, load_params, merge, validate
 from wmcore.errors import WmError, one_line
+from wmcore.runtime import device
 from wmcore.runtime.atomic import write_json, write_text
+from wmcore.tune.plans import TuneSession, plan_for
+from wmcore.tune.trials import Choice, KnobPlan, Trial, choose, measure_safely
 
 log = logging.getLogger(__name__)
 
@@ -40,108 +42,7 @@ HISTORY_FILE = "tune_history.json"
 HISTORY_VERSION = 1
 
 
-# --------------------------------------------------------------------------- trials and choices
-
-
-@dataclass
-class Trial:
-    """One measured candidate.
-
-    Attributes:
-        label: what the candidate is, for people ("2 threads", "onnx-int8").
-        overrides: dotted params keys the candidate sets ({"predict.backend": "onnx"}).
-        images_per_s: measured throughput; None when the measurement failed.
-        f1_delta: F1 change vs the fp32 torch reference (0..1); None = same arithmetic, no change.
-        note: further measured numbers (start-up seconds, ...).
-        error: why the measurement failed (the candidate is then never chosen).
-        reused: taken from the history instead of measured now.
-    """
-
-    label: str
-    overrides: dict[str, Any]
-    images_per_s: float | None = None
-    f1_delta: float | None = None
-    note: str = ""
-    error: str | None = None
-    reused: bool = False
-
-    def describe(self) -> str:
-        """ "onnx 9.4 img/s (F1 delta 0.000)" or "onnx-int8 failed: ..." for comments and tables."""
-        if self.error or self.images_per_s is None:
-            return f"{self.label} failed: {self.error or 'no result'}"
-        text = f"{self.label} {self.images_per_s:.3g} img/s"
-        if self.f1_delta is not None:
-            text += f" (F1 delta {self.f1_delta:.3f})"
-        return text + (f" [{self.note}]" if self.note else "")
-
-
-@dataclass
-class Choice:
-    """The outcome of one knob: the chosen trial, every trial measured, and why."""
-
-    knob: str
-    chosen: Trial
-    current: str
-    trials: list[Trial]
-    reason: str
-
-    @property
-    def changed(self) -> bool:
-        return self.chosen.label != self.current
-
-
-def choose(knob: str, trials: list[Trial], current: str, max_f1_delta: float, min_gain: float) -> Choice:
-    """Pick the fastest candidate whose F1 delta is within `max_f1_delta`; keep `current` unless it wins by `min_gain`.
-
-    Args:
-        trials: measured candidates; the one labelled `current` is params.yaml's setting.
-        max_f1_delta: candidates that move F1 more than this (vs fp32 torch) are never chosen.
-        min_gain: fraction a candidate must beat the current setting by (measurement noise guard).
-    """
-    ok = [t for t in trials if t.error is None and t.images_per_s is not None]
-    safe = [t for t in ok if t.f1_delta is None or t.f1_delta <= max_f1_delta]
-    rejected = [t.label for t in ok if t not in safe]
-    note = f"; rejected for accuracy (F1 delta > {max_f1_delta}): {', '.join(rejected)}" if rejected else ""
-    base = next((t for t in safe if t.label == current), None)
-    if not safe:
-        fallback = base or Trial(current, {})
-        return Choice(knob, fallback, current, trials, "no candidate measured successfully; kept params.yaml" + note)
-    best = max(safe, key=lambda t: t.images_per_s or 0.0)
-    if base is None:
-        return Choice(knob, best, current, trials, "current setting could not be measured; fastest safe one" + note)
-    if best is base or (best.images_per_s or 0.0) < (base.images_per_s or 0.0) * (1.0 + min_gain):
-        return Choice(knob, base, current, trials, f"no candidate {min_gain:.0%} faster than params.yaml's" + note)
-    gain = (best.images_per_s or 0.0) / max(base.images_per_s or 0.0, 1e-12)
-    return Choice(knob, best, current, trials, f"{gain:.2f}x params.yaml's {current}" + note)
-
-
 # --------------------------------------------------------------------------- history
-
-
-def hardware_fingerprint() -> dict[str, Any]:
-    """What makes measurements of this machine comparable: CPU model, usable cores, memory, GPU, versions."""
-    import psutil
-    import torch
-
-    from wmcore.runtime.device import available_cores
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        import onnxruntime
-
-        ort = onnxruntime.__version__
-    except ImportError:
-        ort = None
-    return {"cpu": cpu, "cores": available_cores(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
-            "gpu": gpu, "torch": torch.__version__, "onnxruntime": ort}  # fmt: skip
 
 
 class TuneHistory:
@@ -184,36 +85,6 @@ class TuneHistory:
 # --------------------------------------------------------------------------- one knob
 
 
-@dataclass
-class KnobPlan:
-    """How to tune one knob.
-
-    Attributes:
-        knob: name (one of tune.knobs).
-        candidates: (label, dotted overrides) of each setting tried.
-        current: label of the setting params.yaml has now.
-        context: what the measurements depend on besides the hardware (part of the history key).
-        measure: (label, overrides) -> Trial, the real measurement.
-        skip_reason: set when the knob cannot be tuned here (no dataset, ...).
-    """
-
-    knob: str
-    candidates: list[tuple[str, dict[str, Any]]]
-    current: str
-    context: dict[str, Any]
-    measure: Callable[[str, dict[str, Any]], Trial]
-    skip_reason: str | None = None
-
-
-def measure_safely(plan: KnobPlan, label: str, overrides: dict[str, Any]) -> Trial:
-    """The plan's measurement; any failure becomes a failed Trial (that candidate is then never chosen)."""
-    try:
-        return plan.measure(label, overrides)
-    except Exception as exc:  # a backend or compiler missing here must not end the whole tuning
-        log.warning("tune %s: candidate %s failed: %s", plan.knob, label, one_line(exc))
-        return Trial(label, overrides, error=one_line(exc)[:300])
-
-
 def tune_knob(
     plan: KnobPlan, history: TuneHistory, fingerprint: dict[str, Any], tune_cfg: Any, remeasure: bool = False
 ) -> Choice:
@@ -231,23 +102,6 @@ def tune_knob(
         log.info("tune %s: %s%s", plan.knob, trial.describe(), " (history)" if trial.reused else "")
         trials.append(trial)
     return choose(plan.knob, trials, plan.current, tune_cfg.max_f1_delta, tune_cfg.min_gain)
-
-
-def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
-    """`params` with dotted `overrides` applied and validated."""
-    return validate(merge(params.model_dump(mode="python"), nested(overrides)), "tune candidate")
-
-
-def nested(overrides: dict[str, Any]) -> dict[str, Any]:
-    """{"predict.backend": "onnx"} -> {"predict": {"backend": "onnx"}}."""
-    tree: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        node = tree
-        *groups, leaf = dotted.split(".")
-        for g in groups:
-            node = node.setdefault(g, {})
-        node[leaf] = value
-    return tree
 
 
 # --------------------------------------------------------------------------- the tuned file
@@ -337,14 +191,11 @@ def run_tune(
         params: params.yaml (+ --params-extra, -S) loaded WITHOUT the tuned file (load_params(tuned=False)).
         params_path: the params file; the tuned file goes next to it.
     """
-    from wmcore.runtime.device import cores_busy_elsewhere
-    from wmcore.runtime.tune_plans import TuneSession, plan_for
-
     started = time.perf_counter()
     unknown = sorted(set(knobs or []) - set(TUNE_KNOBS))
     if unknown:
         raise WmError(f"wm tune: unknown knob(s) {', '.join(unknown)}; choose from {', '.join(TUNE_KNOBS)}")
-    busy = cores_busy_elsewhere(0.5)
+    busy = device.cores_busy_elsewhere(0.5)  # via the module: tests stand in a quiet machine
     if busy >= 0.5:
         log.warning("other processes keep %.1f cores busy: measurements now favour fewer threads; "
                     "tune on a quiet machine", busy)  # fmt: skip
@@ -362,7 +213,7 @@ def run_tune(
     fp = session.fingerprint
     header = [f"Written by `wm tune` on {datetime.now():%Y-%m-%d %H:%M} for {fp['cpu']}, {fp['cores']} cores, "
               f"torch {fp['torch']}; model {session.model_id}.",
-              f"Merged after params.yaml while tune.apply is true; other processes kept {busy} cores busy at start.",
+              f"Applied on request only (-S tune.apply=true, or --params-extra); other processes kept {busy} cores busy at start.",
               "Only settings that differ from params.yaml are keys, each below the images/s it measured."]  # fmt: skip
     if write:
         write_tuned_file(output, choices, header, Path(params_path))
