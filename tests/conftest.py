@@ -26,6 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
     SUITE_MLFLOW_DIR.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = SUITE_MLFLOW_URI
     os.environ.pop("WMDETECT_PARENT_RUN_ID", None)  # a pipeline run of the shell must not adopt the tests' runs
+    # Offline and quiet under a bare `pytest` too (the Makefile exports these for `make test`): the tests'
+    # temporary Prefect server otherwise schedules a telemetry heartbeat that fails offline.
+    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "true"),
+                        ("MLFLOW_DISABLE_TELEMETRY", "true")):  # fmt: skip
+        os.environ.setdefault(name, value)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

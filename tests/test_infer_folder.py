@@ -35,8 +35,9 @@ def inbox(tmp_path) -> Path:
 
 
 def wm(tmp_path: Path, checkpoint: Path, *args: str, sets: tuple[str, ...] = ()) -> int:
+    # probability maps on: these tests read them (the default run writes masks only, tested below)
     overrides = ["paths.cache_dir=" + str(tmp_path / "cache"), "predict.tile_size=64", "predict.tile_overlap=8",
-                 "base.threads=1", *sets]  # fmt: skip
+                 "base.threads=1", "predict.save_probability=true", *sets]  # fmt: skip
     argv = ["--params", str(REPO_PARAMS)]
     for o in overrides:
         argv += ["-S", o]
@@ -45,6 +46,16 @@ def wm(tmp_path: Path, checkpoint: Path, *args: str, sets: tuple[str, ...] = ())
 
 def rows_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_probability_maps_are_written_only_when_asked(tmp_path, checkpoint, inbox):
+    out = tmp_path / "out"
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), sets=("predict.save_probability=false",)) == 0
+    assert len(list(out.rglob("*.mask.png"))) == 5 and not list(out.rglob("*.prob.png"))
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), sets=("predict.save_probability=false",)) == 0
+    assert len(rows_of(out)) == 5  # complete without them: nothing redone
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out)) == 0  # asked for now: every image gets one
+    assert len(list(out.rglob("*.prob.png"))) == 5
 
 
 @pytest.mark.parametrize("workers", [0, 2])

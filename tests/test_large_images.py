@@ -130,7 +130,8 @@ def test_streamed_predict_writes_what_the_whole_image_path_writes(tmp_path, glob
     _save(inbox / "large.jpg", "RGB", 250, 190)
     Image.fromarray(_textured(40, 50)).save(inbox / "small.png")  # under the threshold: decoded whole either way
     # draft_decode off: the whole path must decode the same pixels the streamed one reads
-    common = ("predict.draft_decode=false", "predict.save_overlay=true", f"predict.global_side={global_side}",
+    common = ("predict.draft_decode=false", "predict.save_overlay=true", "predict.save_probability=true",
+              f"predict.global_side={global_side}",
               "predict.max_batch_megapixels=0.01",
               "predict.tile_size=128", "predict.tile_overlap=16", "predict.fusion=max" if global_side else "predict.fusion=tiles")  # fmt: skip
     runs = {}
@@ -165,7 +166,8 @@ def test_streamed_corrupt_image_is_a_skip_row_and_leaves_no_partial_files(tmp_pa
     (inbox / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])  # header intact, scan data cut
     _save(inbox / "fine.png", "RGB", 200, 150)
     out = tmp_path / "out"
-    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), sets=("predict.stream_megapixels=0.01",)) == 3
+    sets = ("predict.stream_megapixels=0.01", "predict.save_probability=true")
+    assert wm(tmp_path, checkpoint, str(inbox), "--out", str(out), sets=sets) == 3
     rows = {r["name"]: r for r in rows_of(out)}
     assert rows["fine.png"]["status"] == "ok" and rows["cut.jpg"]["status"] == "skipped"
     assert "truncated" in rows["cut.jpg"]["reason"] or "corrupt" in rows["cut.jpg"]["reason"]

@@ -46,7 +46,7 @@ def inbox(tmp_path) -> Path:
 def overrides(tmp_path: Path) -> list[str]:
     # One torch thread everywhere: the local and the Dask run compute with the same thread count.
     return [f"paths.cache_dir={tmp_path / 'cache'}", "predict.tile_size=64", "predict.tile_overlap=8",
-            "base.threads=1", "distributed.threads_per_worker=1"]  # fmt: skip
+            "base.threads=1", "distributed.threads_per_worker=1", "predict.save_probability=true"]  # fmt: skip
 
 
 def manifest_keys(out: Path) -> list[str]:

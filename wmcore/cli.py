@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "predict",
         help="batched inference over files, folders and globs",
-        description="Per image: <name>.mask.png, <name>.prob.png (and <name>.overlay.jpg); results.csv with the "
+        description="Per image: <name>.mask.png (and <name>.overlay.jpg; <name>.prob.png with "
+        "-S predict.save_probability=true); results.csv with the "
         "score, has_watermark (score >= image_threshold) and both thresholds; summary.json.",
     )
     pr.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs (default: paths.inbox)")

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 REPO_PARAMS = REPO / "params.yaml"
 # Small tiles keep inference of tiny images fast and still exercise the tiled path.
-PREDICT_SETS = ("predict.tile_size=64", "predict.tile_overlap=8", "base.threads=1")
+PREDICT_SETS = ("predict.tile_size=64", "predict.tile_overlap=8", "base.threads=1", "predict.save_probability=true")
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2  # <linux/prctl.h>, <linux/capability.h>
 
 

@@ -196,9 +196,11 @@ def _unique(found: list[tuple[Path, str, str]]) -> list[InputImage]:
     return images
 
 
-def output_paths(out_dir: Path, name: str, overlay: bool) -> dict[str, Path]:
-    """Output files of one image: mask, prob (and overlay) under out_dir, checked to stay inside it."""
-    files = {"mask": out_dir / f"{name}.mask.png", "prob": out_dir / f"{name}.prob.png"}
+def output_paths(out_dir: Path, name: str, overlay: bool, probability: bool = True) -> dict[str, Path]:
+    """Output files of one image: mask (and prob, overlay) under out_dir, checked to stay inside it."""
+    files = {"mask": out_dir / f"{name}.mask.png"}
+    if probability:
+        files["prob"] = out_dir / f"{name}.prob.png"
     if overlay:
         files["overlay"] = out_dir / f"{name}.overlay.jpg"
     root = out_dir.resolve()

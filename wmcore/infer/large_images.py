@@ -208,17 +208,19 @@ class PngStripWriter:
 class PngMaskWriter:
     """A MaskWriter (wmcore.infer.sinks) writing the mask (0/255) and probability PNGs row by row."""
 
-    def __init__(self, mask_fh: IO[bytes], prob_fh: IO[bytes], width: int, height: int) -> None:
+    def __init__(self, mask_fh: IO[bytes], prob_fh: IO[bytes] | None, width: int, height: int) -> None:
         self.mask = PngStripWriter(mask_fh, width, height)
-        self.prob = PngStripWriter(prob_fh, width, height)
+        self.prob = PngStripWriter(prob_fh, width, height) if prob_fh is not None else None  # None: mask only
 
     def write_rows(self, prob_u8: np.ndarray, mask: np.ndarray) -> None:
         self.mask.write_rows(mask.view(np.uint8) * np.uint8(255))
-        self.prob.write_rows(prob_u8)
+        if self.prob is not None:
+            self.prob.write_rows(prob_u8)
 
     def close(self) -> None:
         self.mask.close()
-        self.prob.close()
+        if self.prob is not None:
+            self.prob.close()
 
 
 def write_empty_png(fh: IO[bytes], width: int, height: int, band: int = 256) -> None:
