@@ -16,7 +16,7 @@ from wmcore.data.prepare import run_prepare
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SCHEMA_VERSION = 1
-SECTIONS = ("dataload", "train", "infer", "oom", "overhead", "scaling", "contention")
+SECTIONS = ("dataload", "train", "infer", "oom", "overhead", "scaling", "contention", "screening")
 EXPERIMENT = "benchmarks"
 QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -30,6 +30,9 @@ PLAN_TEXT = {"memory": "-30..-50%", "training": "+20..40%", "inference": "+40..6
 # Our own targets on this CPU.
 TARGETS = {
     "inference_speedup": 3.0,
+    "screen_vs_naive": 10.0,  # issue 15: default `wm predict` on real 1024x768 photos, whole process
+    "screen_vs_ocr": 1.0,  # ... at least the OCR detector's throughput
+    "screen_rss_mb": 500.0,
     "training_speedup": 1.5,
     "peak_memory_ratio": 0.5,
     "overhead_fraction": 0.10,
@@ -111,6 +114,7 @@ QUICK = {
     "passes": 2,
     "train_args": ["--steps", "3", "--crop", "96", "--micro", "2", "--accum", "2", "--val-images", "2", "--no-compile"],
     "infer_args": ["--images", "4", "--size", "128", "--mem-images", "1", "--mem-size", "640"],
+    "screen_args": ["--images", "4", "--variants"],
     "flat_counts": [10, 30],
     "flat_count_size": 128,
     "flat_sizes": ["256x256", "640x640"],
@@ -129,6 +133,7 @@ FULL = {
     "passes": 2,
     "train_args": ["--steps", "40", "--crop", "256", "--micro", "2", "--accum", "4", "--val-images", "16"],
     "infer_args": ["--images", "64", "--size", "256", "--mem-images", "2", "--mem-size", "2048"],
+    "screen_args": ["--images", "32"],
     "flat_counts": [100, 1000, 5000],
     "flat_count_size": 128,
     "flat_sizes": ["512x512", "1024x1024", "2048x2048", "8000x6000"],  # each run 3 times (median), + whole-decode 8000x6000

@@ -424,6 +424,35 @@ def section_overhead(ctx: SuiteContext) -> dict[str, Any]:
     return overhead(ctx)
 
 
+# --------------------------------------------------------------------------- screening (real photos, peers)
+
+
+def section_screening(ctx: SuiteContext) -> dict[str, Any]:
+    """bench/screen.py: naive script, `wm predict` (default and variants) and the OCR detector on the same
+    real photos (1024x768 JPEGs of the corpus's never-trained test split) and one 4000x3000 JPEG."""
+    out = ctx.work / "screening"
+    args = [*ctx.sizes["screen_args"], "--model", str(ctx.params.paths.pretrained), "--out", str(out),
+            "--work", str(ctx.work / "screening-scratch")]  # fmt: skip
+    r = run_bench_script("screen.py", args, out / "screen.json")
+    photos, figures = r["photos"], []
+    default = photos.get("default", {})
+    for ref, target in (("naive", TARGETS["screen_vs_naive"]), ("ocr", TARGETS["screen_vs_ocr"])):
+        value = default.get(f"x_{ref}")
+        detail = f"{photos.get(ref, {}).get('images_per_s')} -> {default.get('images_per_s')} img/s"
+        figures.append(Figure("screening", f"wm predict default / {ref} (photos, whole process)", value,
+                              unit=f"x {ref}", better="higher", target=target, detail=detail))  # fmt: skip
+    figures.append(Figure("screening", "wm predict default peak RSS (photos)", default.get("peak_rss_mb"), unit="MB",
+                          better="lower", target=TARGETS["screen_rss_mb"]))  # fmt: skip
+    figures.append(Figure("screening", "wm predict default mask area on clean real photos", default.get("fp_area"),
+                          unit="fraction", better="lower", detail=f"ocr {photos.get('ocr', {}).get('fp_area')}"))  # fmt: skip
+    rows = [{"workload": w, "runner": k, **{f: v.get(f) for f in ("images_per_s", "x_naive", "x_ocr", "peak_rss_mb",
+                                                                      "fp_area", "masked_share", "error")}}
+            for w in ("photos", "large") for k, v in r[w].items()]  # fmt: skip
+    s = r["setup"]
+    notes = [f"bench/screen.py: {s['images']} photos, {s['size']}, model {s['model']}, load before {s['load_before']}."]
+    return {"rows": rows, "figures": figures, "notes": notes}
+
+
 def section_contention(ctx: SuiteContext) -> dict[str, Any]:
     return contention(ctx)
 
@@ -438,4 +467,5 @@ SECTION_FUNCTIONS = {
     "overhead": section_overhead,
     "scaling": section_scaling,
     "contention": section_contention,
+    "screening": section_screening,
 }

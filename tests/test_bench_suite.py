@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from bench import suite, suite_costs, suite_sections
+from bench import screen, suite, suite_costs, suite_sections
 from bench.suite import result_stem
 from bench.suite_context import Figure, SuiteContext, figures_summary, judge
 from wmcore.config import load_params
@@ -392,3 +393,42 @@ def test_unreachable_mlflow_is_skipped_with_a_warning(params, tmp_path, monkeypa
     assert result["mlflow_run_id"] is None
     assert "cannot be used" in caplog.text
     assert len(list(tmp_path.glob("*-quick.json"))) == 1  # the results are written all the same
+
+
+# --------------------------------------------------------------------------- screening
+
+
+def screen_json() -> dict:
+    photos = {
+        "naive": {"images_per_s": 0.4, "peak_rss_mb": 900.0, "fp_area": 0.03, "masked_share": 0.9},
+        "default": {"images_per_s": 5.0, "x_naive": 12.5, "x_ocr": 1.25, "peak_rss_mb": 520.0, "fp_area": 0.001},
+        "ocr": {"images_per_s": 4.0, "peak_rss_mb": 360.0, "fp_area": 0.05, "masked_share": 0.8},
+    }
+    large = {"default": {"error": "boom"}}
+    setup = {"images": 4, "size": "1024x768", "model": "m.pt", "load_before": 0.1}
+    return {"photos": photos, "large": large, "setup": setup}
+
+
+def test_screening_section_judges_default_against_naive_ocr_and_memory(params, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(suite_sections, "run_bench_script", lambda *a: calls.append(a) or screen_json())
+    out = suite_sections.section_screening(make_ctx(params, tmp_path))
+    figs = {f.name: f for f in out["figures"]}
+    assert calls[0][0] == "screen.py" and "--model" in calls[0][1]
+    assert figs["wm predict default / naive (photos, whole process)"].target_met is True  # 12.5 >= 10
+    assert figs["wm predict default / ocr (photos, whole process)"].target_met is True  # 1.25 >= 1
+    assert figs["wm predict default peak RSS (photos)"].target_met is False  # 520 > 500 MB
+    assert figs["wm predict default mask area on clean real photos"].value == 0.001
+    assert {(r["workload"], r["runner"]) for r in out["rows"]} == {
+        ("photos", "naive"), ("photos", "default"), ("photos", "ocr"), ("large", "default")}  # fmt: skip
+    assert next(r for r in out["rows"] if r["workload"] == "large")["error"] == "boom"
+
+
+def test_screen_mask_stats_reads_the_masks_a_runner_wrote(tmp_path):
+    Image.new("L", (10, 10), 0).save(tmp_path / "a.mask.png")
+    marked = Image.new("L", (10, 10), 0)
+    marked.paste(255, (0, 0, 5, 2))  # 10 of 100 pixels
+    marked.save(tmp_path / "b.mask.png")
+    stats = screen.mask_stats(tmp_path)
+    assert stats == {"fp_area": pytest.approx(0.05), "masked_share": 0.5}
+    assert screen.mask_stats(tmp_path / "none") == {}

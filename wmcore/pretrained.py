@@ -105,7 +105,11 @@ def gather_provenance(params: Any, command: str, checkpoint: str | Path) -> dict
             k: summary.get(k)
             for k in ("device", "world_size", "seconds", "steps", "epochs", "images_per_s", "best_val_f1", "switches")
         },
-        "metrics": {split: metrics[split] for split in ("val", "test", "test_heldout") if split in metrics},
+        "metrics": {  # synthetic splits, real clean photos (false positives), and the calibration chosen
+            key: metrics[key]
+            for key in ("val", "test", "test_heldout", "real_val", "real_test", "fusion", "calibration")
+            if key in metrics
+        },
         "params": params.flat(),
     }
 
