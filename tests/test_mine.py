@@ -75,6 +75,17 @@ def test_a_hard_negative_crop_keeps_the_mined_region_in_view(tmp_path, seed):
     assert (red_minus_green > 0.3).mean() > 0.005
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_hard_negative_as_tall_as_the_photo_is_cropped_without_a_negative_offset(tmp_path, seed):
+    # 106 px high at 1000:700: the crop's height 106 * (1000/700) / (1000/700) rounds to 106.00000000000001,
+    # which once put the crop's top at -1e-14 and PIL refused the box (a prepare run died on it).
+    photo = Image.new("RGB", (400, 106), (40, 120, 40))
+    ref = PhotoRef("corpus:wide/x", "corpus", str(tmp_path / "x.png"), False, False)
+    hard = HardNegative(ref, (0.0, 0.0, 1.0, 1.0), 0.9)  # the whole photo fooled the model
+    crop = crop_around(np.random.default_rng(seed), photo, hard, 1000, 700)
+    assert crop.shape == (700, 1000, 3) and np.isfinite(crop).all()
+
+
 def test_prepare_crops_backgrounds_around_mined_regions(tmp_path):
     from wmcore.data.prepare import run_prepare
 

@@ -342,11 +342,11 @@ def crop_around(rng: np.random.Generator, photo: Image.Image, hard: HardNegative
     aspect = width / height
     box_w = max(x1 - x0, (y1 - y0) * aspect, 8.0)
     cw = min(box_w / rng.uniform(0.1, 0.6), photo.width, photo.height * aspect)
-    ch = cw / aspect
-    # anywhere that keeps the box's centre inside the crop
+    ch = min(cw / aspect, photo.height)  # min: photo.height * aspect / aspect can round above photo.height
+    # anywhere that keeps the box's centre inside the crop (max: never a negative offset from rounding)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left = float(np.clip(cx - rng.uniform(0.15, 0.85) * cw, 0, photo.width - cw))
-    top = float(np.clip(cy - rng.uniform(0.15, 0.85) * ch, 0, photo.height - ch))
+    left = float(np.clip(cx - rng.uniform(0.15, 0.85) * cw, 0, max(0.0, photo.width - cw)))
+    top = float(np.clip(cy - rng.uniform(0.15, 0.85) * ch, 0, max(0.0, photo.height - ch)))
     crop = photo.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
     if not hard.ref.has_text and rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
