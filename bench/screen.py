@@ -7,6 +7,7 @@ same run, timed whole (start, model load, decoding, inference, writing a mask PN
 peak RSS from the kernel (wait4's ru_maxrss):
     naive        a plain script: the model loaded once, each image whole at native size, fp32 NCHW,
                  batch 1, sigmoid, threshold, mask + probability PNG
+    naive_baseline  the same script with --baseline-model (an earlier shipped model), when given
     default      `wm predict FOLDER --out OUT` with params.yaml
     <variants>   `wm predict` with -S overrides (e.g. the native-tile path, onnx-int8, no probability map)
     ocr          PP-OCRv4 text detection (rapidocr-onnxruntime), detection only, in one process, its
@@ -138,12 +139,14 @@ def child_ocr(inputs: list[str], out: str) -> None:
         cv2.imwrite(str(Path(out) / f"{Path(f).stem}.mask.png"), mask)
 
 
-def runners(model: str, variants: list[str]) -> dict[str, Any]:
+def runners(model: str, variants: list[str], baseline: str | None = None) -> dict[str, Any]:
     """name -> function(files, out_dir) -> command line."""
     me = [sys.executable, __file__]
 
-    def naive(files: list[Path], out: Path) -> list[str]:
-        return [*me, "--child", "naive", "--model", model, "--out", str(out), *map(str, files)]
+    def naive_with(weights: str):
+        return lambda files, out: [*me, "--child", "naive", "--model", weights, "--out", str(out), *map(str, files)]
+
+    naive = naive_with(model)
 
     def ocr(files: list[Path], out: Path) -> list[str]:
         return [*me, "--child", "ocr", "--out", str(out), *map(str, files)]
@@ -152,7 +155,10 @@ def runners(model: str, variants: list[str]) -> dict[str, Any]:
         return lambda files, out: [*WM, "-S", "tracking.enabled=false", *extra, "predict", *map(str, files),
                                    "--out", str(out), "--model", model]  # fmt: skip
 
-    out: dict[str, Any] = {"naive": naive, "default": predict([])}
+    out: dict[str, Any] = {"naive": naive}
+    if baseline:  # the plain script with an earlier model (the one a user ran before this version)
+        out["naive_baseline"] = naive_with(baseline)
+    out["default"] = predict([])
     out.update({name: predict(VARIANTS[name]) for name in variants})
     out["ocr"] = ocr
     return out
@@ -177,7 +183,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     files, big = make_workload(Path(args.corpus), work / "inputs", args.images)
     results: dict[str, Any] = {"photos": {}, "large": {}}
-    for name, command in runners(args.model, args.variants).items():
+    for name, command in runners(args.model, args.variants, args.baseline_model).items():
         for workload, inputs in (("photos", files), ("large", [big])):
             if name == "onnx_int8":  # its quantized model is built once per model file: warm the cache first
                 run_measured(command(inputs[:1], work / "warm"))
@@ -191,13 +197,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     for workload in ("photos", "large"):
         rs = results[workload]
         for r in rs.values():
-            for ref in ("naive", "ocr"):
+            for ref in ("naive", "naive_baseline", "ocr"):
                 if "images_per_s" in r and "images_per_s" in rs.get(ref, {}):
                     r[f"x_{ref}"] = round(r["images_per_s"] / rs[ref]["images_per_s"], 2)
     m = machine_info()
     results["setup"] = {
         "images": args.images, "size": "1024x768 JPEG q90 (corpus test photos) + one 4000x3000",
-        "model": args.model, "machine": f"{m['arch']} {m['cores_visible']} cores",
+        "model": args.model, "baseline_model": args.baseline_model,
+        "machine": f"{m['arch']} {m['cores_visible']} cores",
         "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
     }  # fmt: skip
     return results
@@ -210,14 +217,16 @@ def markdown(r: dict[str, Any]) -> str:
              "Each runner is a fresh process (start, model load, decoding, inference, a mask PNG per image).",
              "The photos are clean (no watermark): every masked pixel is a false positive.", ""]  # fmt: skip
     for workload in ("photos", "large"):
-        lines += [f"## {workload}", "", "| runner | wall s | img/s | s/img | x naive | x ocr | peak RSS MB | "
-                  "mask area (clean photos) | images with a mask |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## {workload}", "", "| runner | wall s | img/s | s/img | x naive | x naive_baseline | x ocr | "
+                  "peak RSS MB | mask area (clean photos) | images with a mask |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, x in r[workload].items():
             if "error" in x:
                 lines.append(f"| {name} | error: {x['error'][:80]!r} |||||| ")
                 continue
             lines.append(f"| {name} | {x['seconds']} | {x['images_per_s']} | {x['seconds_per_image']} | "
-                         f"{x.get('x_naive', '')} | {x.get('x_ocr', '')} | {x['peak_rss_mb']} | "
+                         f"{x.get('x_naive', '')} | {x.get('x_naive_baseline', '')} | {x.get('x_ocr', '')} | "
+                         f"{x['peak_rss_mb']} | "
                          f"{x.get('fp_area', '')} | {x.get('masked_share', '')} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
@@ -227,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--model", default="models/wmdetect.pt")
+    ap.add_argument("--baseline-model", default=None, help="also run the naive script with this (earlier) model")
     ap.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", default="/tmp/wmdetect-screen")

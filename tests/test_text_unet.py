@@ -41,7 +41,9 @@ def test_imported_encoder_reproduces_the_text_detector_exactly(detector_onnx):
     counts = import_text_detector(model, detector_onnx)
     assert counts["tensors"] == 234
     image = page(160, 320)
-    assert check_against_onnx(model, detector_onnx, image) < 1e-5
+    # Probabilities agree to float32 rounding: 3e-7 with 2 torch threads, 1.5e-5 with 1 (another summation
+    # order through ~40 layers with BatchNorm folded); a wrong tensor or layout differs by > 0.1.
+    assert check_against_onnx(model, detector_onnx, image) < 1e-4
     with torch.inference_mode():  # and it finds the text: the lines' band is hot, the gradient is not
         text = model.text_probability(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0, 0]
     assert float(text[10:110, 12:150].max()) > 0.9 and float(text[:, 200:].max()) < 0.3
