@@ -39,7 +39,7 @@ def write_params(tmp_path: Path, name: str, **train) -> Path:
             "train_dir": str(tmp_path / name),
             "cache_dir": str(tmp_path / "cache"),
         },
-        "model": {"depth": 2, "base_width": 4},
+        "model": {"arch": "unet", "depth": 2, "base_width": 4},
         "train": {
             "epochs": 2,
             "max_minutes": 0,

@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent
 TINY = {
     "base": {"device": "cpu", "threads": 1},
     "prepare": {"n_train": 12, "n_val": 6, "n_test": 6, "min_side": 96, "max_side": 160},
-    "model": {"depth": 2, "base_width": 4},
+    "model": {"arch": "unet", "depth": 2, "base_width": 4},
     "train": {
         "epochs": 2,
         "max_minutes": 0,
@@ -60,6 +60,8 @@ def project(tmp_path_factory) -> Path:
     for folder in ("data/corpus", "data/fonts"):
         shutil.copytree(ROOT / folder, root / folder)
     shutil.copy(ROOT / "data" / "corpus.yaml", root / "data" / "corpus.yaml")
+    for name in ("hard_negatives.jsonl", "hard_negatives.summary.json"):
+        shutil.copy(ROOT / "data" / name, root / "data" / name)
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     shutil.copy(ROOT / "params-tuned.yaml", root / "params-tuned.yaml")  # dvc.yaml lists it (comments only)
     (root / "models").mkdir()
@@ -71,7 +73,8 @@ def project(tmp_path_factory) -> Path:
     subprocess.run([str(BIN / "dvc"), "config", "core.analytics", "false"], cwd=root, check=True)
     # The corpus stage's code deps are this checkout's modules: record them as they are here (its outputs,
     # copied above, are what it would build), as a clone whose dvc.lock is up to date has them.
-    subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", "corpus"], cwd=root, check=True)
+    # The same for the hard negatives the shipped model mined (mining 795 photos again would only slow the test).
+    subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", "corpus", "mine"], cwd=root, check=True)
     subprocess.run([*git, "add", "-A"], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=root, check=True)
     return root
@@ -98,7 +101,7 @@ def pipeline_run(project, prefect_harness):
 def test_prepared_data_is_versioned_in_dvc_lock(pipeline_run):
     project, _ = pipeline_run
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"corpus", "prepare", "train", "evaluate", "predict"}
+    assert set(lock["stages"]) == {"corpus", "mine", "prepare", "train", "evaluate", "predict"}
     out = lock["stages"]["prepare"]["outs"][0]
     assert out["path"] == "data/prepared" and out["md5"].endswith(".dir")
     status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, capture_output=True, text=True)

@@ -39,7 +39,7 @@ def test_shipped_weights_load_safely_and_match_their_provenance(provenance: dict
     assert floats and all(t.dtype == torch.float16 for t in floats)
     meta = ckpt["meta"]
     assert 0.0 < meta["threshold"] < 1.0 and 0.0 < meta["image_threshold"] < 1.0
-    assert meta["fusion"] in ("tiles", "global", "max", "mean")
+    assert meta["fusion"] in ("tiles", "global", "max", "mean", "refine")
     for key in ("command", "prepared", "training", "metrics", "params"):
         assert provenance[key], key
     assert provenance["metrics"]["test"]["f1"] == pytest.approx(meta["test_f1"])

@@ -42,7 +42,7 @@ def tiny_params(prepared, tmp_path, name: str = "train", **groups) -> Params:
     tree = {
         "base": {"seed": 0, "threads": 1, "device": "cpu"},
         "paths": {"prepared": str(prepared), "train_dir": str(tmp_path / name), "cache_dir": str(tmp_path / "cache")},
-        "model": {"depth": 2, "base_width": 4},
+        "model": {"arch": "unet", "depth": 2, "base_width": 4},
         "train": {
             "epochs": 2,
             "max_minutes": 0,

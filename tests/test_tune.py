@@ -306,7 +306,7 @@ def test_loader_knob_is_skipped_without_a_prepared_dataset(project):
 def test_run_tune_on_a_tiny_model_writes_a_loadable_file_and_reuses_history(project, tiny_prepared, monkeypatch):
     monkeypatch.setattr("wmcore.runtime.device.cores_busy_elsewhere", lambda sample_s=0.3: 0.0)
     cache = project / "cache"
-    overrides = {"model.base_width": 4, "model.depth": 2, "paths.cache_dir": str(cache),
+    overrides = {"model.arch": "unet", "model.base_width": 4, "model.depth": 2, "paths.cache_dir": str(cache),
                  "paths.prepared": str(tiny_prepared),
                  "paths.evaluate_dir": str(project / "none"), "paths.train_dir": str(project / "none"),
                  "tune.seconds_per_candidate": 0.5, "tune.image_side": 32, "tune.images": 2,

@@ -372,11 +372,12 @@ class PredictParams(Group):
     channels_last: bool = Field(True, description="NHWC memory format for inference.")
     non_blocking: bool = Field(True, description="Pinned host batches and non_blocking copies on CUDA.")
     tile_size: int = Field(
-        1024,
+        512,
         ge=32,
         le=8192,
-        description="Largest input run whole, px: larger inputs get the fewest tiles, sized evenly. Keep it >= "
-        "global_side so a working view is one pass.",
+        description="Largest input run whole, px: larger inputs get the fewest tiles, sized evenly. 512 (a "
+        "1024 px working view in a few overlapping tiles) measured the same speed as one 1024 px pass with half "
+        "the peak memory (1024x768 photos: 414 vs 852 MB) and test F1 0.701 vs 0.707 (text_unet).",
     )
     tile_overlap: int = Field(64, ge=0, le=4096, description="Least overlap between neighbouring tiles, px.")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Pixel threshold when no calibrated one is stored.")

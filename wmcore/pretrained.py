@@ -122,6 +122,7 @@ def gather_provenance(params: Any, command: str, checkpoint: str | Path) -> dict
 CHECK_SET = {
     "prepare.n_train": 1, "prepare.n_val": 1, "prepare.n_test": 8, "prepare.n_test_heldout": 0,
     "prepare.min_side": 256, "prepare.max_side": 384, "prepare.workers": 0, "base.seed": 7,
+    "prepare.hard_negative_share": 0.0,  # re-mining (data/hard_negatives.jsonl) must not change the check set
 }  # fmt: skip
 
 

@@ -28,7 +28,7 @@ def train_sets(prepared: Path, train_dir: Path, cache: Path) -> list[str]:
     """A tiny CPU run: UNet(4, depth 2), 3 epochs of 30 steps of 2 crops of 48 px, one thread."""
     return [
         f"paths.prepared={prepared}", f"paths.train_dir={train_dir}", f"paths.cache_dir={cache}",
-        "model.depth=2", "model.base_width=4", "base.seed=0", "base.threads=1", "base.device=cpu",
+        "model.arch=unet", "model.depth=2", "model.base_width=4", "base.seed=0", "base.threads=1", "base.device=cpu",
         f"train.epochs={EPOCHS}", "train.max_minutes=0", "train.crop=48", "train.batch_size=2", "train.progressive=[]",
         "train.steps_per_epoch=30", "train.val_crop=48", "train.val_batch_size=2", "train.val_subset=2",
         "train.log_every=10", "train.warm_start=null", "tracking.system_metrics=false", "tracking.log_model=false",

@@ -38,7 +38,7 @@ def tiny_params(prepared: Path, tmp_path: Path, **train) -> Params:
     tree = {
         "base": {"seed": 0, "threads": 1, "device": "cpu"},
         "paths": {"prepared": str(prepared), "train_dir": str(tmp_path / "train"), "cache_dir": str(tmp_path / "cache")},
-        "model": {"depth": 2, "base_width": 4},
+        "model": {"arch": "unet", "depth": 2, "base_width": 4},
         "train": {"epochs": 2, "max_minutes": 0, "crop": 32, "batch_size": 2, "grad_accum_steps": 2,
                   "progressive": [], "steps_per_epoch": 4, "val_crop": 32, "val_batch_size": 2, "val_subset": 2},
     }  # fmt: skip
