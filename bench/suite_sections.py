@@ -457,8 +457,6 @@ def section_contention(ctx: SuiteContext) -> dict[str, Any]:
     return contention(ctx)
 
 
-
-
 SECTION_FUNCTIONS = {
     "dataload": section_dataload,
     "train": section_train,
