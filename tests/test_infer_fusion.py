@@ -171,6 +171,16 @@ def test_refine_windows_are_the_native_tiles_where_the_working_map_fires():
     assert only[0] == 0 and only[1] == 0
 
 
+@pytest.mark.parametrize(("scale", "min_scale", "refined"), [(10, 1.5, True), (1.25, 1.5, False), (1.5, 1.5, True),
+                                                             (1.25, 1.0, True)])  # fmt: skip
+def test_refinement_runs_only_in_images_shrunk_at_least_min_scale_times(scale, min_scale, refined):
+    working = np.zeros((40, 60), np.float32)
+    working[35:38, 50:55] = 0.9  # fires clearly
+    settings = RefineSettings(threshold=0.3, max_tiles=8, tile=64, overlap=8, multiple=4, min_scale=min_scale)
+    windows = refine_windows(working, round(40 * scale), round(60 * scale), settings)
+    assert bool(windows) is refined
+
+
 def test_refine_runs_native_tiles_only_where_the_working_map_fires(tmp_path, monkeypatch):
     net = make_model(tmp_path / "m.pt")
     image = photo(300, 200, seed=3)

@@ -102,6 +102,22 @@ def test_region_finder_joins_components_across_strips(strip):
     assert boxes == [([3, 2, 9, 20], 108), ([30, 30, 38, 33], 24), ([5, 35, 15, 45], 10)]
 
 
+@pytest.mark.parametrize("strip", [1, 2, 5])
+def test_region_finder_with_empty_strips_between_marks_equals_whole_mask_labelling(strip):
+    rng = np.random.default_rng(strip)
+    mask = rng.random((60, 50)) > 0.93  # scattered specks, 8-connected clusters
+    mask[10:20] = False  # whole empty strips between marked ones
+    mask[40:41] = False
+    mask[21:30, 20] = True  # a bar that starts right under the empty band
+    finder = RegionFinder()
+    for y in range(0, 60, strip):
+        finder.add(y, mask[y : y + strip])
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    expected = sorted((int((labels == i).sum()), s[1].start, s[0].start) for i, s in enumerate(ndimage.find_objects(labels), 1))
+    got = sorted((r.area, r.x0, r.y0) for r in finder.regions())
+    assert n > 10 and got == expected
+
+
 def test_region_finder_filters_small_and_caps_count():
     mask = np.zeros((20, 20), bool)
     mask[0:5, 0:5] = True

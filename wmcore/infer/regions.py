@@ -43,6 +43,9 @@ class RegionFinder:
 
     def add(self, y0: int, mask: np.ndarray) -> None:
         """mask: bool (h, W) for rows y0 .. y0 + h - 1 (strips must arrive top to bottom)."""
+        if not mask.any():  # nothing to label (most strips of most images): no scipy, no label map
+            self._last_row = None
+            return
         from scipy import ndimage
 
         labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)

@@ -158,21 +158,26 @@ def stream_upsampled(global_probs: np.ndarray, height: int, width: int, sink: St
 @dataclass(frozen=True)
 class RefineSettings:
     """Where native refinement runs: tiles of at most `tile` px (rounded to `multiple`) whose part of the
-    working map reaches `threshold`; at most `max_tiles` of them, highest working probability first."""
+    working map reaches `threshold`; at most `max_tiles` of them, highest working probability first;
+    only in images at least `min_scale` times their working view (long side)."""
 
     threshold: float
     max_tiles: int
     tile: int
     overlap: int
     multiple: int
+    min_scale: float = 1.0
 
 
 def refine_windows(global_probs: np.ndarray, height: int, width: int, s: RefineSettings) -> list[tuple[int, int, int, int]]:
     """Native windows (y0, x0, h, w) to refine, in row order: the native tile layout's tiles whose
-    area of the working map (h', w') holds a probability >= s.threshold."""
+    area of the working map (h', w') holds a probability >= s.threshold; none when the image is less
+    than s.min_scale times its working map."""
+    gh, gw = global_probs.shape
+    if max(height, width) < s.min_scale * max(gh, gw):
+        return []
     if s.max_tiles <= 0 or float(global_probs.max(initial=0.0)) < s.threshold:
         return []
-    gh, gw = global_probs.shape
     th, ys = tile_layout(height, s.tile, s.overlap, s.multiple)
     tw, xs = tile_layout(width, s.tile, s.overlap, s.multiple)
     scored = []
