@@ -103,3 +103,11 @@ def test_prepare_crops_backgrounds_around_mined_regions(tmp_path):
     run_prepare(params)
     rows = [json.loads(x) for x in (tmp_path / "prepared" / "manifest.jsonl").read_text().splitlines()]
     assert rows and all(r["source"] == "corpus:grass/pic0" for r in rows)
+    assert all(r["hard_negative"] for r in rows)  # every background was cropped around the mined box
+    stats = json.loads((tmp_path / "prepared" / "stats.json").read_text())
+    assert stats["hard_negative"] == {s: sum(r["split"] == s for r in rows) for s in stats["hard_negative"]}
+    plain = params.model_copy(update={"prepare": params.prepare.model_copy(update={"hard_negative_share": 0.0}),
+                                      "paths": params.paths.model_copy(update={"prepared": str(tmp_path / "plain")})})
+    run_prepare(plain)
+    rows = [json.loads(x) for x in (tmp_path / "plain" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and not any(r["hard_negative"] for r in rows)

@@ -95,6 +95,7 @@ class Sample:
     fonts: list[str] = field(default_factory=list)  # sorted names of every face drawn (marks, scene text, page text)
     phrase_kinds: list[str] = field(default_factory=list)  # kinds of the watermark phrases, in drawing order
     background_kind: str = "photo"  # "photo", "page" (document / text page) or "procedural"
+    hard_negative: bool = False  # the background is a photo cropped around a mined hard negative (wm mine)
 
 
 # --------------------------------------------------------------------------- the held-out plan
@@ -218,21 +219,22 @@ def sample_size(rng: np.random.Generator, p: PrepareParams) -> tuple[int, int]:
 
 def make_background(
     rng: np.random.Generator, pool: DrawPool, p: PrepareParams, width: int, height: int
-) -> tuple[np.ndarray, str, bool]:
-    """(RGB float32 (H, W, 3), source id, has text of its own): procedural for procedural_share, else a photo;
-    a photo is cropped around a hard negative for prepare.hard_negative_share of them (when there are any)."""
+) -> tuple[np.ndarray, str, bool, bool]:
+    """(RGB float32 (H, W, 3), source id, has text of its own, cropped around a hard negative): procedural for
+    procedural_share, else a photo; a photo is cropped around a hard negative for prepare.hard_negative_share
+    of them (when there are any)."""
     use_procedural = pool.procedural and (not pool.photos or rng.random() < p.procedural_share)
     if use_procedural:
         kind = pool.procedural[int(rng.integers(len(pool.procedural)))]
         img, has_text = render_procedural(kind, rng, width, height)
-        return img, f"procedural:{kind}", has_text
+        return img, f"procedural:{kind}", has_text, False
     if pool.hard_negatives and rng.random() < p.hard_negative_share:  # no draw without mined regions: same data
         hard = pool.hard_negatives[int(rng.integers(len(pool.hard_negatives)))]
         img = crop_around(rng, load_photo(hard.ref, p.max_background_side), hard, width, height)
-        return img, hard.ref.id, hard.ref.has_text
+        return img, hard.ref.id, hard.ref.has_text, True
     ref = pool.photos[int(rng.integers(len(pool.photos)))]
     img = augmented_crop(rng, load_photo(ref, p.max_background_side), ref, width, height)
-    return img, ref.id, ref.has_text
+    return img, ref.id, ref.has_text, False
 
 
 def choose_style(rng: np.random.Generator, weights: dict[str, float], on_page: bool) -> str:
@@ -276,7 +278,7 @@ def _compose_sample(p: PrepareParams, pool: DrawPool, streams: list[np.random.Ge
     """Background, scene text, watermark and JPEG of one sample from its five random streams."""
     size_rng, bg_rng, scene_rng, mark_rng, jpeg_rng = streams
     width, height = sample_size(size_rng, p)
-    background, source, has_text = make_background(bg_rng, pool, p, width, height)
+    background, source, has_text, hard_negative = make_background(bg_rng, pool, p, width, height)
     scene_alpha = np.zeros((height, width), np.float32)
     scene = scene_rng.random() < p.scene_text_share
     if scene:
@@ -298,4 +300,4 @@ def _compose_sample(p: PrepareParams, pool: DrawPool, streams: list[np.random.Ge
     if not styles:
         styles = ["clean"]
     return Sample(image, alpha, mask, styles, source, bool(scene or has_text), scene_alpha,
-                  phrase_kinds=kinds, background_kind=background_kind(source))
+                  phrase_kinds=kinds, background_kind=background_kind(source), hard_negative=hard_negative)

@@ -92,7 +92,7 @@ def write_sample_files(
         # Generated samples only (imported ones have none): what it was drawn from, for held-out checks and
         # for evaluation's false-positive area on clean pages vs photos.
         "background_kind": facts.get("background_kind"), "fonts": facts.get("fonts", []),
-        "phrase_kinds": facts.get("phrase_kinds", []),
+        "phrase_kinds": facts.get("phrase_kinds", []), "hard_negative": bool(facts.get("hard_negative", False)),
     }
 
 
@@ -118,7 +118,8 @@ def _make_one(task: tuple[str, int]) -> dict:
             pass
     sample = generate_sample(ctx, split, index)
     facts = {"styles": sample.styles, "source": sample.source, "scene_text": sample.scene_text,
-             "background_kind": sample.background_kind, "fonts": sample.fonts, "phrase_kinds": sample.phrase_kinds}
+             "background_kind": sample.background_kind, "fonts": sample.fonts, "phrase_kinds": sample.phrase_kinds,
+             "hard_negative": sample.hard_negative}
     level = ctx.prepare.png_compress_level
     row = write_sample_files(work, split, sid, sample.image, sample.alpha, sample.mask, facts, level)
     done.write_text(json.dumps(row, sort_keys=True), encoding="utf-8")  # last: a row file means all three PNGs are complete
@@ -231,6 +232,8 @@ def build_stats(
         "watermarked": {s: sum(r["split"] == s and r["has_watermark"] for r in rows) for s in splits},
         "clean": {s: sum(r["split"] == s and not r["has_watermark"] for r in rows) for s in splits},
         "scene_text": {s: sum(r["split"] == s and r["scene_text"] for r in rows) for s in splits},
+        # backgrounds cropped around a mined hard negative (prepare.hard_negative_share of the photos)
+        "hard_negative": {s: sum(r["split"] == s and bool(r.get("hard_negative")) for r in rows) for s in splits},
         "background_kinds": {s: dict(Counter(r.get("background_kind") or "imported" for r in rows if r["split"] == s))
                              for s in splits},
         "mean_wm_fraction": round(float(np.mean([r["wm_fraction"] for r in rows])) if rows else 0.0, 6),
@@ -251,9 +254,10 @@ def build_stats(
 
 def summary_table(stats: dict) -> str:
     """A short plain-text table of the prepared dataset for the log."""
-    lines = [f"{'split':<12} {'samples':>8} {'watermarked':>12} {'clean':>6} {'scene_text':>11}"]
+    lines = [f"{'split':<12} {'samples':>8} {'watermarked':>12} {'clean':>6} {'scene_text':>11} {'hard_neg':>9}"]
     for s in (s for s in SPLITS if s in stats["counts"]):
-        lines.append(f"{s:<12} {stats['counts'][s]:>8} {stats['watermarked'][s]:>12} {stats['clean'][s]:>6} {stats['scene_text'][s]:>11}")
+        lines.append(f"{s:<12} {stats['counts'][s]:>8} {stats['watermarked'][s]:>12} {stats['clean'][s]:>6} "
+                     f"{stats['scene_text'][s]:>11} {stats['hard_negative'][s]:>9}")
     top = ", ".join(f"{k} {v}" for k, v in list(stats["primary_styles"].items())[:6])
     groups = ", ".join(f"{k} {v}" for k, v in stats["source_groups"].items())
     t = stats["timings_s"]
