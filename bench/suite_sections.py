@@ -427,16 +427,37 @@ def section_overhead(ctx: SuiteContext) -> dict[str, Any]:
 # --------------------------------------------------------------------------- screening (real photos, peers)
 
 
+# The naive baseline of issue 15 is the plain script with the model shipped before the text_unet (a UNet):
+# its weights as committed then, read from git history (absent from a shallow clone or a tarball).
+PREVIOUS_SHIPPED = ("32fa2f3", "models/wmdetect.pt")
+
+
+def previous_shipped_model(dest: Path) -> Path | None:
+    """PREVIOUS_SHIPPED's weights written to `dest`, or None when this checkout's history lacks them."""
+    commit, path = PREVIOUS_SHIPPED
+    try:
+        blob = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(blob)
+    return dest
+
+
 def section_screening(ctx: SuiteContext) -> dict[str, Any]:
-    """bench/screen.py: naive script, `wm predict` (default and variants) and the OCR detector on the same
-    real photos (1024x768 JPEGs of the corpus's never-trained test split) and one 4000x3000 JPEG."""
+    """bench/screen.py: naive script (current and previous shipped model), `wm predict` (default and
+    variants) and the OCR detector on the same real photos (1024x768 JPEGs of the corpus's never-trained
+    test split) and one 4000x3000 JPEG."""
     out = ctx.work / "screening"
+    baseline = previous_shipped_model(ctx.work / "screening-scratch" / "previous-shipped.pt")
     args = [*ctx.sizes["screen_args"], "--model", str(ctx.params.paths.pretrained), "--out", str(out),
-            "--work", str(ctx.work / "screening-scratch")]  # fmt: skip
+            "--work", str(ctx.work / "screening-scratch"),
+            *(["--baseline-model", str(baseline)] if baseline else [])]  # fmt: skip
     r = run_bench_script("screen.py", args, out / "screen.json")
     photos, figures = r["photos"], []
     default = photos.get("default", {})
-    for ref, target in (("naive", TARGETS["screen_vs_naive"]), ("ocr", TARGETS["screen_vs_ocr"])):
+    naive = "naive_baseline" if "x_naive_baseline" in default else "naive"
+    for ref, target in ((naive, TARGETS["screen_vs_naive"]), ("ocr", TARGETS["screen_vs_ocr"])):
         value = default.get(f"x_{ref}")
         detail = f"{photos.get(ref, {}).get('images_per_s')} -> {default.get('images_per_s')} img/s"
         figures.append(Figure("screening", f"wm predict default / {ref} (photos, whole process)", value,
@@ -449,7 +470,10 @@ def section_screening(ctx: SuiteContext) -> dict[str, Any]:
                                                                       "fp_area", "masked_share", "error")}}
             for w in ("photos", "large") for k, v in r[w].items()]  # fmt: skip
     s = r["setup"]
-    notes = [f"bench/screen.py: {s['images']} photos, {s['size']}, model {s['model']}, load before {s['load_before']}."]
+    notes = [f"bench/screen.py: {s['images']} photos, {s['size']}, model {s['model']}, load before {s['load_before']}.",
+             f"naive baseline: the plain script with the previously shipped UNet (git {PREVIOUS_SHIPPED[0]})" if baseline
+             else f"naive baseline: the plain script with the current model (git {PREVIOUS_SHIPPED[0]}, the previously "
+                  "shipped UNet, is not in this checkout's history)"]  # fmt: skip
     return {"rows": rows, "figures": figures, "notes": notes}
 
 

@@ -424,6 +424,34 @@ def test_screening_section_judges_default_against_naive_ocr_and_memory(params, t
     assert next(r for r in out["rows"] if r["workload"] == "large")["error"] == "boom"
 
 
+def test_screening_judges_the_ten_fold_target_against_the_previously_shipped_model(params, tmp_path, monkeypatch):
+    r = screen_json()
+    r["photos"]["naive_baseline"] = {"images_per_s": 0.25}
+    r["photos"]["default"]["x_naive_baseline"] = 20.0
+    calls = []
+    monkeypatch.setattr(suite_sections, "run_bench_script", lambda *a: calls.append(a) or r)
+    monkeypatch.setattr(suite_sections, "previous_shipped_model", lambda dest: dest)
+    out = suite_sections.section_screening(make_ctx(params, tmp_path))
+    args = calls[0][1]
+    assert args[args.index("--baseline-model") + 1].endswith("previous-shipped.pt")
+    fig = next(f for f in out["figures"] if "naive" in f.name)
+    assert fig.name == "wm predict default / naive_baseline (photos, whole process)" and fig.value == 20.0
+    assert "previously shipped UNet (git" in out["notes"][-1]
+    # without that history: the current model's plain script, and the notes say so
+    monkeypatch.setattr(suite_sections, "previous_shipped_model", lambda dest: None)
+    calls.clear()
+    out = suite_sections.section_screening(make_ctx(params, tmp_path))
+    assert "--baseline-model" not in calls[0][1] and "not in this checkout's history" in out["notes"][-1]
+
+
+def test_previous_shipped_model_reads_git_history_or_returns_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite_sections, "PREVIOUS_SHIPPED", ("HEAD", "params.yaml"))
+    got = suite_sections.previous_shipped_model(tmp_path / "x" / "p.yaml")
+    assert got == tmp_path / "x" / "p.yaml" and "predict:" in got.read_text()
+    monkeypatch.setattr(suite_sections, "PREVIOUS_SHIPPED", ("0" * 40, "params.yaml"))
+    assert suite_sections.previous_shipped_model(tmp_path / "y.pt") is None and not (tmp_path / "y.pt").exists()
+
+
 def test_screen_mask_stats_reads_the_masks_a_runner_wrote(tmp_path):
     Image.new("L", (10, 10), 0).save(tmp_path / "a.mask.png")
     marked = Image.new("L", (10, 10), 0)
