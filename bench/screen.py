@@ -43,6 +43,10 @@ VARIANTS = {  # name -> `wm predict` overrides
     "native_tiles": ["-S", "predict.fusion=tiles", "-S", "predict.tile_size=512", "-S", "predict.global_side=512"],
     "onnx_int8": ["-S", "predict.backend=onnx-int8"],
     "glibc_malloc": ["-S", "predict.malloc_mmap_threshold_kb=0", "-S", "predict.malloc_trim_threshold_kb=0"],
+    # what a screening run of >= predict.overlay_auto_images images does: masks only, no <name>.overlay.jpg
+    "no_overlay": ["-S", "predict.save_overlay=false"],
+    # the refinement of every image larger than the working side (before predict.refine_min_scale)
+    "refine_all": ["-S", "predict.refine_min_scale=1.0"],
 }
 
 

@@ -11,7 +11,8 @@ What happens next is the fusion rule (`FUSION_RULES`):
 - "refine" (the default): the working view, plus native-resolution tiles only where the working map
   reaches `predict.refine_threshold` (at most `predict.refine_max_tiles`, the most confident first),
   fused there by max: a small label the working view sees faintly is confirmed at full detail, and
-  an image where nothing fires costs one working-scale pass.
+  an image where nothing fires costs one working-scale pass. Only images at least
+  `predict.refine_min_scale` times their working view are refined (1 = every larger image).
 - "tiles": native tiles everywhere (the path before working scale); "max" / "mean": both passes
   everywhere, fused per pixel.
 
