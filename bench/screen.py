@@ -46,8 +46,8 @@ VARIANTS = {  # name -> `wm predict` overrides
     "glibc_malloc": ["-S", "predict.malloc_mmap_threshold_kb=0", "-S", "predict.malloc_trim_threshold_kb=0"],
     # what a screening run of >= predict.overlay_auto_images images does: masks only, no <name>.overlay.jpg
     "no_overlay": ["-S", "predict.save_overlay=false"],
-    # no native refinement of photos shrunk by less than 1.5x for their working view (a 1024x768 photo)
-    "refine_min_1p5": ["-S", "predict.refine_min_scale=1.5"],
+    # native refinement of every image larger than the working side (the default refines only >= 1.5x)
+    "refine_all": ["-S", "predict.refine_min_scale=1.0"],
 }
 
 

@@ -272,7 +272,7 @@ class TextUNet(Segmenter):
         # Both concatenations below are computed as sums of 1x1 convs over their parts, and a 1x1 conv
         # commutes with bilinear upsampling (both linear, the interpolation weights sum to 1): each
         # part is projected where it is smallest. The same function as conv(cat(up(a), b)), no
-        # concatenated map at 1/2 or full resolution (measured ~1.2x per pass on the 2-core CPU).
+        # concatenated map at 1/2 or full resolution (measured ~1.07x per pass on the 2-core CPU).
         proj = self.dec_half[0].weight  # (half, width + 32, 1, 1): [q | half]
         split = q.shape[1]
         mixed = F.interpolate(F.conv2d(q, proj[:, :split]), size=half.shape[-2:], mode="bilinear", align_corners=False)
