@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from wmcore.infer.regions import RegionFinder, TopKMean
+from wmcore.infer.regions import RegionFinder, TopKMean, label_strip
 from wmcore.infer.sinks import MaskSummarySink, ProbabilityMapSink
 from wmcore.infer.tiling import blend_window, predict_tiled, tile_layout
 from wmcore.metrics.image import image_score
@@ -116,6 +119,29 @@ def test_region_finder_with_empty_strips_between_marks_equals_whole_mask_labelli
     expected = sorted((int((labels == i).sum()), s[1].start, s[0].start) for i, s in enumerate(ndimage.find_objects(labels), 1))
     got = sorted((r.area, r.x0, r.y0) for r in finder.regions())
     assert n > 10 and got == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_label_strip_equals_scipy_labelling(seed):
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+    mask = rng.random((h, w)) < [0.05, 0.3, 0.5, 0.6, 0.9, 1.0][seed]  # specks to solid
+    got = label_strip(mask)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    expected = sorted((int((labels == i).sum()), s[0].start, s[1].start, s[0].stop, s[1].stop)
+                      for i, s in enumerate(ndimage.find_objects(labels), 1))  # fmt: skip
+    assert sorted((int(a), *map(int, b)) for a, b in zip(got.areas, got.boxes, strict=True)) == expected
+    for ours, theirs in ((got.first_row, labels[0]), (got.last_row, labels[-1])):  # same partition of the edge rows
+        assert np.array_equal(ours > 0, theirs > 0)
+        pairs = set(zip(ours[ours > 0].tolist(), theirs[theirs > 0].tolist(), strict=True))
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+def test_region_finder_does_not_import_scipy():
+    code = ("import sys, numpy as np; from wmcore.infer.regions import RegionFinder; f = RegionFinder(); "
+            "m = np.zeros((40, 40), bool); m[5:9, 5:30] = True; f.add(0, m); assert len(f.regions()) == 1; "
+            "assert 'scipy' not in sys.modules, 'scipy imported'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_region_finder_filters_small_and_caps_count():
