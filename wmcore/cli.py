@@ -18,6 +18,7 @@ written (checked before any work, or turned read-only mid-run) ends with one lin
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -205,7 +206,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    # Interpreter teardown walks every object torch, mlflow and pydantic created: ~0.4 s of a
+    # `wm predict` process on the 2-core CPU (`python -c "import torch"`: 1.6-2.0 s, 1.2-1.6 s with
+    # this). Freezing moves them out of the exit-time collections; modules are still cleared and
+    # every object still released by reference count (files flushed and closed, atexit handlers run).
+    gc.disable()
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
