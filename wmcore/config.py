@@ -504,6 +504,13 @@ class TrackingParams(Group):
         3, ge=1, le=120, description="Timeout of the one reachability probe of an HTTP tracking server, s (no retries)."
     )
     log_model: bool = Field(True, description="Log the evaluated model to MLflow and register it (champion alias).")
+    defer_predict: bool = Field(
+        True,
+        description="`wm predict` records its run locally and a background process (lowest priority) sends it to "
+        "MLflow, so a short screening run does not wait for MLflow's ~2-3 s import; inside a pipeline run, or "
+        "where MLflow is already loaded, runs are logged inline. Records wait in <paths.cache_dir>/tracking-spool "
+        "while the store is unreachable.",
+    )
 
 
 class ScheduleParams(Group):

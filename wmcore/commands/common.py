@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from wmcore.config import Params, load_params
 from wmcore.runtime.atomic import WRITE_DENIED_ERRNOS, OutputNotWritable, check_writable
+from wmcore.tracking.runinfo import PARENT_RUN_ENV
 from wmcore.tracking.sink import NullLogger, RunLogger
+
+log = logging.getLogger("wmdetect")
 
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_UNWRITABLE = 4
 
 VERBOSITY_ENV = "WMDETECT_VERBOSITY"  # `wm -v run` passes its verbosity to the stages DVC starts
+SPOOL_WARN_RECORDS = 20  # deferred tracking records waiting: the store has been refusing them for a while
 
 
 def load(args: argparse.Namespace, tuned: bool = True) -> Params:
@@ -32,9 +38,22 @@ def load(args: argparse.Namespace, tuned: bool = True) -> Params:
 
 def tracking(step: str, params: Params, is_main: bool = True, out_dir: str | Path | None = None):
     """The MLflow run of a pipeline step (`step_run`); NullLogger on a non-zero DDP rank or with tracking off,
-    when MLflow is not even imported (nor needed installed)."""
+    when MLflow is not even imported (nor needed installed).
+
+    `wm predict` with tracking.defer_predict, outside a pipeline run and in a process that has not loaded
+    MLflow yet, records its run locally and a background process sends it (wmcore.tracking.deferred):
+    its user does not wait the seconds MLflow's import and store take. A process that already has MLflow
+    (a pipeline, a Prefect worker, the tests) logs inline: the import is paid there."""
     if not is_main or not params.tracking.enabled:
         return contextlib.nullcontext(NullLogger())
+    inline = "mlflow" in sys.modules or os.environ.get(PARENT_RUN_ENV)  # MLflow paid for, or a pipeline's step
+    if step == "predict" and params.tracking.defer_predict and not inline:
+        from wmcore.tracking.deferred import deferred_step_run, pending_records, spool_dir
+
+        if len(waiting := pending_records(spool_dir(params))) >= SPOOL_WARN_RECORDS:
+            log.warning("%d tracking records wait in %s: the MLflow store has not taken them (see send.log there)",
+                        len(waiting), spool_dir(params))  # fmt: skip
+        return deferred_step_run(step, params)  # recorded now, sent to MLflow by a background process
     from wmcore.tracking.mlflow_run import step_run  # deferred on purpose: mlflow takes seconds to import
 
     return step_run(step, params, out_dir)

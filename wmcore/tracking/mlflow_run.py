@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,11 +47,11 @@ from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
 from wmcore.errors import WmError, first_line
 from wmcore.metrics.promotion import beats
 from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
+from wmcore.tracking.runinfo import PARENT_RUN_ENV, git_tags, tracking_uri
 from wmcore.tracking.sink import NullLogger, RunLogger
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ENV = "WMDETECT_PARENT_RUN_ID"
 CHAMPION_ALIAS = "champion"
 CHAMPION_METRIC = "test/f1"  # run metric compared to decide the champion (logged by evaluation)
 TEST_DATA_TAG = "test_data_fingerprint"  # model version tag: the test split the version was scored on
@@ -80,27 +79,10 @@ def _warn_once(key: str, message: str, *args: Any) -> None:
     log.warning(message, *args)
 
 
-def tracking_uri(params: Params) -> str:
-    """The tracking URI: env MLFLOW_TRACKING_URI wins, else tracking.uri."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
-
-
 def step_output_dir(step: str, params: Params) -> Path:
     """The folder a step writes to (its fallback tracking.jsonl goes there)."""
     key = STEP_OUTPUT_KEYS.get(step)
     return Path(getattr(params.paths, key)) if key else Path(params.paths.cache_dir) / "tracking" / step
-
-
-def git_tags(cwd: str | Path = ".") -> dict[str, str]:
-    """{"git_commit", "git_dirty"} of the working tree at `cwd`; {} outside git or without git."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        status = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if commit.returncode != 0:
-        return {}
-    return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(status.stdout.strip())).lower()}
 
 
 # --------------------------------------------------------------------------- loggers
