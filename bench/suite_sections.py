@@ -471,6 +471,8 @@ def section_screening(ctx: SuiteContext) -> dict[str, Any]:
             for w in ("photos", "large") for k, v in r[w].items()]  # fmt: skip
     s = r["setup"]
     notes = [f"bench/screen.py: {s['images']} photos, {s['size']}, model {s['model']}, load before {s['load_before']}.",
+             "default: `wm predict` with params.yaml, its MLflow run included (recorded, then sent by a background "
+             f"process: {default.get('sender_s')} s after it ended, waited for before the next runner).",
              f"naive baseline: the plain script with the previously shipped UNet (git {PREVIOUS_SHIPPED[0]})" if baseline
              else f"naive baseline: the plain script with the current model (git {PREVIOUS_SHIPPED[0]}, the previously "
                   "shipped UNet, is not in this checkout's history)"]  # fmt: skip
