@@ -127,3 +127,12 @@ def test_wm_predict_does_not_load_mlflow_and_its_run_arrives(tmp_path: Path, sto
     send_pending(tmp_path / "cache" / "tracking-spool", wait=True)  # waits for the detached sender, sends leftovers
     (run,) = runs_of(store)
     assert run.info.status == "FINISHED" and run.data.metrics["predict/processed"] == 1.0
+
+
+def test_a_spool_that_cannot_be_written_logs_the_run_inline(tmp_path: Path, store: str) -> None:
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    params = make_params(tmp_path, store)
+    with deferred_step_run("predict", params, send=False) as run:
+        run.log_metrics({"predict/images_per_s": 2.0})
+    (inline,) = runs_of(store)
+    assert inline.info.status == "FINISHED" and inline.data.metrics == {"predict/images_per_s": 2.0}

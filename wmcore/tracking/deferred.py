@@ -74,8 +74,12 @@ class DeferredRunLogger:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         inside = Path("artifacts") / f"{len(self.artifacts)}" / Path(path).name
-        (self.folder / inside).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, self.folder / inside)  # the step's output may be replaced before it is sent
+        try:
+            (self.folder / inside).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, self.folder / inside)  # the step's output may be replaced before it is sent
+        except OSError as exc:
+            log.warning("artifact %s is left out of the tracking record (%s)", path, exc)
+            return
         self.artifacts.append([str(inside), artifact_path])
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -83,13 +87,22 @@ class DeferredRunLogger:
 
 
 @contextlib.contextmanager
-def deferred_step_run(step: str, params: Params, send: bool = True) -> Iterator[DeferredRunLogger]:
+def deferred_step_run(step: str, params: Params, send: bool = True) -> Iterator[Any]:
     """The run of `step`, recorded in the spool when the block ends (FINISHED, FAILED or KILLED);
-    then (send=True) a detached sender is started. Exceptions of the block propagate."""
+    then (send=True) a detached sender is started. Exceptions of the block propagate; tracking never
+    stops the step: a spool that cannot be written means the run is logged inline (`step_run`)."""
     spool = spool_dir(params)
     record_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{step}"
     folder = spool / f".tmp-{record_id}"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from wmcore.tracking.mlflow_run import step_run
+
+        log.warning("cannot write tracking records to %s (%s); step %s logs to MLflow directly", spool, exc, step)
+        with step_run(step, params) as inline:
+            yield inline
+        return
     run = DeferredRunLogger(folder)
     run.log_params(params.flat())
     start_ms, status = int(time.time() * 1000), "FINISHED"
@@ -106,12 +119,16 @@ def deferred_step_run(step: str, params: Params, send: bool = True) -> Iterator[
                   "uri": absolute_uri(tracking_uri(params)), "experiment": params.tracking.experiment,
                   "start_ms": start_ms, "end_ms": int(time.time() * 1000), "status": status,
                   "tags": {**source_tags(), "step": step, **git_tags(), **run.tags}, "params": run.params,
-                  "metrics": run.metrics,
-                  "artifacts": run.artifacts}  # fmt: skip
-        (folder / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
-        folder.rename(spool / record_id)
-        if send:
-            start_sender(spool)
+                  "metrics": run.metrics, "artifacts": run.artifacts}  # fmt: skip
+        try:
+            (folder / RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
+            folder.rename(spool / record_id)
+        except OSError as exc:  # e.g. the disk filled up: the step's own outputs are complete
+            log.warning("could not record the MLflow run of step %s in %s (%s)", step, spool, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            if send:
+                start_sender(spool)
 
 
 def source_tags() -> dict[str, str]:
@@ -124,9 +141,12 @@ def source_tags() -> dict[str, str]:
 
 def start_sender(spool: Path) -> None:
     """Start `python -m wmcore.tracking.deferred SPOOL` detached (own session, lowest priority)."""
-    with open(spool / SEND_LOG, "ab") as err:
-        subprocess.Popen([sys.executable, "-m", __name__, str(spool)], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, close_fds=True)  # fmt: skip
+    try:
+        with open(spool / SEND_LOG, "ab") as err:
+            subprocess.Popen([sys.executable, "-m", __name__, str(spool)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, close_fds=True)  # fmt: skip
+    except OSError as exc:  # no process to spare: the record waits for the next step's sender
+        log.warning("could not start the tracking sender (%s); the run waits in %s", exc, spool)
 
 
 def pending_records(spool: Path) -> list[Path]:
