@@ -53,7 +53,7 @@ def tracking(step: str, params: Params, is_main: bool = True, out_dir: str | Pat
         if len(waiting := pending_records(spool_dir(params))) >= SPOOL_WARN_RECORDS:
             log.warning("%d tracking records wait in %s: the MLflow store has not taken them (see send.log there)",
                         len(waiting), spool_dir(params))  # fmt: skip
-        return deferred_step_run(step, params)  # recorded now, sent to MLflow by a background process
+        return deferred_step_run(step, params, out_dir=out_dir)  # recorded now, sent to MLflow by a background process
     from wmcore.tracking.mlflow_run import step_run  # deferred on purpose: mlflow takes seconds to import
 
     return step_run(step, params, out_dir)

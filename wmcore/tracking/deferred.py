@@ -87,7 +87,9 @@ class DeferredRunLogger:
 
 
 @contextlib.contextmanager
-def deferred_step_run(step: str, params: Params, send: bool = True) -> Iterator[Any]:
+def deferred_step_run(
+    step: str, params: Params, send: bool = True, out_dir: str | Path | None = None
+) -> Iterator[Any]:
     """The run of `step`, recorded in the spool when the block ends (FINISHED, FAILED or KILLED);
     then (send=True) a detached sender is started. Exceptions of the block propagate; tracking never
     stops the step: a spool that cannot be written means the run is logged inline (`step_run`)."""
@@ -100,7 +102,7 @@ def deferred_step_run(step: str, params: Params, send: bool = True) -> Iterator[
         from wmcore.tracking.mlflow_run import step_run
 
         log.warning("cannot write tracking records to %s (%s); step %s logs to MLflow directly", spool, exc, step)
-        with step_run(step, params) as inline:
+        with step_run(step, params, out_dir) as inline:  # out_dir: where its JSONL fallback would go
             yield inline
         return
     run = DeferredRunLogger(folder)
