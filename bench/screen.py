@@ -13,8 +13,10 @@ peak RSS from the kernel (wait4's ru_maxrss):
                  --work that one earlier run created (as a user's store exists after their first run)
     <variants>   `wm predict` with -S overrides (e.g. the native-tile path, onnx-int8, no overlays, tracking
                  off, the MLflow run logged inline)
-The background sender of a tracked run is waited for before the next runner starts (its seconds after
-the process ended are reported as `sender s`, at nice 19), so no runner is measured beside it.
+Before each runner, torch and onnxruntime are imported once untimed (the naive scripts on the 4000x3000
+photo peak at 5-9 GB and evict them from the page cache). The background sender of a tracked run is
+waited for before the next runner starts (its seconds after the process ended are reported as
+`sender s`, at nice 19), so no runner is measured beside it.
     ocr          PP-OCRv4 text detection (rapidocr-onnxruntime), detection only, in one process, its
                  boxes filled into a mask PNG (what a user picking it instead would run)
 
@@ -185,6 +187,12 @@ def runners(model: str, variants: list[str], work: Path, baseline: str | None = 
 # --------------------------------------------------------------------------- report
 
 
+def warm_file_cache() -> None:
+    """Load the libraries every runner maps (untimed), so none starts with them evicted from the page cache
+    by the runner before it (the naive scripts on the 4000x3000 photo peak at 5-9 GB)."""
+    subprocess.run([sys.executable, "-c", "import torch, onnxruntime, PIL.Image, numpy"], cwd=ROOT, check=False)
+
+
 def wait_for_sender(spool: Path, timeout_s: float = 120.0) -> float:
     """Seconds until the detached tracking sender (wmcore.tracking.deferred) of the last run has finished."""
     start = time.perf_counter()
@@ -228,6 +236,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 wait_for_sender(work / "cache" / "tracking-spool")
             out = work / f"out-{name}-{workload}"
             shutil.rmtree(out, ignore_errors=True)  # `wm predict` skips images finished by an earlier run
+            warm_file_cache()
             r = run_measured(command(inputs, out))
             if name in TRACKED:
                 r["sender_s"] = wait_for_sender(work / "cache" / "tracking-spool")
