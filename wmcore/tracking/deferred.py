@@ -99,7 +99,7 @@ def deferred_step_run(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from wmcore.tracking.mlflow_run import step_run
+        from wmcore.tracking.mlflow_run import step_run  # deferred on purpose: only this fallback pays mlflow's import
 
         log.warning("cannot write tracking records to %s (%s); step %s logs to MLflow directly", spool, exc, step)
         with step_run(step, params, out_dir) as inline:  # out_dir: where its JSONL fallback would go
@@ -216,16 +216,17 @@ def _uri_of(folder: Path) -> str:
 
 def _send_record(folder: Path) -> str:
     """Create the MLflow run of one record (or find the complete one already made); its run id."""
+    # deferred on purpose: the step's process imports this module and must not load mlflow; the sender does
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    from wmcore.tracking.mlflow_run import _experiment_id
+    from wmcore.tracking.mlflow_run import experiment_id_of  # deferred on purpose (see above)
 
     record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
     if record.get("version") != RECORD_VERSION:
         raise ValueError(f"record version {record.get('version')!r}, expected {RECORD_VERSION}")
     client = MlflowClient(tracking_uri=record["uri"])
-    experiment_id = _experiment_id(client, record["experiment"])
+    experiment_id = experiment_id_of(client, record["experiment"])
     found = client.search_runs([experiment_id], filter_string=f"tags.{RECORD_TAG} = '{record['record_id']}'")
     for run in found:
         if run.data.tags.get(COMPLETE_TAG) == "true":

@@ -208,7 +208,8 @@ def runs_view_tags() -> dict[str, str]:
     return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(view)}
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id_of(client: MlflowClient, name: str) -> str:
+    """Id of experiment `name`: created (artifacts beside a sqlite store, the runs view) or restored as needed."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -235,7 +236,7 @@ def connect(params: Params) -> tuple[MlflowClient, str] | str:
     with _no_retry_env(params.tracking.probe_timeout_s):
         try:
             client = MlflowClient(tracking_uri=uri)
-            return client, _experiment_id(client, params.tracking.experiment)
+            return client, experiment_id_of(client, params.tracking.experiment)
         except Exception as exc:  # unreachable server, bad URI, unwritable sqlite file, ...
             return f"MLflow tracking store {uri} cannot be used ({first_line(exc)[:200]})"
 
