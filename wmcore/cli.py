@@ -209,8 +209,9 @@ def entry() -> None:
     code = main()
     # Interpreter teardown walks every object torch, mlflow and pydantic created: ~0.4 s of a
     # `wm predict` process on the 2-core CPU (`python -c "import torch"`: 1.6-2.0 s, 1.2-1.6 s with
-    # this). Freezing moves them out of the exit-time collections; modules are still cleared and
-    # every object still released by reference count (files flushed and closed, atexit handlers run).
+    # this). Freezing moves them out of the exit-time collections; atexit handlers still run and
+    # modules are still cleared, releasing what reference counting frees (files flushed and closed);
+    # only objects in reference cycles are left to the OS, whose finalizers Python never promised at exit.
     gc.disable()
     gc.freeze()
     sys.exit(code)

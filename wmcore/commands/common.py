@@ -48,6 +48,7 @@ def tracking(step: str, params: Params, is_main: bool = True, out_dir: str | Pat
         return contextlib.nullcontext(NullLogger())
     inline = "mlflow" in sys.modules or os.environ.get(PARENT_RUN_ENV)  # MLflow paid for, or a pipeline's step
     if step == "predict" and params.tracking.defer_predict and not inline:
+        # deferred on purpose: only a deferred predict run needs the spool (no cost to the other commands)
         from wmcore.tracking.deferred import deferred_step_run, pending_records, spool_dir
 
         if len(waiting := pending_records(spool_dir(params))) >= SPOOL_WARN_RECORDS:
