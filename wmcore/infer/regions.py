@@ -94,7 +94,7 @@ class RegionFinder:
 
     def add(self, y0: int, mask: np.ndarray) -> None:
         """mask: bool (h, W) for rows y0 .. y0 + h - 1 (strips must arrive top to bottom)."""
-        if not mask.any():  # nothing to label (most strips of most images): no scipy, no label map
+        if not mask.any():  # nothing to label (most strips of most images)
             self._last_row = None
             return
         strip = label_strip(mask)

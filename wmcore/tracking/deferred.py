@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from wmcore.config import Params
-from wmcore.tracking.runinfo import absolute_uri, git_tags, tracking_uri
+from wmcore.tracking.runinfo import MAX_PARAM_CHARS, absolute_uri, ended_with_status, git_tags, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ SEND_LOG = "send.log"
 RECORD_TAG, COMPLETE_TAG = "wm_record_id", "wm_record_complete"
 RECORD_VERSION = 1
 MAX_PARAMS, MAX_METRICS = 100, 1000  # per log_batch request (MLflow's limits)
-MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 def spool_dir(params: Params) -> Path:
@@ -107,16 +106,9 @@ def deferred_step_run(
         return
     run = DeferredRunLogger(folder)
     run.log_params(params.flat())
-    start_ms, status = int(time.time() * 1000), "FINISHED"
-    try:
-        yield run
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
+    start_ms = int(time.time() * 1000)
+
+    def finish(status: str) -> None:
         record = {"version": RECORD_VERSION, "record_id": record_id, "step": step,
                   "uri": absolute_uri(tracking_uri(params)), "experiment": params.tracking.experiment,
                   "start_ms": start_ms, "end_ms": int(time.time() * 1000), "status": status,
@@ -128,9 +120,12 @@ def deferred_step_run(
         except OSError as exc:  # e.g. the disk filled up: the step's own outputs are complete
             log.warning("could not record the MLflow run of step %s in %s (%s)", step, spool, exc)
             shutil.rmtree(folder, ignore_errors=True)
-        else:
-            if send:
-                start_sender(spool)
+            return
+        if send:
+            start_sender(spool)
+
+    with ended_with_status(finish):
+        yield run
 
 
 def source_tags() -> dict[str, str]:
@@ -188,12 +183,11 @@ def send_pending(spool: str | Path, wait: bool = False) -> dict[str, int]:
             return counts
         failed_uris: set[str] = set()
         while True:  # records written while sending go in the same pass
-            todo = [p for p in pending_records(spool) if _uri_of(p) not in failed_uris]
+            todo = [(p, uri) for p in pending_records(spool) if (uri := _uri_of(p)) not in failed_uris]
             if not todo:
                 break
-            for folder in todo:
-                uri = _uri_of(folder)
-                if uri in failed_uris:
+            for folder, uri in todo:
+                if uri in failed_uris:  # an earlier record of this pass found its store failing
                     continue
                 try:
                     _send_record(folder)

@@ -47,7 +47,7 @@ from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
 from wmcore.errors import WmError, first_line
 from wmcore.metrics.promotion import beats
 from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
-from wmcore.tracking.runinfo import PARENT_RUN_ENV, git_tags, tracking_uri
+from wmcore.tracking.runinfo import MAX_PARAM_CHARS, PARENT_RUN_ENV, ended_with_status, git_tags, tracking_uri
 from wmcore.tracking.sink import NullLogger, RunLogger
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ RUNS_VIEW_COLUMNS = (
     *(f"metrics.`{name}`" for name, _, _ in HEADLINE_METRICS), "metrics.`system/peak_mem_mb`",
 )  # fmt: skip
 FALLBACK_FILE = "tracking.jsonl"
-MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # Where each step's fallback records go. `prepare` writes to the cache, not into the DVC-hashed dataset.
 STEP_OUTPUT_KEYS = {"train": "train_dir", "evaluate": "evaluate_dir", "predict": "predict_dir"}
 
@@ -317,24 +316,8 @@ def step_run(step: str, params: Params, out_dir: str | Path | None = None) -> It
         return
     run_logger = MlflowRunLogger(connection[0], run_id, fallback)
     run_logger.log_params(params.flat())
-    with _ended_with_status(lambda status: _end_step_run(run_id, status)):
+    with ended_with_status(lambda status: _end_step_run(run_id, status)):
         yield run_logger
-
-
-@contextlib.contextmanager
-def _ended_with_status(end: Callable[[str], None]) -> Iterator[None]:
-    """Run the block, then call `end` with FINISHED, KILLED (Ctrl-C) or FAILED; exceptions propagate."""
-    status = "FINISHED"
-    try:
-        yield
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        end(status)
 
 
 @contextlib.contextmanager
@@ -364,7 +347,7 @@ def parent_run(params: Params, name: str) -> Iterator[str | None]:
         with contextlib.suppress(Exception):  # an unreachable store must not mask the flow's own result
             client.set_terminated(run_id, status)
 
-    with _ended_with_status(end):
+    with ended_with_status(end):
         yield run_id
 
 

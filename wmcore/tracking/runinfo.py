@@ -1,14 +1,17 @@
-"""What a tracked run records about where it ran, without importing MLflow (it takes seconds to import)."""
+"""What both tracking paths (inline `mlflow_run`, `deferred`) share, without importing MLflow (seconds to import)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from wmcore.config import Params
 
 PARENT_RUN_ENV = "WMDETECT_PARENT_RUN_ID"  # the pipeline's parent run, nesting step runs (mlflow_run.parent_run)
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 def tracking_uri(params: Params) -> str:
@@ -34,3 +37,19 @@ def git_tags(cwd: str | Path = ".") -> dict[str, str]:
     if commit.returncode != 0:
         return {}
     return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(status.stdout.strip())).lower()}
+
+
+@contextlib.contextmanager
+def ended_with_status(end: Callable[[str], None]) -> Iterator[None]:
+    """Run the block, then call `end` with FINISHED, KILLED (Ctrl-C) or FAILED; exceptions propagate."""
+    status = "FINISHED"
+    try:
+        yield
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        end(status)
