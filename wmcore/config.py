@@ -322,7 +322,7 @@ class EvaluateParams(Group):
         "below; balanced_accuracy / f1 = on its own, for that image-level score.",
     )
     max_real_fp_area: float = Field(
-        0.002,
+        0.0015,
         ge=0.0,
         le=1.0,
         description="Calibration budget: share of the corpus's real clean val photos' pixels the gated masks may "
@@ -424,7 +424,7 @@ class PredictParams(Group):
         8, ge=0, le=4096, description="Rule refine: most native tiles per image (highest working probability first)."
     )
     refine_min_scale: float = Field(
-        1.5,
+        1.0,
         ge=1.0,
         le=64.0,
         description="Rule refine: only images at least this many times the working side are refined natively; "
