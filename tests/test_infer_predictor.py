@@ -10,7 +10,8 @@ import torch
 
 from wmcore.config import load_params
 from wmcore.errors import WmError
-from wmcore.infer.predictor import get_predictor, resolve_model
+from wmcore.infer import onnx_backend
+from wmcore.infer.predictor import clear_predictor_cache, get_predictor, resolve_model
 from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.model.unet import UNet
 
@@ -154,6 +155,43 @@ def test_onnx_backend_matches_torch_and_int8_runs(tmp_path):
     assert all(o.dtype == np.float32 and o.min() >= 0.0 and o.max() <= 1.0 for o in out)
     cached = sorted(p.name.split("-")[1] for p in (tmp_path / "cache" / "onnx").glob("*.onnx"))
     assert cached == ["fp32.onnx", "int8.onnx"]
+
+
+def test_int8_model_is_built_once_per_model_file_and_rebuilt_when_it_changes(tmp_path, monkeypatch):
+    calls = {"export": 0, "quantize": 0}
+    real_export, real_quantize = onnx_backend.export_onnx, onnx_backend.quantize_int8
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", counted("export", real_export))
+    monkeypatch.setattr(onnx_backend, "quantize_int8", counted("quantize", real_quantize))
+    params = params_for(tmp_path, **{"predict.calibration_images": 2})
+    calibration = tmp_path / "calib.png"
+    from PIL import Image
+
+    Image.fromarray(smooth_image(70, 70, 5)).save(calibration)
+    images = [smooth_image(64, 64, 1)]
+
+    def int8_run():
+        clear_predictor_cache()  # a new process: only the files on disk are left
+        return get_predictor(tmp_path / "m.pt", params, backend="onnx-int8", int8_calibration=[calibration]).predict(images)
+
+    make_checkpoint(tmp_path / "m.pt", seed=0)
+    first = int8_run()
+    assert calls == {"export": 1, "quantize": 1}
+    again = int8_run()
+    assert calls == {"export": 1, "quantize": 1}  # reused: neither exported nor quantized again
+    np.testing.assert_array_equal(first[0], again[0])
+    make_checkpoint(tmp_path / "m.pt", seed=1)  # same path, other weights
+    changed = int8_run()
+    assert calls == {"export": 2, "quantize": 2}
+    assert not np.allclose(first[0], changed[0], atol=1e-3)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*-int8.onnx"))) == 2  # one per model file content
 
 
 def test_mlflow_run_uri_downloads_and_loads_the_checkpoint(tmp_path, monkeypatch):
