@@ -156,9 +156,21 @@ def test_region_finder_filters_small_and_caps_count():
     assert RegionFinder().regions() == []
 
 
-@pytest.mark.parametrize(("height", "width", "strip"), [(4, 4, 1), (100, 100, 7), (300, 400, 64)])
-def test_top_k_mean_over_strips_equals_image_score(height, width, strip):
-    probs = np.random.default_rng(width).random((height, width), dtype=np.float32)
+@pytest.mark.parametrize(("height", "width", "strip"), [(4, 4, 1), (100, 100, 7), (300, 400, 64), (768, 1024, 512)])
+@pytest.mark.parametrize("kind", ["uniform", "sparse", "ties", "lattice", "rising"])
+def test_top_k_mean_over_strips_equals_image_score(height, width, strip, kind):
+    rng = np.random.default_rng(width)
+    probs = rng.random((height, width), dtype=np.float32)
+    if kind == "sparse":  # a clean photo with one small mark: almost all zeros, a few high values
+        probs = np.where(probs > 0.999, probs, np.float32(0.0))
+    elif kind == "ties":  # probabilities as stored in a uint8 map: many equal values at the cut
+        probs = np.round(probs * 8).astype(np.float32) / np.float32(8)
+    elif kind == "lattice":  # the highest values exactly where a strided subsample looks, low elsewhere
+        flat = probs.ravel() * np.float32(0.5)
+        flat[:: TopKMean.SUBSAMPLE] += np.float32(0.5)
+        probs = flat.reshape(height, width)
+    elif kind == "rising":  # every strip beats the one before: the held top k is replaced each time
+        probs = (probs * 0.1 + np.linspace(0, 0.9, height, dtype=np.float32)[:, None]).astype(np.float32)
     acc = TopKMean(height * width)
     for y in range(0, height, strip):
         acc.add(probs[y : y + strip])

@@ -182,14 +182,29 @@ def top_k_count(n_pixels: int, top_fraction: float = 0.001, min_pixels: int = 16
 
 
 class TopKMean:
-    """Mean of the k largest values seen across strips (k fixed up front); equals image_score."""
+    """Mean of the k largest values seen across strips (k fixed up front); equals image_score.
+
+    Only values that can still enter the top k are partitioned: once k are held, those above the
+    smallest held one (an equal one leaves the mean unchanged); before that, in a strip of more than
+    SUBSAMPLE * k values, those at least the k-th largest of every SUBSAMPLE-th value (at least k
+    values reach it, so the top k are among them). A partition of a whole 512-row strip took ~16 ms,
+    12% of a 1024x768 photo's `wm predict` on 2 cores.
+    """
+
+    SUBSAMPLE = 8
 
     def __init__(self, n_pixels: int) -> None:
         self.k = top_k_count(n_pixels)
         self._pool = np.empty(0, dtype=np.float32)
 
     def add(self, values: np.ndarray) -> None:
-        cand = np.concatenate([self._pool, values.ravel().astype(np.float32, copy=False)])
+        flat = values.ravel().astype(np.float32, copy=False)
+        if self._pool.size >= self.k:
+            flat = flat[flat > self._pool.min()]
+        elif flat.size > self.SUBSAMPLE * self.k:
+            sample = flat[:: self.SUBSAMPLE]  # strided view: np.partition copies it
+            flat = flat[flat >= np.partition(sample, sample.size - self.k)[sample.size - self.k]]
+        cand = np.concatenate([self._pool, flat])
         self._pool = np.partition(cand, cand.size - self.k)[cand.size - self.k :] if cand.size > self.k else cand
 
     def value(self) -> float:
