@@ -42,7 +42,13 @@ from wmcore.evaluate.samples import load_split, read_sample  # noqa: E402
 from wmcore.evaluate.score import SplitScores, _add_image, real_clean_samples  # noqa: E402
 from wmcore.infer.predictor import get_predictor  # noqa: E402
 from wmcore.infer.sinks import ProbabilityMapSink  # noqa: E402
-from wmcore.infer.working_scale import RefineSettings, refine_windows, run_global_views, upsample_rows  # noqa: E402
+from wmcore.infer.working_scale import (  # noqa: E402
+    RefinedStripSink,
+    RefineSettings,
+    refine_windows,
+    run_global_views,
+    stream_upsampled,
+)
 from wmcore.runtime.device import configure_threads  # noqa: E402
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
@@ -68,13 +74,11 @@ def maps_per_setting(image: np.ndarray, predictor, settings) -> dict[tuple[float
     if unique:
         predictor._run_native([np.ascontiguousarray(image[y : y + h, x : x + w]) for y, x, h, w in unique], sinks)
     native = {w: s.probs for w, s in zip(unique, sinks, strict=True)}
-    base = upsample_rows(small, height, width, 0, height)
     out = {}
-    for key, windows in chosen.items():
-        probs = base.copy()
-        for y, x, h, w in windows:
-            np.maximum(probs[y : y + h, x : x + w], native[(y, x, h, w)], out=probs[y : y + h, x : x + w])
-        out[key] = probs
+    for key, windows in chosen.items():  # fused by the predictor's own sink, as `wm predict` fuses them
+        sink = ProbabilityMapSink(height, width)
+        stream_upsampled(small, height, width, RefinedStripSink(sink, windows, [native[w] for w in windows]), height)
+        out[key] = sink.probs
     return out
 
 
@@ -100,7 +104,7 @@ def workload_windows(corpus: Path, predictor, settings, count: int) -> dict[tupl
             image = np.asarray(cover_resize(im.convert("RGB"), (1024, 768)))
         small = run_global_views([image], predictor.params.predict.global_side, predictor._run_native)[0]
         for key, s in settings.items():
-            totals[key] += len(refine_windows(small, 768, 1024, s))
+            totals[key] += len(refine_windows(small, *image.shape[:2], s))
     return {key: total / max(len(samples), 1) for key, total in totals.items()}
 
 
