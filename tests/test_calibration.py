@@ -14,8 +14,8 @@ from PIL import Image
 from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
 from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate.calibrate import joint_thresholds
-from wmcore.evaluate.report import real_clean_metrics
-from wmcore.evaluate.samples import EvalSample, load_split
+from wmcore.evaluate.report import real_clean_metrics, split_metrics, tag_metrics
+from wmcore.evaluate.samples import EvalSample, load_split, manifest_tags
 from wmcore.evaluate.score import SplitScores, real_clean_samples, score_split
 from wmcore.infer.working_scale import FUSION_RULES
 from wmcore.metrics import counts_at, gate_counts, image_score, scores_from_counts, threshold_histograms
@@ -60,6 +60,39 @@ def test_real_clean_metric_counts_marked_pixels_of_hand_made_maps():
     gated = real_clean_metrics(split, 0.3, 0.2, BINS, gate=True)
     assert gated["flagged"] == ["s0"] and gated["fp_area"] == pytest.approx(10 / 300, abs=1e-6)
     assert real_clean_metrics(split, 0.3, 0.6, BINS, gate=True)["fp_area"] == 0.0
+
+
+def test_tag_metrics_pool_the_counts_of_the_images_carrying_each_tag():
+    """Per-style F1 on hand-made maps: each tag pools exactly its images' pixels; clean-only tags have no F1."""
+    hit = np.zeros((10, 10), np.float32)
+    hit[:2] = 0.9  # 20 marked, all true
+    half = np.zeros((10, 10), np.float32)
+    half[:1] = 0.9  # 10 marked of 20 true
+    noisy = np.zeros((10, 10), np.float32)
+    noisy[9, :5] = 0.9  # 5 marked on a clean image
+    truth = np.zeros((10, 10), bool)
+    truth[:2] = True
+    split = scores_of([hit, half, noisy], [truth, truth, np.zeros((10, 10), bool)])
+    tags = [("corner", "cjk"), ("corner", "phrase:url"), ("clean",)]
+    split.samples = [EvalSample(s.id, s.image, None, s.has_watermark, tags=t) for s, t in zip(split.samples, tags, strict=True)]
+    counts = counts_at(split.stacked_hists(BINS), 0.5)
+    by_tag = tag_metrics(split, counts)
+    assert set(by_tag) == {"clean", "cjk", "corner", "phrase:url"}
+    assert by_tag["cjk"] == {"n_images": 1, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert by_tag["phrase:url"] == {"n_images": 1, "f1": pytest.approx(2 / 3, abs=1e-6), "precision": 1.0,
+                                    "recall": 0.5}  # fmt: skip
+    assert by_tag["corner"]["n_images"] == 2 and by_tag["corner"]["recall"] == 0.75  # 30 of 40 true pixels
+    assert by_tag["clean"] == {"n_images": 1, "f1": None, "precision": None, "recall": None}
+    metrics = split_metrics(split, 0.5, 0.0, BINS, gate=False)
+    assert metrics["by_tag"] == by_tag
+    split.samples = [EvalSample(s.id, s.image, None, s.has_watermark) for s in split.samples]  # no manifest tags
+    assert "by_tag" not in split_metrics(split, 0.5, 0.0, BINS, gate=False)
+
+
+def test_manifest_tags_are_styles_then_phrase_kinds_ignoring_junk():
+    row = {"styles": ["corner", "cjk", 3, "corner"], "phrase_kinds": ["url", None]}
+    assert manifest_tags(row) == ("corner", "cjk", "phrase:url")
+    assert manifest_tags({"styles": "corner"}) == () and manifest_tags({}) == ()
 
 
 def _brute_force(val: SplitScores, real: SplitScores, thresholds, candidates, max_fp: float, max_flagged: float):

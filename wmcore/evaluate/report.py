@@ -85,7 +85,28 @@ def split_metrics(split: SplitScores, threshold: float, image_threshold: float, 
         n_clean_page=int((~has_watermark & split.background_is("page")).sum()),
         n_clean_photo=int((~has_watermark & split.background_is("photo")).sum()),
     )
+    by_tag = tag_metrics(split, counts)
+    if by_tag:
+        metrics["by_tag"] = by_tag
     return metrics
+
+
+def tag_metrics(split: SplitScores, counts: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Pixel F1, precision and recall pooled over the images carrying each manifest tag (style or phrase kind).
+
+    counts: the split's per-image counts (N, 4) at the reported thresholds. Where the images of a tag hold
+    no watermark pixel (e.g. "clean") the scores are None. {} when no sample has tags (no manifest).
+    """
+    tags = sorted({t for s in split.samples for t in s.tags})
+    out = {}
+    for tag in tags:
+        which = torch.tensor([tag in s.tags for s in split.samples])
+        pooled = counts[which].sum(0)
+        has_truth = bool(pooled[0] + pooled[2] > 0)  # tp + fn: watermark pixels
+        values = scores_from_counts(pooled, empty_is_perfect=False)
+        out[tag] = {"n_images": int(which.sum()),
+                    **{k: _number(float(values[k])) if has_truth else None for k in ("f1", "precision", "recall")}}
+    return out
 
 
 def image_counts(split: SplitScores, threshold: float, image_threshold: float, bins: int, gate: bool) -> torch.Tensor:
@@ -193,6 +214,11 @@ def write_reports(out_dir: Path, metrics: dict[str, Any], scored: dict[str, Spli
     return written
 
 
+def mlflow_key(name: str) -> str:
+    """`name` with the characters MLflow refuses in metric keys (":" of "icon:star", ...) made "_"."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+
+
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Numbers of metrics.json as MLflow metrics grouped by split: `val/f1`, `test/fp_area`, `real_test/fp_area`, ..."""
     flat = {
@@ -202,6 +228,9 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for key, value in metrics[split].items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
+    flat.update({f"{split}/tag_f1/{mlflow_key(tag)}": float(m["f1"])
+                 for split in ("test", HELDOUT_SPLIT) if split in metrics
+                 for tag, m in metrics[split].get("by_tag", {}).items() if m["f1"] is not None})  # fmt: skip
     fusion = metrics.get("fusion", {})
     flat.update({f"val/fusion_f1_{rule}": float(v) for rule, v in fusion.get("val_f1", {}).items() if v is not None})
     promotion = metrics.get("promotion", {})  # both models' scores, the loser's too
@@ -247,6 +276,10 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for key in keys:
         cells = [metrics[s].get(key) for s in splits]
         lines.append(f"{key:<20}" + "".join(f"{'-' if c is None else format(c, '.4g'):>14}" for c in cells))
+    weakest = sorted((m["f1"], tag, m["n_images"]) for tag, m in metrics["test"].get("by_tag", {}).items()
+                     if m["f1"] is not None and m["n_images"] >= 10)[:5]  # fmt: skip
+    if weakest:
+        lines.append("weakest test tags   " + ", ".join(f"{tag} {f1:.3f} ({n})" for f1, tag, n in weakest))
     for split in (s for s in REAL_SPLITS if s in metrics):
         m = metrics[split]
         lines.append(f"{split:<20} fp_area {m['fp_area']:.4g}, marked {m['n_flagged']} of {m['n_images']} photos")

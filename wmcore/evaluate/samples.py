@@ -40,6 +40,7 @@ class EvalSample:
     has_watermark: bool | None = None  # None: not in a manifest, taken from the mask
     scene_text: bool = False  # opaque scene text (not a watermark) drawn on the image
     background_kind: str | None = None  # "photo", "page" (text page), "procedural", a corpus category; None: unknown
+    tags: tuple[str, ...] = ()  # the manifest's styles and "phrase:<kind>" of its phrases (per-style metrics)
 
 
 class SampleError(Exception):
@@ -73,9 +74,22 @@ def _from_manifest(prepared: Path, rows: list[dict]) -> list[EvalSample]:
             has_watermark=None if row.get("has_watermark") is None else bool(row["has_watermark"]),
             scene_text=bool(row.get("scene_text")),
             background_kind=row.get("background_kind") if isinstance(row.get("background_kind"), str) else None,
+            tags=manifest_tags(row),
         )
         for row in rows
     ]
+
+
+def manifest_tags(row: dict) -> tuple[str, ...]:
+    """A manifest line's styles ("corner", "cjk", "jpeg", ...) and phrase kinds as "phrase:<kind>"; () if absent.
+
+    Non-string entries (a hand-edited manifest) are ignored.
+    """
+    def strings(key: str) -> list[str]:
+        value = row.get(key)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    return tuple(dict.fromkeys([*strings("styles"), *(f"phrase:{k}" for k in strings("phrase_kinds"))]))
 
 
 def _from_folder(split_dir: Path) -> list[EvalSample]:
