@@ -3,9 +3,8 @@
 `RegionFinder` labels each row strip from its horizontal runs (numpy only: a
 `wm predict` process that finds a mark does not pay scipy's ~0.3 s import), then
 joins components that touch across strip borders with the same vectorised
-union-find, so a mask of any height is handled with memory of one strip. `TopKMean` likewise reproduces
-`wmcore.metrics.image_score` (mean of the top 0.1% probabilities, at least 16
-pixels) from strips without a full-size copy of the probabilities.
+union-find, so a mask of any height is handled with memory of one strip (the has-watermark score is
+summed over strips by `wmcore.metrics.TopKMean` likewise).
 """
 
 from __future__ import annotations
@@ -174,38 +173,3 @@ def _merge_by_root(boxes: np.ndarray, areas: np.ndarray, root: np.ndarray) -> tu
     np.maximum.at(hi, group, boxes[:, 2:])
     total = np.bincount(group, weights=areas, minlength=k).astype(np.int64)
     return lo, hi, total, group
-
-
-def top_k_count(n_pixels: int, top_fraction: float = 0.001, min_pixels: int = 16) -> int:
-    """How many top probabilities `wmcore.metrics.image_score` averages for an image of n_pixels."""
-    return min(n_pixels, max(min_pixels, int(n_pixels * top_fraction)))
-
-
-class TopKMean:
-    """Mean of the k largest values seen across strips (k fixed up front); equals image_score.
-
-    Only values that can still enter the top k are partitioned: once k are held, those above the
-    smallest held one (an equal one leaves the mean unchanged); before that, in a strip of more than
-    SUBSAMPLE * k values, those at least the k-th largest of every SUBSAMPLE-th value (at least k
-    values reach it, so the top k are among them). A partition of a whole 512-row strip took ~16 ms,
-    12% of a 1024x768 photo's `wm predict` on 2 cores.
-    """
-
-    SUBSAMPLE = 8
-
-    def __init__(self, n_pixels: int) -> None:
-        self.k = top_k_count(n_pixels)
-        self._pool = np.empty(0, dtype=np.float32)
-
-    def add(self, values: np.ndarray) -> None:
-        flat = values.ravel().astype(np.float32, copy=False)
-        if self._pool.size >= self.k:
-            flat = flat[flat > self._pool.min()]
-        elif flat.size > self.SUBSAMPLE * self.k:
-            sample = flat[:: self.SUBSAMPLE]  # strided view: np.partition copies it
-            flat = flat[flat >= np.partition(sample, sample.size - self.k)[sample.size - self.k]]
-        cand = np.concatenate([self._pool, flat])
-        self._pool = np.partition(cand, cand.size - self.k)[cand.size - self.k :] if cand.size > self.k else cand
-
-    def value(self) -> float:
-        return float(self._pool.mean()) if self._pool.size else 0.0

@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from wmcore.infer.regions import Region, RegionFinder, TopKMean
+from wmcore.infer.regions import Region, RegionFinder
+from wmcore.metrics import TopKMean
 
 
 class ProbabilityMapSink:

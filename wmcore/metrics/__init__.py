@@ -1,6 +1,14 @@
 """Metrics as pure functions shared by training, evaluation and benchmarks."""
 
-from wmcore.metrics.image import average_precision, best_image_threshold, decision_scores, image_score, roc_auc
+from wmcore.metrics.image import (
+    TopKMean,
+    average_precision,
+    best_image_threshold,
+    decision_scores,
+    image_score,
+    roc_auc,
+    top_k_count,
+)
 from wmcore.metrics.pixel import (
     best_threshold,
     confusion_counts,
@@ -17,6 +25,7 @@ from wmcore.metrics.pixel import (
 )
 
 __all__ = [
+    "TopKMean",
     "average_precision",
     "best_image_threshold",
     "best_threshold",
@@ -34,4 +43,5 @@ __all__ = [
     "scores_from_counts",
     "threshold_histograms",
     "threshold_index",
+    "top_k_count",
 ]

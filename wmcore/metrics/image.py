@@ -9,13 +9,49 @@ from __future__ import annotations
 import numpy as np
 
 
+def top_k_count(n_pixels: int, top_fraction: float = 0.001, min_pixels: int = 16) -> int:
+    """How many top probabilities the has-watermark score averages for an image of n_pixels."""
+    return min(n_pixels, max(min_pixels, int(n_pixels * top_fraction)))
+
+
+class TopKMean:
+    """Mean of the k largest values seen so far, fed in any number of pieces (row strips or one whole map).
+
+    Only values that can still enter the top k are partitioned: once k are held, those above the
+    smallest held one (an equal one leaves the mean unchanged); before that, in a piece of more than
+    SUBSAMPLE * k values, those at least the k-th largest of every SUBSAMPLE-th value (at least k
+    values reach it, so the top k are among them). A partition of a whole 512-row strip took ~16 ms,
+    12% of a 1024x768 photo's `wm predict` on 2 cores.
+    """
+
+    SUBSAMPLE = 8
+
+    def __init__(self, n_pixels: int, top_fraction: float = 0.001, min_pixels: int = 16) -> None:
+        self.k = top_k_count(n_pixels, top_fraction, min_pixels)
+        self._pool = np.empty(0, dtype=np.float32)
+
+    def add(self, values: np.ndarray) -> None:
+        flat = np.asarray(values).ravel().astype(np.float32, copy=False)
+        if self.k == 0:
+            return
+        if self._pool.size >= self.k:
+            flat = flat[flat > self._pool.min()]
+        elif flat.size > self.SUBSAMPLE * self.k:
+            sample = flat[:: self.SUBSAMPLE]  # strided view: np.partition copies it
+            flat = flat[flat >= np.partition(sample, sample.size - self.k)[sample.size - self.k]]
+        cand = np.concatenate([self._pool, flat])
+        self._pool = np.partition(cand, cand.size - self.k)[cand.size - self.k :] if cand.size > self.k else cand
+
+    def value(self) -> float:
+        return float(self._pool.mean()) if self._pool.size else 0.0
+
+
 def image_score(probs: np.ndarray, top_fraction: float = 0.001, min_pixels: int = 16) -> float:
-    """Has-watermark score in [0, 1] of one (H, W) probability map."""
+    """Has-watermark score in [0, 1] of one (H, W) probability map: the mean of its top k values (`TopKMean`)."""
     flat = np.asarray(probs, dtype=np.float32).ravel()
-    if flat.size == 0:
-        return 0.0
-    k = min(flat.size, max(min_pixels, int(flat.size * top_fraction)))
-    return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
+    acc = TopKMean(flat.size, top_fraction, min_pixels)
+    acc.add(flat)
+    return acc.value()
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
