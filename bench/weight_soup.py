@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+# Entries of a training checkpoint that belong to one run's optimisation, not to the averaged weights.
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "train_state")
+
 
 def soup(paths: list[str]) -> dict:
     """The first checkpoint with its model's float tensors replaced by the mean over all `paths`."""
@@ -28,8 +31,8 @@ def soup(paths: list[str]) -> dict:
         for k, v in cks[0]["model"].items()
     }
     first = cks[0]
-    return {"model": state, "model_args": first["model_args"], "meta": {**first["meta"], "soup_of": paths},
-            "epoch": first["epoch"], "step": first["step"], "best_f1": first["best_f1"], "config": first["config"]}  # fmt: skip
+    kept = {k: v for k, v in first.items() if k not in TRAINING_STATE}
+    return {**kept, "model": state, "meta": {**first.get("meta", {}), "soup_of": [str(p) for p in paths]}}
 
 
 def main(argv: list[str]) -> int:
