@@ -3,8 +3,8 @@
 `RegionFinder` labels each row strip from its horizontal runs (numpy only: a
 `wm predict` process that finds a mark does not pay scipy's ~0.3 s import), then
 joins components that touch across strip borders with the same vectorised
-union-find, so a mask of any height is handled with memory of one strip (the has-watermark score is
-summed over strips by `wmcore.metrics.TopKMean` likewise).
+union-find, so a mask of any height is handled with memory of one strip (likewise, the has-watermark
+score's top-k mean is kept over strips by `wmcore.metrics.TopKMean`).
 """
 
 from __future__ import annotations
