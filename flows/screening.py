@@ -63,11 +63,11 @@ def screening(
 
 def _screen_chunks(params: Params, inbox: str, out_dir: str, model: str | None, limit: int) -> list[dict]:
     """Claim chunks of the inbox and screen them as tasks; returns every chunk's rows."""
-    items = discover_task(inbox, out_dir)
+    items = _value(discover_task(inbox, out_dir))
     futures = []
     try:
         while True:
-            chunk = claim_task(out_dir, items, limit)
+            chunk = _value(claim_task(out_dir, items, limit))
             if not chunk:
                 break
             futures.append(screen_chunk_task.submit(params, out_dir, chunk, model, len(futures)))
@@ -78,6 +78,18 @@ def _screen_chunks(params: Params, inbox: str, out_dir: str, model: str | None, 
         # a Dask cluster torn down under running chunks would leave their images claimed.
         wait(futures)
     return [row for fut in futures for row in fut.result()]
+
+
+def _value(returned: Any) -> Any:
+    """A task call's value; a task that returned its Failed state raises the WmError it carries.
+
+    Prefect hands a task's returned state back to a direct (not submitted) call as is, without
+    raising: left unchecked, a claim that failed (an output folder that turned read-only) would be
+    read as a chunk of images.
+    """
+    if isinstance(returned, State):
+        return returned.result()
+    return returned
 
 
 def dask_task_runner(address: str | None, workers: int) -> Any:

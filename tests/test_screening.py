@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from wmcore.cli import main
 from wmcore.config import load_params
 from wmcore.errors import WmError
 from wmcore.infer.inputs import discover_inputs
-from wmcore.infer.screening import MANIFEST
+from wmcore.infer.screening import CLAIMS, MANIFEST, ProcessedManifest
 from wmcore.runtime import dask_workers
 from wmcore.runtime.dask_workers import check_scheduler, params_for_this_process, thread_share
 from wmcore.runtime.device import available_cores
@@ -200,6 +201,29 @@ def test_a_failed_chunk_releases_its_claims_and_the_next_run_screens_them(tmp_pa
         run_screening(str(inbox), str(out), str(tmp_path / "missing.pt"), **common)
     assert json.loads((out / "claims.json").read_text()) == {}
     assert run_screening(str(inbox), str(out), str(checkpoint), **common)["screened"] == N_IMAGES
+
+
+def test_a_claim_failing_mid_run_fails_the_run_with_its_one_line_error(
+    tmp_path, checkpoint, inbox, prefect_harness, monkeypatch
+):
+    # The second claim meets an output folder turned read-only (as CI once hit by chance in the
+    # reliability suite): the run must end with the claim's own error, the first chunk kept.
+    real_claim, calls = ProcessedManifest.claim, []
+
+    def claim(self, items, limit):
+        calls.append(limit)
+        if len(calls) == 2:
+            with self._locked():  # the real conversion of the OSError into the user's error
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.out / CLAIMS))
+        return real_claim(self, items, limit)
+
+    monkeypatch.setattr(ProcessedManifest, "claim", claim)
+    out = tmp_path / "out"
+    with pytest.raises(WmError, match=r"cannot write to .*out: Read-only file system \(claims.json\)"):
+        run_screening(str(inbox), str(out), str(checkpoint), str(REPO_PARAMS), chunk_size=3,
+                      overrides=overrides(tmp_path))  # fmt: skip
+    assert len(calls) == 2
+    assert len(manifest_keys(out)) == 3  # the chunk claimed before the failure finished and was recorded
 
 
 def test_dask_local_cluster_screens_each_image_once_like_the_local_runner(tmp_path, checkpoint, inbox, prefect_harness):
