@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
 from wmcore.evaluate import run as evaluate_run
-from wmcore.evaluate.calibrate import joint_thresholds
+from wmcore.evaluate.calibrate import image_threshold_candidates, joint_thresholds
 from wmcore.evaluate.report import real_clean_metrics, split_metrics, tag_metrics
 from wmcore.evaluate.samples import EvalSample, load_split, manifest_tags
 from wmcore.evaluate.score import SplitScores, real_clean_samples, score_split
@@ -140,6 +140,22 @@ def test_joint_calibration_takes_the_best_pair_within_the_real_photo_budgets():
     assert tight.val_f1 <= loose.val_f1
     impossible = joint_thresholds(val, real, BINS, -1.0, -1.0)  # no pair can mark less than nothing
     assert not impossible.within_budget and impossible.real_fp_area == 0.0 and "least" in impossible.reason
+
+
+def test_image_threshold_candidates_separate_every_score_and_ignore_float_noise():
+    # 700 distinct scores, more than the 256 the quantile shortcut once started at: a change of the
+    # scores at float precision (another summation order) moved the calibrated image threshold then.
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.uniform(0.0, 1.0, 700), 6)
+    scores[:40] = np.round(rng.uniform(0.99, 1.0, 40), 6)  # a crowded top, where image thresholds sit
+    candidates = image_threshold_candidates(scores)
+    distinct = np.unique(scores)
+    assert candidates.size == distinct.size + 1 and np.all(np.diff(candidates) > 0)
+    for low, high in itertools.pairwise(distinct):  # one candidate strictly between each neighbouring pair
+        assert np.count_nonzero((candidates > low) & (candidates < high)) == 1
+    assert candidates[0] < distinct[0] and candidates[-1] > distinct[-1]
+    noisy = scores + rng.uniform(-2e-7, 2e-7, scores.size)
+    np.testing.assert_array_equal(image_threshold_candidates(noisy), candidates)
 
 
 def make_corpus(root: Path, photos: dict[str, int]) -> Path:

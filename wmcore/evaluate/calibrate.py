@@ -34,7 +34,8 @@ from wmcore.metrics import (
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_CANDIDATES = 256  # image thresholds tried (score quantiles beyond this many distinct scores)
+MAX_IMAGE_CANDIDATES = 4096  # image thresholds tried (score quantiles beyond this many distinct scores)
+SCORE_DECIMALS = 6  # scores are told apart at the precision metrics.json reports them
 
 
 def calibrate_fusion(val_by_rule: dict[str, SplitScores], params: Params) -> tuple[FusionChoice, str]:
@@ -101,12 +102,15 @@ def calibrate(val: SplitScores, real_val: SplitScores | None, params: Params) ->
 def image_threshold_candidates(scores: np.ndarray) -> np.ndarray:
     """Midpoints between neighbouring distinct scores, one below the lowest and one above the highest.
 
-    A midpoint keeps the margin to both sides; beyond MAX_IMAGE_CANDIDATES distinct scores, quantiles.
+    A midpoint keeps the margin to both sides. Scores are first rounded to SCORE_DECIMALS, so that a
+    float-level change of the scores (another summation order) cannot move the candidates; beyond
+    MAX_IMAGE_CANDIDATES distinct scores (far more than a validation split holds), quantiles.
     """
-    s = np.unique(scores.astype(np.float64))
+    s = np.unique(np.round(scores.astype(np.float64), SCORE_DECIMALS))
     if s.size > MAX_IMAGE_CANDIDATES:
         s = np.unique(np.quantile(s, np.linspace(0.0, 1.0, MAX_IMAGE_CANDIDATES)))
-    return np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]]) if s.size else np.array([0.5])
+    step = 10.0**-SCORE_DECIMALS
+    return np.concatenate([[s[0] - step], (s[:-1] + s[1:]) / 2, [s[-1] + step]]) if s.size else np.array([0.5])
 
 
 def _gated_pooled(counts: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
