@@ -88,6 +88,7 @@ def split_metrics(split: SplitScores, threshold: float, image_threshold: float, 
     by_tag = tag_metrics(split, counts)
     if by_tag:
         metrics["by_tag"] = by_tag
+    metrics["by_mark_area"] = mark_area_metrics(counts)
     return metrics
 
 
@@ -106,6 +107,31 @@ def tag_metrics(split: SplitScores, counts: torch.Tensor) -> dict[str, dict[str,
         values = scores_from_counts(pooled, empty_is_perfect=False)
         out[tag] = {"n_images": int(which.sum()),
                     **{k: _number(float(values[k])) if has_truth else None for k in ("f1", "precision", "recall")}}
+    return out
+
+
+# Buckets of `by_mark_area`: a watermarked image's mark pixels as a share of its pixels (lower edges).
+MARK_AREA_BUCKETS = (("lt_0.5pct", 0.0), ("0.5_2pct", 0.005), ("2_8pct", 0.02), ("ge_8pct", 0.08))
+
+
+def mark_area_metrics(counts: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Pixel F1, precision and recall pooled over the watermarked images of each mark-area bucket.
+
+    counts: per-image counts (N, 4) at the reported thresholds; a mark's area is its truth pixels
+    (tp + fn, the same at every threshold) over the image's pixels. Small marks (an AI-generator
+    label in a corner) and large ones (a tiled stock grid) are scored apart, so two splits of
+    different mark sizes can be compared bucket by bucket. Clean images are in no bucket.
+    """
+    truth = (counts[:, 0] + counts[:, 2]).double()
+    area = truth / counts.sum(1).double().clamp(min=1.0)
+    edges = [low for _, low in MARK_AREA_BUCKETS[1:]] + [math.inf]
+    out = {}
+    for (name, low), high in zip(MARK_AREA_BUCKETS, edges, strict=True):
+        which = (truth > 0) & (area >= low) & (area < high)
+        pooled = counts[which].sum(0)
+        values = scores_from_counts(pooled, empty_is_perfect=False)
+        out[name] = {"n_images": int(which.sum()),
+                     **{k: _number(float(values[k])) if bool(which.any()) else None for k in ("f1", "precision", "recall")}}
     return out
 
 
@@ -231,6 +257,9 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     flat.update({f"{split}/tag_f1/{mlflow_key(tag)}": float(m["f1"])
                  for split in ("test", HELDOUT_SPLIT) if split in metrics
                  for tag, m in metrics[split].get("by_tag", {}).items() if m["f1"] is not None})  # fmt: skip
+    flat.update({f"{split}/area_f1/{bucket}": float(m["f1"])
+                 for split in ("val", "test", HELDOUT_SPLIT) if split in metrics
+                 for bucket, m in metrics[split].get("by_mark_area", {}).items() if m["f1"] is not None})  # fmt: skip
     fusion = metrics.get("fusion", {})
     flat.update({f"val/fusion_f1_{rule}": float(v) for rule, v in fusion.get("val_f1", {}).items() if v is not None})
     promotion = metrics.get("promotion", {})  # both models' scores, the loser's too
@@ -280,6 +309,10 @@ def summary_table(metrics: dict[str, Any]) -> str:
                      if m["f1"] is not None and m["n_images"] >= 10)[:5]  # fmt: skip
     if weakest:
         lines.append("weakest test tags   " + ", ".join(f"{tag} {f1:.3f} ({n})" for f1, tag, n in weakest))
+    for split in (s for s in ("test", HELDOUT_SPLIT) if s in metrics and metrics[s].get("by_mark_area")):
+        cells = [f"{bucket} {'-' if m['f1'] is None else format(m['f1'], '.3f')} ({m['n_images']})"
+                 for bucket, m in metrics[split]["by_mark_area"].items()]  # fmt: skip
+        lines.append(f"{split + ' F1 by mark area':<20}" + ", ".join(cells))
     for split in (s for s in REAL_SPLITS if s in metrics):
         m = metrics[split]
         lines.append(f"{split:<20} fp_area {m['fp_area']:.4g}, marked {m['n_flagged']} of {m['n_images']} photos")
