@@ -14,7 +14,7 @@ from PIL import Image
 from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
 from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate.calibrate import image_threshold_candidates, joint_thresholds
-from wmcore.evaluate.report import real_clean_metrics, split_metrics, tag_metrics
+from wmcore.evaluate.report import flat_metrics, mark_area_metrics, real_clean_metrics, split_metrics, tag_metrics
 from wmcore.evaluate.samples import EvalSample, load_split, manifest_tags
 from wmcore.evaluate.score import SplitScores, real_clean_samples, score_split
 from wmcore.infer.working_scale import FUSION_RULES
@@ -89,22 +89,55 @@ def test_tag_metrics_pool_the_counts_of_the_images_carrying_each_tag():
     assert "by_tag" not in split_metrics(split, 0.5, 0.0, BINS, gate=False)
 
 
+def test_mark_area_metrics_score_small_and_large_marks_apart():
+    """Hand-made 20x20 maps: a 1-pixel mark (0.25%), a 4-pixel one (1%), a 60-pixel one (15%), a clean image."""
+    maps, truths = [], []
+    for truth_px, predicted_px in [(1, 1), (4, 2), (60, 60)]:
+        truth = np.zeros(400, bool)
+        truth[:truth_px] = True
+        probs = np.zeros(400, np.float32)
+        probs[:predicted_px] = 0.9
+        if truth_px == 60:
+            probs[100:120] = 0.9  # 20 false positives beside the large mark
+        maps.append(probs.reshape(20, 20))
+        truths.append(truth.reshape(20, 20))
+    clean = np.zeros((20, 20), np.float32)
+    clean[5, :7] = 0.9
+    split = scores_of([*maps, clean], [*truths, np.zeros((20, 20), bool)])
+    by_area = mark_area_metrics(counts_at(split.stacked_hists(BINS), 0.5))
+    assert list(by_area) == ["lt_0.5pct", "0.5_2pct", "2_8pct", "ge_8pct"]
+    assert by_area["lt_0.5pct"] == {"n_images": 1, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert by_area["0.5_2pct"] == {"n_images": 1, "f1": pytest.approx(2 / 3, abs=1e-6), "precision": 1.0,
+                                   "recall": 0.5}  # fmt: skip
+    assert by_area["2_8pct"] == {"n_images": 0, "f1": None, "precision": None, "recall": None}
+    assert by_area["ge_8pct"]["n_images"] == 1 and by_area["ge_8pct"]["precision"] == 0.75  # 60 of 80 marked
+    gated = split_metrics(split, 0.5, 1.0, BINS, gate=True)["by_mark_area"]  # every mask gated away
+    assert all(m["recall"] in (0.0, None) for m in gated.values())
+    flat = flat_metrics({"test": split_metrics(split, 0.5, 0.0, BINS, gate=False)})
+    assert flat["test/area_f1/lt_0.5pct"] == 1.0 and "test/area_f1/2_8pct" not in flat
+
+
 def test_manifest_tags_are_styles_then_phrase_kinds_ignoring_junk():
     row = {"styles": ["corner", "cjk", 3, "corner"], "phrase_kinds": ["url", None]}
     assert manifest_tags(row) == ("corner", "cjk", "phrase:url")
     assert manifest_tags({"styles": "corner"}) == () and manifest_tags({}) == ()
 
 
-def _brute_force(val: SplitScores, real: SplitScores, thresholds, candidates, max_fp: float, max_flagged: float):
-    """The best gated val F1 within the budgets, by trying every pair on the per-image maps' counts."""
-    best = None
+def _feasible_pairs(val: SplitScores, real: SplitScores, thresholds, candidates, max_fp: float, max_flagged: float):
+    """(val F1, real fp area, real flagged share) of every pair within the budgets, tried one by one."""
+    pairs = []
     for t, g in itertools.product(thresholds, candidates):
         keep = torch.from_numpy(np.array(val.scores) >= g)
         f1 = float(scores_from_counts(gate_counts(counts_at(val.stacked_hists(BINS), t), keep).sum(0))["f1"])
         m = real_clean_metrics(real, t, g, BINS, gate=True)
-        if m["fp_area"] <= max_fp and m["flagged_share"] <= max_flagged and (best is None or f1 > best + 1e-12):
-            best = f1
-    return best
+        if m["fp_area"] <= max_fp and m["flagged_share"] <= max_flagged:
+            pairs.append((f1, m["fp_area"], m["flagged_share"]))
+    return pairs
+
+
+def _brute_force(val: SplitScores, real: SplitScores, thresholds, candidates, max_fp: float, max_flagged: float):
+    """The best gated val F1 within the budgets, by trying every pair on the per-image maps' counts."""
+    return max(f1 for f1, _, _ in _feasible_pairs(val, real, thresholds, candidates, max_fp, max_flagged))
 
 
 def test_joint_calibration_takes_the_best_pair_within_the_real_photo_budgets():
@@ -136,6 +169,15 @@ def test_joint_calibration_takes_the_best_pair_within_the_real_photo_budgets():
         candidates = [candidates[0] - 1e-6] + [(a + b) / 2 for a, b in itertools.pairwise(candidates)]
         candidates += [max(val.scores + real.scores) + 1e-6]
         assert cal.val_f1 == pytest.approx(_brute_force(val, real, grid, candidates, max_fp, max_flagged))
+        # Pairs within a tolerance of the best F1 are tied: the one marking the least real area wins.
+        pairs = _feasible_pairs(val, real, grid, candidates, max_fp, max_flagged)
+        best = max(f1 for f1, _, _ in pairs)
+        for tolerance in (0.02, 0.1):
+            tolerant = joint_thresholds(val, real, BINS, max_fp, max_flagged, f1_tolerance=tolerance)
+            least = min(fp for f1, fp, _ in pairs if f1 >= best - tolerance)
+            assert tolerant.real_fp_area == pytest.approx(least, abs=1e-6)
+            assert best - tolerance - 1e-9 <= tolerant.val_f1 <= best + 1e-9
+            assert f"ties within {tolerance:g}" in tolerant.reason
     loose, tight = joint_thresholds(val, real, BINS, 1.0, 1.0), joint_thresholds(val, real, BINS, 0.001, 0.2)
     assert tight.val_f1 <= loose.val_f1
     impossible = joint_thresholds(val, real, BINS, -1.0, -1.0)  # no pair can mark less than nothing
@@ -156,6 +198,21 @@ def test_image_threshold_candidates_separate_every_score_and_ignore_float_noise(
     assert candidates[0] < distinct[0] and candidates[-1] > distinct[-1]
     noisy = scores + rng.uniform(-2e-7, 2e-7, scores.size)
     np.testing.assert_array_equal(image_threshold_candidates(noisy), candidates)
+
+
+def test_f1_tolerance_trades_noise_level_val_f1_for_less_marking_of_real_photos():
+    # Val: a bold mark (20 px at 0.9) and a faint one (10 px at 0.45); a real clean photo has 20 px at 0.46,
+    # so no image threshold keeps the faint mark without the photo. Catching the faint mark (F1 1.0) marks
+    # the photo; leaving it (recall 20/30, F1 0.8) marks nothing.
+    bold, faint, photo = (np.zeros((16, 16), np.float32) for _ in range(3))
+    bold.flat[:20], faint.flat[:10], photo.flat[:20] = 0.9, 0.45, 0.46
+    val = scores_of([bold, faint], [bold > 0, faint > 0])
+    real = scores_of([photo], [np.zeros((16, 16), bool)])
+    strict = joint_thresholds(val, real, BINS, 1.0, 1.0)
+    assert strict.val_f1 == pytest.approx(1.0) and strict.real_fp_area == pytest.approx(20 / 256)
+    assert joint_thresholds(val, real, BINS, 1.0, 1.0, f1_tolerance=0.1).real_fp_area == strict.real_fp_area
+    tolerant = joint_thresholds(val, real, BINS, 1.0, 1.0, f1_tolerance=0.25)
+    assert tolerant.val_f1 == pytest.approx(0.8) and tolerant.real_fp_area == 0.0 and tolerant.real_flagged == 0.0
 
 
 def make_corpus(root: Path, photos: dict[str, int]) -> Path:

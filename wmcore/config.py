@@ -334,6 +334,14 @@ class EvaluateParams(Group):
         le=1.0,
         description="Calibration budget: share of the corpus's real clean val photos that may get a non-empty mask.",
     )
+    f1_tolerance: float = Field(
+        0.001,
+        ge=0.0,
+        le=0.1,
+        description="Calibration: threshold pairs whose val pixel F1 is within this of the best count as tied "
+        "(far below the noise of a few hundred val images); ties go to the least real clean val "
+        "false-positive area, then the fewest flagged photos. 0 = the best F1 alone.",
+    )
     overlay_side: int = Field(160, ge=32, le=1024, description="Long side of each picture in overlays.png, px.")
     fusion_min_gain: float = Field(
         0.005,

@@ -8,8 +8,10 @@ of a clean photo gets marked. Every pair of grid pixel thresholds x candidate im
 scored at once from the per-image histograms: synthetic val pixel F1 of the gated masks, and on
 the corpus's real clean val photos the gated false-positive area and the share of photos that get
 any mask. The pair with the best F1 within the real-photo budgets (evaluate.max_real_fp_area,
-max_real_flagged) wins; when no pair meets them, the one with the least real false-positive area.
-Only validation data is used: the test splits never influence a threshold.
+max_real_flagged) wins, where pairs within evaluate.f1_tolerance of the best F1 count as tied and
+the tie goes to the least real false-positive area (a gain of 1e-5 val F1 is noise, marking 50% more
+of real photos is not); when no pair meets the budgets, the one with the least real false-positive
+area. Only validation data is used: the test splits never influence a threshold.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def calibrate(val: SplitScores, real_val: SplitScores | None, params: Params) ->
         image_threshold, _ = best_image_threshold(np.array(val.scores), has_watermark, ev.image_objective)
         return Calibration(threshold, image_threshold, ev.image_objective, f1, None, None, True,
                            f"pixel F1 and image {ev.image_objective} maximised apart")  # fmt: skip
-    return joint_thresholds(val, real_val, bins, ev.max_real_fp_area, ev.max_real_flagged)
+    return joint_thresholds(val, real_val, bins, ev.max_real_fp_area, ev.max_real_flagged, ev.f1_tolerance)
 
 
 def image_threshold_candidates(scores: np.ndarray) -> np.ndarray:
@@ -130,12 +132,33 @@ def _best_pair(f1: torch.Tensor, balanced: torch.Tensor) -> tuple[int, int]:
     return m, int(torch.argmax((f1[m] >= best - 1e-12).to(torch.uint8)))
 
 
+def _least_real_marking(
+    f1: torch.Tensor, tolerance: float, fp_area: torch.Tensor | None, flagged: torch.Tensor | None
+) -> torch.Tensor:
+    """f1 (M, B) with every pair but the tied ones (within `tolerance` of the best) that mark the least of
+    the real clean photos (area, then flagged count) set to -2; unchanged without real photos."""
+    if fp_area is None or flagged is None:
+        return f1
+    tied = f1 >= f1.max() - max(tolerance, 1e-12)
+    for marking in (fp_area, flagged):
+        least = torch.where(tied, marking, torch.full_like(marking, torch.inf)).min()
+        tied &= marking <= least + 1e-12
+    return torch.where(tied, f1, torch.full_like(f1, -2.0))
+
+
 def joint_thresholds(
-    val: SplitScores, real_val: SplitScores | None, bins: int, max_fp_area: float, max_flagged: float
+    val: SplitScores,
+    real_val: SplitScores | None,
+    bins: int,
+    max_fp_area: float,
+    max_flagged: float,
+    f1_tolerance: float = 0.0,
 ) -> Calibration:
     """The (pixel, image) threshold pair with the best gated val pixel F1 within the real-photo budgets.
 
-    Ties go to the image threshold that best separates marked from clean val images (balanced accuracy).
+    Pairs within `f1_tolerance` of the best F1 are tied: the one marking the least of the real clean val
+    photos wins (area, then flagged count). Remaining ties go to the image threshold that best separates
+    marked from clean val images (balanced accuracy), then to the lowest thresholds.
     """
     real = real_val if real_val is not None and real_val.samples else None
     has_watermark, _ = val.labels()
@@ -157,9 +180,11 @@ def joint_thresholds(
     balanced = torch.tensor([decision_scores(np.array(val.scores), has_watermark, float(t))["balanced_accuracy"]
                              for t in candidates], dtype=torch.float64).nan_to_num(0.0)  # fmt: skip
     if bool(feasible.any()):
-        m, b = _best_pair(torch.where(feasible, f1, torch.full_like(f1, -2.0)), balanced)
+        within_budgets = torch.where(feasible, f1, torch.full_like(f1, -2.0))
+        m, b = _best_pair(_least_real_marking(within_budgets, f1_tolerance, fp_area, flagged), balanced)
         within = real is not None
-        reason = "best gated val pixel F1" + (
+        tie = f", ties within {f1_tolerance:g} to the least real marking" if real and f1_tolerance > 0 else ""
+        reason = f"best gated val pixel F1{tie}" + (
             f" within the real-photo budgets (fp area <= {max_fp_area:g}, flagged <= {max_flagged:g})" if real else
             " (no real clean val photos: no false-positive budget applied)")  # fmt: skip
     else:
