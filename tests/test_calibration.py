@@ -14,7 +14,14 @@ from PIL import Image
 from tests.fixtures import evaluate_params, make_tiny_prepared, write_random_checkpoint
 from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate.calibrate import image_threshold_candidates, joint_thresholds
-from wmcore.evaluate.report import flat_metrics, mark_area_metrics, real_clean_metrics, split_metrics, tag_metrics
+from wmcore.evaluate.report import (
+    flat_metrics,
+    mark_area_metrics,
+    real_clean_metrics,
+    split_metrics,
+    summary_table,
+    tag_metrics,
+)
 from wmcore.evaluate.samples import EvalSample, load_split, manifest_tags
 from wmcore.evaluate.score import SplitScores, real_clean_samples, score_split
 from wmcore.infer.working_scale import FUSION_RULES
@@ -115,6 +122,8 @@ def test_mark_area_metrics_score_small_and_large_marks_apart():
     assert all(m["recall"] in (0.0, None) for m in gated.values())
     flat = flat_metrics({"test": split_metrics(split, 0.5, 0.0, BINS, gate=False)})
     assert flat["test/area_f1/lt_0.5pct"] == 1.0 and "test/area_f1/2_8pct" not in flat
+    table = summary_table({"test": split_metrics(split, 0.5, 0.0, BINS, gate=False)})
+    assert "test F1 by mark area: lt_0.5pct 1.000 (1), 0.5_2pct 0.667 (1), 2_8pct - (0), ge_8pct " in table
 
 
 def test_manifest_tags_are_styles_then_phrase_kinds_ignoring_junk():

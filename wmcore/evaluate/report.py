@@ -312,7 +312,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for split in (s for s in ("test", HELDOUT_SPLIT) if s in metrics and metrics[s].get("by_mark_area")):
         cells = [f"{bucket} {'-' if m['f1'] is None else format(m['f1'], '.3f')} ({m['n_images']})"
                  for bucket, m in metrics[split]["by_mark_area"].items()]  # fmt: skip
-        lines.append(f"{split + ' F1 by mark area':<20}" + ", ".join(cells))
+        lines.append(f"{split} F1 by mark area: " + ", ".join(cells))
     for split in (s for s in REAL_SPLITS if s in metrics):
         m = metrics[split]
         lines.append(f"{split:<20} fp_area {m['fp_area']:.4g}, marked {m['n_flagged']} of {m['n_images']} photos")
