@@ -36,3 +36,27 @@ def test_checkpoints_of_other_architectures_are_refused(tmp_path: Path) -> None:
     torch.save(other, tmp_path / "b.pt")
     with pytest.raises(SystemExit, match="different tensors"):
         weight_soup.soup([str(a), str(tmp_path / "b.pt")])
+
+
+def test_a_weighted_half_precision_soup_equals_the_uniform_mean_of_the_runs_inside_it(tmp_path: Path) -> None:
+    """mean(a, b) shipped as fp16, given @2 beside c, is mean(a, b, c) up to fp16 rounding, stored fp32."""
+    a, b, c = (make_tiny_checkpoint(tmp_path / f"{n}.pt", seed=i) for i, n in enumerate("abc"))
+    weight_soup.main([str(tmp_path / "ab"), str(a), str(b)])
+    ab = load_checkpoint(tmp_path / "ab" / "best.pt")
+    ab["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ab["model"].items()}
+    torch.save(ab, tmp_path / "ab16.pt")
+    weighted = weight_soup.soup([f"{tmp_path / 'ab16.pt'}@2", str(c)])
+    uniform = weight_soup.soup([str(a), str(b), str(c)])
+    for key, value in uniform["model"].items():
+        if value.is_floating_point():
+            assert weighted["model"][key].dtype == torch.float32, key
+            assert torch.allclose(weighted["model"][key], value, rtol=2e-3, atol=1e-4), key
+    unweighted = weight_soup.soup([str(tmp_path / "ab16.pt"), str(c)])  # @2 matters: c weighs 1/2, not 1/3
+    assert any(not torch.allclose(unweighted["model"][k], uniform["model"][k], rtol=2e-3, atol=1e-4)
+               for k, v in uniform["model"].items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("arg", ["x.pt@two", "x.pt@0", "x.pt@-1"])
+def test_a_bad_weight_is_a_clear_refusal(arg: str) -> None:
+    with pytest.raises(SystemExit, match="weight"):
+        weight_soup.parse(arg)
