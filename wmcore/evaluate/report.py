@@ -99,15 +99,17 @@ def tag_metrics(split: SplitScores, counts: torch.Tensor) -> dict[str, dict[str,
     no watermark pixel (e.g. "clean") the scores are None. {} when no sample has tags (no manifest).
     """
     tags = sorted({t for s in split.samples for t in s.tags})
-    out = {}
-    for tag in tags:
-        which = torch.tensor([tag in s.tags for s in split.samples])
-        pooled = counts[which].sum(0)
-        has_truth = bool(pooled[0] + pooled[2] > 0)  # tp + fn: watermark pixels
-        values = scores_from_counts(pooled, empty_is_perfect=False)
-        out[tag] = {"n_images": int(which.sum()),
-                    **{k: _number(float(values[k])) if has_truth else None for k in ("f1", "precision", "recall")}}
-    return out
+    return {tag: pooled_scores(counts, torch.tensor([tag in s.tags for s in split.samples])) for tag in tags}
+
+
+def pooled_scores(counts: torch.Tensor, which: torch.Tensor) -> dict[str, Any]:
+    """n_images and pixel F1, precision, recall pooled over the images `which` selects of per-image counts
+    (N, 4); the scores are None where those images hold no watermark pixel."""
+    pooled = counts[which].sum(0)
+    has_truth = bool(pooled[0] + pooled[2] > 0)  # tp + fn: watermark pixels
+    values = scores_from_counts(pooled, empty_is_perfect=False)
+    return {"n_images": int(which.sum()),
+            **{k: _number(float(values[k])) if has_truth else None for k in ("f1", "precision", "recall")}}
 
 
 # Buckets of `by_mark_area`: a watermarked image's mark pixels as a share of its pixels (lower edges).
@@ -125,14 +127,8 @@ def mark_area_metrics(counts: torch.Tensor) -> dict[str, dict[str, Any]]:
     truth = (counts[:, 0] + counts[:, 2]).double()
     area = truth / counts.sum(1).double().clamp(min=1.0)
     edges = [low for _, low in MARK_AREA_BUCKETS[1:]] + [math.inf]
-    out = {}
-    for (name, low), high in zip(MARK_AREA_BUCKETS, edges, strict=True):
-        which = (truth > 0) & (area >= low) & (area < high)
-        pooled = counts[which].sum(0)
-        values = scores_from_counts(pooled, empty_is_perfect=False)
-        out[name] = {"n_images": int(which.sum()),
-                     **{k: _number(float(values[k])) if bool(which.any()) else None for k in ("f1", "precision", "recall")}}
-    return out
+    return {name: pooled_scores(counts, (truth > 0) & (area >= low) & (area < high))
+            for (name, low), high in zip(MARK_AREA_BUCKETS, edges, strict=True)}
 
 
 def image_counts(split: SplitScores, threshold: float, image_threshold: float, bins: int, gate: bool) -> torch.Tensor:
