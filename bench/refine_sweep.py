@@ -136,8 +136,8 @@ def report_rows(scored: dict, cost: dict, budgets: list[tuple[float, float]], bi
 
 def markdown(rows: list[dict], model: str, n_photos: int) -> str:
     head = ["refine_threshold", "refine_min_scale", "max_real_fp_area", "max_real_flagged", "threshold",
-            "image_threshold", "val_f1", "test_f1", "test_small_f1", "test_heldout_f1", "real_val_fp_area", "real_val_flagged",
-            "real_test_fp_area", "real_test_flagged", "windows_per_photo"]  # fmt: skip
+            "image_threshold", "val_f1", "test_f1", "test_small_f1", "test_heldout_f1", "real_val_fp_area",
+            "real_val_flagged", "real_test_fp_area", "real_test_flagged", "windows_per_photo"]  # fmt: skip
     lines = [f"# Refinement sweep ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Model {model}; each row calibrated on val + real_val (wm evaluate's joint thresholds under the "
              f"row's budgets), scored on test, test_heldout and real_test (fp area: share of pixels; flagged: "
