@@ -12,7 +12,8 @@ from wmcore.errors import WmError
 from wmcore.model import TextUNet, build_model, model_from_args
 from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from wmcore.model.ocr_import import TEXT_DETECTOR, check_against_onnx, import_text_detector, text_detector_onnx
-from wmcore.train.setup import param_groups
+from wmcore.train.setup import freeze_except, param_groups
+from wmcore.train.state import warm_start
 
 
 def page(height: int, width: int) -> np.ndarray:
@@ -169,3 +170,51 @@ def test_the_pretrained_part_trains_at_its_own_learning_rate():
     assert scaled == {id(p) for p in model.encoder_parameters()}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert all(g["weight_decay"] == 0.0 for g in groups for p in g["params"] if p.dim() < 2)
+
+
+def test_the_edge_head_starts_as_the_model_without_it_and_then_changes_only_the_edges_it_sees(tmp_path):
+    torch.manual_seed(0)
+    base = randomised(TextUNet(width=16))
+    save_checkpoint(tmp_path / "base.pt", checkpoint_dict(base))
+    headed = TextUNet(width=16, edge=4).eval()
+    assert headed.model_args() == {"arch": "text_unet", "in_channels": 3, "width": 16, "edge": 4}
+    fresh = warm_start(tmp_path / "base.pt", headed)
+    assert fresh and all(name.startswith("edge.") for name in fresh)
+    x = torch.rand(2, 3, 45, 70)
+    with torch.inference_mode():
+        torch.testing.assert_close(headed(x), base(x), atol=0.0, rtol=0.0)
+        with torch.no_grad():
+            headed.edge.body[-1].weight.normal_(0.0, 0.5)
+        diff = (headed(x) - base(x)).abs()
+    assert diff.max() > 1e-3 and diff.shape == (2, 1, 45, 70)
+    # The head's window is 5 x 5: one pixel changed at (20, 30) moves its residual nowhere beyond 2 px.
+    y = x.clone()
+    y[:, :, 20, 30] = 1.0 - y[:, :, 20, 30]
+    logits, text = torch.randn(2, 1, 45, 70), torch.randn(2, 1, 45, 70)
+    with torch.inference_mode():
+        delta = headed.edge(y, logits, text) - headed.edge(x, logits, text)
+    far = torch.ones_like(delta, dtype=torch.bool)
+    far[..., 18:23, 28:33] = False
+    assert delta[far].abs().max() == 0.0 < delta[~far].abs().max()
+
+
+def test_a_model_with_the_edge_head_does_not_load_into_one_without_it(tmp_path):
+    save_checkpoint(tmp_path / "headed.pt", checkpoint_dict(TextUNet(width=16, edge=4)))
+    with pytest.raises(WmError, match="train.warm_start.*edge"):
+        warm_start(tmp_path / "headed.pt", TextUNet(width=16))
+    loaded, _ = load_model(tmp_path / "headed.pt")
+    assert loaded.edge is not None and loaded.model_args()["edge"] == 4
+    with pytest.raises(ValueError, match="model.edge"):
+        build_model(arch="unet", edge=4)
+
+
+def test_train_only_freezes_everything_else_and_the_optimizer_takes_only_what_trains():
+    model = TextUNet(width=16, edge=4)
+    trainable, frozen = freeze_except(model, ["edge"])
+    assert trainable == sum(p.numel() for p in model.edge.parameters()) and trainable + frozen == sum(
+        p.numel() for p in model.parameters()
+    )
+    groups = param_groups(model, OptimizerParams(encoder_lr_scale=0.25))
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.edge.parameters()}
+    with pytest.raises(WmError, match=r"train.train_only: \['head'\].*edge"):
+        freeze_except(model, ["head"])

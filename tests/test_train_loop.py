@@ -273,6 +273,24 @@ def test_warm_start_in_the_loop(tiny_prepared, tmp_path):
         loop.run_training(tiny_params(tiny_prepared, tmp_path, "third", train={"warm_start": str(tmp_path / "x.pt")}))
 
 
+def test_train_only_trains_the_named_part_and_leaves_the_rest_as_warm_started(tiny_prepared, tmp_path, caplog):
+    loop.run_training(tiny_params(tiny_prepared, tmp_path, "first", train={"epochs": 1}))
+    start = _load(tmp_path / "first/best.pt")["model"]
+    with caplog.at_level(logging.INFO):
+        loop.run_training(
+            tiny_params(
+                tiny_prepared, tmp_path, "second",
+                train={"epochs": 1, "warm_start": str(tmp_path / "first/best.pt"), "train_only": ["head"]},
+            )
+        )
+    after = _load(tmp_path / "second/last.pt")["model"]
+    changed = {name for name in start if not torch.equal(start[name], after[name])}
+    assert changed and all(name.startswith("head") or name.endswith("num_batches_tracked") for name in changed)
+    assert "frozen" in caplog.text
+    with pytest.raises(WmError, match="train.train_only"):
+        loop.run_training(tiny_params(tiny_prepared, tmp_path, "third", train={"train_only": ["nothing"]}))
+
+
 @pytest.mark.parametrize(("precision", "scaled"), [("bf16", False), ("fp16", True)])
 def test_mixed_precision_on_the_same_loop(tiny_prepared, tmp_path, precision, scaled):
     params = tiny_params(tiny_prepared, tmp_path, base={"precision": precision}, train={"amp": True, "epochs": 1})

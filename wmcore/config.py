@@ -170,6 +170,11 @@ class ModelParams(Group):
     depth: int = Field(4, ge=1, le=7, description="unet: number of down-sampling stages.")
     base_width: int = Field(16, ge=4, le=256, description="unet: channels of the first stage; doubles per stage.")
     width: int = Field(64, ge=8, le=512, description="text_unet: decoder channels at 1/4 resolution (1/2 gets half).")
+    edge: int = Field(
+        0, ge=0, le=64, description="text_unet: channels of the full-resolution edge head, a residual on the logits "
+        "that places stroke edges from the RGB pixels (model.text_unet.EdgeHead); 0 = none. It starts at zero, so "
+        "a checkpoint without it warm-starts exactly (train.train_only: [edge] trains the head alone).",
+    )
     in_channels: int = Field(3, ge=1, le=4, description="Input channels (RGB; text_unet takes 3 only).")
 
 
@@ -271,7 +276,15 @@ class TrainParams(Group):
     val_subset: int = Field(64, ge=0, description="Fixed number of validation images used; 0 = all.")
     val_crop: int = Field(256, ge=32, le=4096, description="Centre crop side of validation images, px.")
     patience: int = Field(0, ge=0, description="Early stop after N validations without F1 gain; 0 = off.")
-    warm_start: str | None = Field(None, description="Checkpoint or weights file to initialise the model from.")
+    warm_start: str | None = Field(
+        None, description="Checkpoint or weights file to initialise the model from (one without the text_unet edge "
+        "head loads into a model with one: the head starts at zero)."
+    )
+    train_only: list[str] = Field(
+        default_factory=list,
+        description="Train only the parameters whose names start with one of these prefixes (e.g. [edge]: the "
+        "text_unet edge head on a warm-started model); the rest stay frozen and get no gradients. Empty = all.",
+    )
     init_encoder: Literal["ppocrv4"] | None = Field(
         "ppocrv4",
         description="text_unet without warm_start/resume: load PP-OCRv4's text-detector weights into the encoder "

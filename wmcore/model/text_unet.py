@@ -209,23 +209,44 @@ class Fuse(nn.Sequential):
         )
 
 
+class EdgeHead(nn.Module):
+    """A full-resolution residual on the logits: where exactly a stroke's edge runs.
+
+    Sees the RGB pixels, the base watermark probability and the DB text probability through two
+    3x3 convs (a 5 x 5 window; ~50 multiply-adds per pixel and channel). Its last conv starts at
+    zero, so a model given a head starts as exactly the model without one: a trained checkpoint
+    warm-starts and the head alone can be trained (`train.train_only: [edge]`).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(5, channels, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, 1, 3, 1, 1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor, logits: torch.Tensor, text_logit: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([x * 2.0 - 1.0, torch.sigmoid(logits) * 2.0 - 1.0, torch.sigmoid(text_logit) * 2.0 - 1.0], 1)
+        return logits + self.body(z)
+
+
 class TextUNet(Segmenter):
     """PP-OCRv4 det encoder + FPN + DB head, with a watermark decoder (see the module docstring).
 
     Args:
         width: channels of the decoder at 1/4 resolution (1/2 gets width // 2).
         in_channels: must be 3 (RGB); kept so checkpoints describe their input like the UNet's.
+        edge: channels of the full-resolution edge head (`EdgeHead`); 0 = none (the shipped model).
 
     forward(x): x float (N, 3, H, W) RGB in [0, 1] -> logits (N, 1, H, W).
     """
 
     multiple = 32
 
-    def __init__(self, width: int = 64, in_channels: int = 3) -> None:
+    def __init__(self, width: int = 64, in_channels: int = 3, edge: int = 0) -> None:
         super().__init__()
         if in_channels != 3:
             raise ValueError(f"TextUNet takes RGB input (in_channels 3), got in_channels={in_channels}")
-        self.width, self.in_channels = width, in_channels
+        self.width, self.in_channels, self.edge_channels = width, in_channels, edge
         self.backbone = TextBackbone()
         self.fpn = RSEFPN()
         self.db = DBHead()
@@ -240,15 +261,20 @@ class TextUNet(Segmenter):
             nn.Conv2d(8, 1, 1),
         )
         nn.init.constant_(self.full[-1].bias, -4.0)  # start near "no watermark": p ~ 0.02
+        self.edge = EdgeHead(edge) if edge else None
 
     @property
     def activation_channels(self) -> int:
         """Float values per input pixel alive at the peak, roughly: the full-resolution step's ~12 channels
-        in and 8 out, the upsampled maps and the 1/2-resolution features (for batch memory estimates)."""
-        return 48
+        in and 8 out, the upsampled maps and the 1/2-resolution features, and the edge head's 5 inputs and its
+        hidden channels when it has one (for batch memory estimates)."""
+        return 48 + (5 + self.edge_channels if self.edge_channels else 0)
 
     def model_args(self) -> dict[str, int | str]:
-        return {"arch": "text_unet", "in_channels": self.in_channels, "width": self.width}
+        args: dict[str, int | str] = {"arch": "text_unet", "in_channels": self.in_channels, "width": self.width}
+        if self.edge_channels:  # absent when 0, so checkpoints from before the head still describe themselves
+            args["edge"] = self.edge_channels
+        return args
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters that came from the text detector (for a smaller learning rate)."""
@@ -282,6 +308,8 @@ class TextUNet(Segmenter):
         dec = F.interpolate(F.conv2d(F.relu(t), e_dec), size=x.shape[-2:], mode="bilinear", align_corners=False)
         y = dec + F.conv2d(x, e_rgb, entry.bias) + text_logit * e_text.reshape(1, -1, 1, 1)
         logits = _chain(list(self.full)[1:], y)
+        if self.edge is not None:
+            logits = self.edge(x, logits, text_logit)
         return logits[..., :h, :w]
 
     def fold_for_inference(self) -> TextUNet:

@@ -71,6 +71,7 @@ from wmcore.train.setup import (
     build_data,
     build_optimization,
     fit_stage,
+    freeze_except,
     maybe_compile,
     place_model,
     resolve_switches,
@@ -174,6 +175,9 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
         eager = convert_batchnorm(eager, device)
     if params.train.bn_momentum_per_step:
         scale_batchnorm_momentum(eager, switches.grad_accum)
+    if params.train.train_only:  # before the optimizer: it takes only what trains
+        trainable, frozen = freeze_except(eager, params.train.train_only)
+        log.info("training %d parameters (%s), %d frozen", trainable, ", ".join(params.train.train_only), frozen)
     state = TrainState()
     tools, schedule = build_optimization(params, switches, device, eager)  # after placing: state follows params
     train_dir = Path(params.paths.train_dir)
@@ -181,7 +185,10 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
         state = resume_from(train_dir / LAST, eager, tools.optimizer, schedule, tools.scaler, params)
         log.info("resuming after epoch %d (step %d) from %s", state.epoch, state.step, train_dir / LAST)
     elif params.train.warm_start:
-        warm_start(params.train.warm_start, eager)
+        fresh = warm_start(params.train.warm_start, eager)
+        if fresh:
+            log.info("warm start from %s; %d tensors start fresh (%s)", params.train.warm_start, len(fresh),
+                     ", ".join(sorted({n.rsplit(".", 1)[0] for n in fresh})))
     elif isinstance(eager, TextUNet) and params.train.init_encoder == "ppocrv4":
         counts = import_text_detector(eager, text_detector_onnx(params.paths.cache_dir))
         log.info("text_unet encoder initialised from PP-OCRv4 det (%d tensors)", counts["tensors"])

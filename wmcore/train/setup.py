@@ -132,13 +132,36 @@ def build_optimization(
     return tools, LRSchedule(optimizer, o.lr, params.train.scheduler)
 
 
+def freeze_except(model: nn.Module, prefixes: list[str]) -> tuple[int, int]:
+    """Only parameters whose names start with one of `prefixes` keep requiring gradients (none given: all).
+
+    A BatchNorm layer whose parameters are all frozen also keeps its running statistics (momentum 0).
+    Returns (trainable, frozen) parameter counts; a prefix that names no parameter is a WmError.
+    """
+    named = list(model.named_parameters())
+    if prefixes:
+        unmatched = [f for f in prefixes if not any(n.startswith(f) for n, _ in named)]
+        if unmatched:
+            roots = sorted({n.split(".")[0] for n, _ in named})
+            raise WmError(f"train.train_only: {unmatched} name no parameter of this model; its parts are {roots}")
+        for name, p in named:
+            p.requires_grad_(any(name.startswith(f) for f in prefixes))
+        for module in model.modules():
+            own = list(module.parameters(recurse=False))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and own and not any(p.requires_grad for p in own):
+                module.momentum = 0.0
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
+    return trainable, sum(p.numel() for _, p in named) - trainable
+
+
 def param_groups(model: nn.Module, o: OptimizerParams) -> list[dict]:
-    """AdamW groups: weight decay on weights only (not norms, biases, affine scalars); the pretrained
-    text-detector part of a TextUNet (its `encoder_parameters`) at `lr_scale` = o.encoder_lr_scale."""
+    """AdamW groups of the parameters that require gradients: weight decay on weights only (not norms,
+    biases, affine scalars); the pretrained text-detector part of a TextUNet (its `encoder_parameters`)
+    at `lr_scale` = o.encoder_lr_scale."""
     pretrained = {id(p) for p in getattr(model, "encoder_parameters", list)()}
     groups = []
     for scale, part in ((1.0, False), (o.encoder_lr_scale, True)):
-        params = [p for p in model.parameters() if (id(p) in pretrained) == part]
+        params = [p for p in model.parameters() if (id(p) in pretrained) == part and p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}

@@ -133,15 +133,28 @@ def resume_from(path: Path, model: nn.Module, optimizer, schedule, scaler, param
     return TrainState(epoch=ckpt["epoch"], step=ckpt["step"], best_f1=ckpt["best_f1"], **ckpt["train_state"])
 
 
-def warm_start(path: str | Path, model: nn.Module) -> None:
-    """Initialise `model` from a checkpoint or exported weights file with the same model_args."""
+def warm_start(path: str | Path, model: nn.Module) -> list[str]:
+    """Initialise `model` from a checkpoint or exported weights file with the same model_args.
+
+    A text_unet checkpoint without the edge head (model.edge) also loads into one with it: the head
+    keeps its zero start, so the model computes what the checkpoint did. Returns the names of the
+    parameters left at their start (empty when every weight came from the file).
+    """
     ckpt = load_checkpoint(path)
-    if ckpt["model_args"] != model.model_args():
+    wanted = model.model_args()
+    headless = {k: v for k, v in wanted.items() if k != "edge"}
+    if ckpt["model_args"] != wanted and ckpt["model_args"] != headless:
         raise WmError(
             f"train.warm_start: {path} has model {ckpt['model_args']}, params ask for "
-            f"{model.model_args()}; set the model group to match or choose another file"
+            f"{wanted}; set the model group to match or choose another file"
         )
     try:
-        model.load_state_dict(ckpt["model"])
+        result = model.load_state_dict(ckpt["model"], strict=ckpt["model_args"] == wanted)
     except RuntimeError as exc:
         raise WmError(f"train.warm_start: {path}: weights do not fit: {one_line(exc)}") from None
+    if result.unexpected_keys or any(not k.startswith("edge.") for k in result.missing_keys):
+        raise WmError(
+            f"train.warm_start: {path}: weights do not fit: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    return list(result.missing_keys)
