@@ -55,6 +55,10 @@ def error_profile(pred: np.ndarray, truth: np.ndarray, alpha: np.ndarray) -> dic
     }  # fmt: skip
 
 
+def _shares(counts: np.ndarray, total: float) -> list[float]:
+    return np.round(counts / max(total, 1.0), 4).tolist()
+
+
 def summarise(total: dict[str, np.ndarray]) -> dict:
     tp, fp, fn = (float(total[k]) for k in ("tp", "fp", "fn"))
     forgiving = {}
@@ -63,12 +67,12 @@ def summarise(total: dict[str, np.ndarray]) -> dict:
         forgiving[f"{k}px"] = round(f1(tp, kept_fp, kept_fn), 4)
     alpha_bins = [f"{a}-{b - 1}" for a, b in zip(ALPHA_EDGES[:-1], ALPHA_EDGES[1:], strict=True)]
     return {
-        "f1": round(f1(tp, fp, fn), 4), "precision": round(tp / (tp + fp), 4), "recall": round(tp / (tp + fn), 4),
+        "f1": round(f1(tp, fp, fn), 4), "precision": round(tp / max(tp + fp, 1.0), 4), "recall": round(tp / max(tp + fn, 1.0), 4),
         "f1_forgiving": forgiving,
-        "fp_share_by_distance_px": dict(zip(DIST_NAMES, np.round(total["fp_dist"] / fp, 4).tolist(), strict=True)),
-        "fn_share_by_distance_px": dict(zip(DIST_NAMES, np.round(total["fn_dist"] / fn, 4).tolist(), strict=True)),
-        "fn_share_by_alpha": dict(zip(alpha_bins, np.round(total["fn_alpha"] / fn, 4).tolist(), strict=True)),
-        "miss_rate_by_alpha": dict(zip(alpha_bins, np.round(total["fn_alpha"] / np.maximum(total["gt_alpha"], 1), 4).tolist(), strict=True)),
+        "fp_share_by_distance_px": dict(zip(DIST_NAMES, _shares(total["fp_dist"], fp), strict=True)),
+        "fn_share_by_distance_px": dict(zip(DIST_NAMES, _shares(total["fn_dist"], fn), strict=True)),
+        "fn_share_by_alpha": dict(zip(alpha_bins, _shares(total["fn_alpha"], fn), strict=True)),
+        "miss_rate_by_alpha": dict(zip(alpha_bins, (total["fn_alpha"] / np.maximum(total["gt_alpha"], 1)).round(4).tolist(), strict=True)),
     }  # fmt: skip
 
 
