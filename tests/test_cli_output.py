@@ -49,3 +49,15 @@ def test_evaluate_prints_its_summary_and_where_outputs_went(tmp_path: Path, tiny
     assert not any(line.startswith("{") for line in lines) and max(map(len, lines)) < 160
     assert main(["--params", str(params_file), "-v", "evaluate"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith('{"precision": ')  # -v: the full result too
+
+
+@pytest.mark.parametrize(
+    ("sets", "first"),
+    [(["model.arch=text_unet", "model.width=16", "model.edge=4"], "text_unet: width=16 edge=4"),
+     (["model.arch=unet", "model.base_width=4", "model.depth=2"], "unet: base_width=4 depth=2")],
+)  # fmt: skip
+def test_model_info_names_the_architecture_it_counts(sets: list[str], first: str, capsys) -> None:
+    args = [a for s in sets for a in ("-S", s)]
+    assert main([*args, "-S", "tracking.enabled=false", "model-info", "--size", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == first and lines[1].startswith("parameters: ") and lines[2].startswith("GFLOPs per 64x64")

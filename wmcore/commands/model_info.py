@@ -13,7 +13,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(**p.model.model_dump())
     size = args.size
     flops = count_flops(model, size, size, p.model.in_channels)
-    print(f"UNet depth={p.model.depth} base_width={p.model.base_width}")
+    args_ = model.model_args()
+    print(f"{args_.pop('arch', 'unet')}: " + " ".join(f"{k}={v}" for k, v in args_.items() if k != "in_channels"))
     print(f"parameters: {count_parameters(model):,}")
     print(f"GFLOPs per {size}x{size} image: {flops / 1e9:.2f}")
     return 0
