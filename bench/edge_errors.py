@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wmcore.config import load_params  # noqa: E402
+from wmcore.evaluate.samples import load_split, read_sample  # noqa: E402
 from wmcore.evaluate.score import build_probability_fn  # noqa: E402
+from wmcore.metrics import scores_from_counts  # noqa: E402
 from wmcore.model.checkpoint import load_checkpoint  # noqa: E402
 from wmcore.runtime.device import configure_threads  # noqa: E402
 
@@ -39,8 +42,10 @@ ALPHA_EDGES = (0, 13, 26, 51, 77, 128, 192, 256)  # stored alpha (0..255): <5% i
 STRENGTHS = {"faint (<25%)": (0, 64), "medium (25-50%)": (64, 128), "strong (>=50%)": (128, 256)}
 
 
-def f1(tp: float, fp: float, fn: float) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
+    """Pooled pixel F1, precision and recall of these counts (wm evaluate's `scores_from_counts`), rounded."""
+    values = scores_from_counts(torch.tensor([tp, fp, fn, 0.0]), empty_is_perfect=False)
+    return {k: round(float(values[k]), 4) for k in ("f1", "precision", "recall")}
 
 
 def error_profile(pred: np.ndarray, truth: np.ndarray, alpha: np.ndarray) -> dict[str, np.ndarray]:
@@ -64,10 +69,10 @@ def summarise(total: dict[str, np.ndarray]) -> dict:
     forgiving = {}
     for k in (1, 2):
         kept_fp, kept_fn = total["fp_dist"][k:].sum(), total["fn_dist"][k:].sum()
-        forgiving[f"{k}px"] = round(f1(tp, kept_fp, kept_fn), 4)
+        forgiving[f"{k}px"] = scores(tp, kept_fp, kept_fn)["f1"]
     alpha_bins = [f"{a}-{b - 1}" for a, b in zip(ALPHA_EDGES[:-1], ALPHA_EDGES[1:], strict=True)]
     return {
-        "f1": round(f1(tp, fp, fn), 4), "precision": round(tp / max(tp + fp, 1.0), 4), "recall": round(tp / max(tp + fn, 1.0), 4),
+        **scores(tp, fp, fn),
         "f1_forgiving": forgiving,
         "fp_share_by_distance_px": dict(zip(DIST_NAMES, _shares(total["fp_dist"], fp), strict=True)),
         "fn_share_by_distance_px": dict(zip(DIST_NAMES, _shares(total["fn_dist"], fn), strict=True)),
@@ -97,24 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         threshold = float(meta["threshold"])
     probabilities = build_probability_fn(params, Path(args.model), "torch")
     prepared = Path(params.paths.prepared)
-    rows = [json.loads(line) for line in (prepared / "manifest.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["split"] == args.split and r["has_watermark"]][: args.images]
+    samples = [s for s in load_split(prepared, args.split) if s.has_watermark][: args.images]
     total: dict[str, np.ndarray] = {}
     by_strength = {name: np.zeros(4) for name in STRENGTHS}  # tp, fp, fn, images
     start = time.perf_counter()
-    for row in rows:
-        image = np.asarray(Image.open(prepared / row["image"]).convert("RGB"))
-        truth = np.asarray(Image.open(prepared / row["mask"])) > 127
-        alpha = np.asarray(Image.open(prepared / row["alpha"]))
+    for sample in samples:
+        image, truth = read_sample(sample)
+        with Image.open(prepared / args.split / "alpha" / f"{sample.id}.png") as im:  # wm prepare's layout
+            alpha = np.asarray(im)
         counts = error_profile(probabilities([image])[0] >= threshold, truth, alpha)
         total = {k: total.get(k, 0) + v for k, v in counts.items()}
         median = float(np.median(alpha[truth])) if truth.any() else 0.0
         name = next(n for n, (lo, hi) in STRENGTHS.items() if lo <= median < hi)
         by_strength[name] += (counts["tp"], counts["fp"], counts["fn"], 1)
-    report = {"model": args.model, "split": args.split, "images": len(rows), "threshold": threshold,
+    report = {"model": args.model, "split": args.split, "images": len(samples), "threshold": threshold,
               "prepared": str(prepared), "seconds": round(time.perf_counter() - start, 1), **summarise(total),
-              "by_mark_strength": {n: {"images": int(c[3]), "f1": round(f1(*c[:3]), 4),
-                                       "recall": round(c[0] / max(c[0] + c[2], 1), 4)} for n, c in by_strength.items()}}  # fmt: skip
+              "by_mark_strength": {n: {"images": int(c[3]), **{k: v for k, v in scores(*c[:3]).items() if k != "precision"}}
+                                   for n, c in by_strength.items()}}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).parent.name if Path(args.model).name == "best.pt" else Path(args.model).stem
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
