@@ -134,6 +134,7 @@ def evaluate_params(root: Path, prepared: Path, **evaluate: object):
                 "evaluate_dir": str(root / "evaluate"),
                 "cache_dir": str(root / "cache"),
                 "corpus": str(root / "corpus"),  # none: the repo's real photos are not scored here
+                "corpus_native": str(root / "corpus-native"),
             },
             "evaluate": {"n_overlay": 3, **evaluate},
             "tracking": {"enabled": False},

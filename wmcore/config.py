@@ -52,6 +52,12 @@ class PathsParams(Group):
     corpus: str = Field(
         "data/corpus", description="Real-photo corpus built by `wm corpus` (train backgrounds; val/test real clean photos)."
     )
+    corpus_native: str = Field(
+        "data/corpus-native",
+        description="Native views of the corpus's larger val/test photos, at their packages' own resolution "
+        "(`python -m wmcore.data.native_views`): scored with them as real_val / real_test, so the real-photo "
+        "figures and calibration see native refinement as a user's large photo gets it; missing = none.",
+    )
     hard_negatives: str = Field(
         "data/hard_negatives.jsonl",
         description="Hard negatives `wm mine` found in the corpus's train photos (regions a model marked wrongly).",

@@ -1,6 +1,8 @@
 """Calibration on validation: the fusion rule, then the pixel and has-watermark thresholds.
 
-The fusion rule (wmcore.evaluate.fusion) is chosen on the synthetic val split. The thresholds
+The fusion rule (wmcore.evaluate.fusion) is chosen on the synthetic val split, and, when the real
+clean val photos include pictures larger than the working side (native views), with its thresholds
+under the real-photo budgets (`calibrate_rule_and_thresholds`). The thresholds
 are then chosen together (`evaluate.image_objective` "pixel_f1"): `wm predict` empties the mask of
 an image whose has-watermark score is below the image threshold (predict.gate_masks), so the
 pair (pixel threshold, image threshold) decides both the pixel F1 of marked images and how much
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from wmcore.config import Params
-from wmcore.evaluate.fusion import FusionChoice, choose_rule
+from wmcore.evaluate.fusion import TIE_ORDER, FusionChoice, choose_rule
 from wmcore.evaluate.score import SplitScores
 from wmcore.infer.working_scale import resolve_rule
 from wmcore.metrics import (
@@ -57,6 +59,49 @@ def calibrate_fusion(val_by_rule: dict[str, SplitScores], params: Params) -> tup
     f1 = ", ".join(f"{r} {'-' if v is None else format(v, '.4f')}" for r, v in choice.f1.items())
     log.info("fusion rule %s (%s); val F1 per rule: %s; applied: %s", choice.rule, choice.reason, f1, applied)
     return choice, applied
+
+
+def calibrate_rule_and_thresholds(
+    val_by_rule: dict[str, SplitScores], real_by_rule: dict[str, SplitScores] | None, params: Params
+) -> tuple[FusionChoice, str, Calibration]:
+    """(fusion choice, applied rule, thresholds) with the real clean val photos in view of the rule too.
+
+    `calibrate_fusion` compares the rules on synthetic val F1 alone. When the real clean val photos
+    hold pictures larger than the working side (the native views, refined as a user's photo is), the
+    rules also differ in what they mark there: each rule of evaluate.fusion_rules is then calibrated
+    (`calibrate`) with its own real-photo scores, and the rule with the best val F1 within the budgets
+    wins, rules within evaluate.fusion_min_gain of it tied in favour of the fallback order (refine,
+    global, ...); when none meets the budgets, the one marking the least real area. Otherwise (no
+    such real photo, predict.fusion fixed, no real photos) the rule is calibrate_fusion's.
+    real_by_rule: {rule: scores of the real clean val photos under it}, or None without them.
+    """
+    choice, applied = calibrate_fusion(val_by_rule, params)
+    global_side = params.predict.global_side
+    real_larger = bool(real_by_rule) and global_side > 0 and any(
+        max(size) > global_side for size in next(iter(real_by_rule.values())).sizes)  # fmt: skip
+    rules = [r for r in TIE_ORDER if r in params.evaluate.fusion_rules and r in val_by_rule]
+    if not real_larger or params.predict.fusion != "auto" or params.evaluate.image_objective != "pixel_f1" or (
+        len(rules) < 2 or choice.n_larger == 0
+    ):
+        real = real_by_rule.get(applied) if real_by_rule else None
+        return choice, applied, calibrate(val_by_rule[applied], real, params)
+    assert real_by_rule is not None
+    cals = {r: calibrate(val_by_rule[r], real_by_rule[r], params) for r in rules}
+    within = [r for r in rules if cals[r].within_budget]
+    if within:
+        best = max(cals[r].val_f1 or 0.0 for r in within)
+        rule = next(r for r in within if (cals[r].val_f1 or 0.0) >= best - params.evaluate.fusion_min_gain)
+        why = f"best val F1 within the real-photo budgets (ties within {params.evaluate.fusion_min_gain:g} to {TIE_ORDER[0]})"
+    else:
+        rule = min(rules, key=lambda r: (cals[r].real_fp_area or 0.0, rules.index(r)))
+        why = "no rule meets the real-photo budgets: the least real false-positive area"
+    figures = "; ".join(f"{r} F1 {cals[r].val_f1 or 0.0:.4f}, real fp {100 * (cals[r].real_fp_area or 0.0):.3f}% / "
+                        f"{100 * (cals[r].real_flagged or 0.0):.1f}% flagged" for r in rules)  # fmt: skip
+    choice.rule = rule
+    choice.reason = f"{why}, with the real clean val photos (some larger than global_side) in view: {figures}"
+    choice.calibrated = {r: cals[r].as_metrics() for r in rules}
+    log.info("fusion rule %s: %s", rule, choice.reason)
+    return choice, rule, cals[rule]
 
 
 @dataclass

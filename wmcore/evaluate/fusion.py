@@ -49,7 +49,9 @@ class FusionChoice:
     rule: chosen rule (one of FUSION_RULES); global_side: predict.global_side it was chosen with, px;
     f1, threshold: per rule, its best validation pixel F1 and the threshold reaching it (None when
     validation has no watermark pixel); n_images: scored validation images; n_larger: those larger
-    than global_side (the only ones where rules differ); reason: why this rule, in words.
+    than global_side (the only ones where rules differ); reason: why this rule, in words; calibrated:
+    each rule's thresholds and real-photo figures when the rule was chosen under the real-photo budgets
+    (wmcore.evaluate.calibrate.calibrate_rule_and_thresholds), else empty.
     """
 
     rule: str
@@ -59,6 +61,7 @@ class FusionChoice:
     reason: str
     f1: dict[str, float | None] = field(default_factory=dict)
     threshold: dict[str, float | None] = field(default_factory=dict)
+    calibrated: dict[str, dict] = field(default_factory=dict)  # rule -> its calibration under the real budgets
 
     def as_metrics(self) -> dict[str, Any]:
         """The `fusion` entry of metrics.json."""
@@ -70,6 +73,7 @@ class FusionChoice:
             "n_images": self.n_images,
             "n_larger_than_global_side": self.n_larger,
             "reason": self.reason,
+            **({"calibrated": self.calibrated} if self.calibrated else {}),
         }
 
 

@@ -22,7 +22,7 @@ from wmcore.config import Params
 from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.evaluate.plots import OverlayRow, pick_overlay_rows, plot_overlays, plot_pr_curves, plot_training_curves
 from wmcore.evaluate.samples import SampleError, read_sample
-from wmcore.evaluate.score import REAL_SPLITS, SplitScores
+from wmcore.evaluate.score import NATIVE_TAG, REAL_SPLITS, SplitScores
 from wmcore.metrics import (
     average_precision,
     counts_at,
@@ -153,7 +153,18 @@ def real_clean_metrics(split: SplitScores, threshold: float, image_threshold: fl
         "n_skipped": len(split.skipped),
         "fp_area_by_category": {c: _number(_fp_area(counts, kinds == c)) for c in categories},
         "flagged": sorted(s.id for s, m in zip(split.samples, marked.tolist(), strict=True) if m),
+        **({"by_view": _by_view(split, counts, marked)} if any(NATIVE_TAG in s.tags for s in split.samples) else {}),
     }
+
+
+def _by_view(split: SplitScores, counts: torch.Tensor, marked: torch.Tensor) -> dict[str, dict]:
+    """Real clean figures of the stored copies (<= the corpus's long side) and the native views apart."""
+    native = torch.tensor([NATIVE_TAG in s.tags for s in split.samples], dtype=torch.bool)
+    return {
+        view: {"n_images": int(keep.sum()), "fp_area": _number(_fp_area(counts, keep.numpy())),
+               "n_flagged": int((marked & keep).sum())}
+        for view, keep in (("stored", ~native), ("native", native))
+    }  # fmt: skip
 
 
 def image_f1(split: SplitScores, threshold: float, image_threshold: float, bins: int, gate: bool) -> np.ndarray:
@@ -256,6 +267,10 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     flat.update({f"{split}/area_f1/{bucket}": float(m["f1"])
                  for split in ("val", "test", HELDOUT_SPLIT) if split in metrics
                  for bucket, m in metrics[split].get("by_mark_area", {}).items() if m["f1"] is not None})  # fmt: skip
+    flat.update({f"{split}/{view}_{key}": float(m[key])
+                 for split in REAL_SPLITS if split in metrics
+                 for view, m in metrics[split].get("by_view", {}).items()
+                 for key in ("fp_area", "n_flagged") if m[key] is not None})  # fmt: skip
     fusion = metrics.get("fusion", {})
     flat.update({f"val/fusion_f1_{rule}": float(v) for rule, v in fusion.get("val_f1", {}).items() if v is not None})
     promotion = metrics.get("promotion", {})  # both models' scores, the loser's too
@@ -311,5 +326,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{split} F1 by mark area: " + ", ".join(cells))
     for split in (s for s in REAL_SPLITS if s in metrics):
         m = metrics[split]
-        lines.append(f"{split:<20} fp_area {m['fp_area']:.4g}, marked {m['n_flagged']} of {m['n_images']} photos")
+        line = f"{split:<20} fp_area {m['fp_area']:.4g}, marked {m['n_flagged']} of {m['n_images']} photos"
+        if (native := m.get("by_view", {}).get("native")) and native["n_images"]:
+            line += (f" (native views: fp_area {native['fp_area']:.4g}, marked {native['n_flagged']} of "
+                     f"{native['n_images']})")
+        lines.append(line)
     return "\n".join(lines)

@@ -6,7 +6,9 @@
    chosen (wmcore.evaluate.calibrate; ties, within `evaluate.fusion_min_gain`, keep refine).
 2. With that rule, the pixel and has-watermark thresholds are chosen together on val and on the
    corpus's real clean val photos (wmcore.evaluate.calibrate): best gated pixel F1 within the
-   real-photo false-positive budgets.
+   real-photo false-positive budgets. The real val photos go through the same passes; when some
+   are larger than the working side (the native views, paths.corpus_native), every rule is
+   calibrated so, and the rule is the one with the best val F1 within the budgets.
 3. test, test_heldout (fonts, phrase kinds, styles and backgrounds training never saw) and the
    corpus's real clean test photos (never trained on, never calibrated on) are scored with both
    thresholds unchanged (wmcore.evaluate.report): pixel and image metrics, and the false-positive
@@ -28,7 +30,7 @@ from typing import Any
 from wmcore.config import Params
 from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
 from wmcore.errors import WmError
-from wmcore.evaluate.calibrate import calibrate, calibrate_fusion
+from wmcore.evaluate.calibrate import calibrate_rule_and_thresholds
 from wmcore.evaluate.promote import export_model, promotion_record
 from wmcore.evaluate.report import log_to_run, real_clean_metrics, split_metrics, summary_table, write_reports
 from wmcore.evaluate.samples import load_split
@@ -39,6 +41,7 @@ from wmcore.evaluate.score import (
     build_rule_maps_fn,
     score_maps,
     score_real_clean,
+    score_real_clean_maps,
     score_test_splits,
 )
 from wmcore.infer.predictor import get_predictor
@@ -107,10 +110,10 @@ def score_candidate(params: Params, source: Path, backend: str) -> tuple[dict[st
     val_by_rule = score_maps(val_samples, val_maps, FUSION_RULES, bins, ev.batch_size, ev.crop, name="val")
     if not val_by_rule[FUSION_RULES[0]].samples:
         raise WmError(f"{params.paths.prepared}: no readable validation image to calibrate thresholds on")
-    fusion, applied = calibrate_fusion(val_by_rule, params)
+    real_val_by_rule = score_real_clean_maps(params, val_maps, "real_val")
+    fusion, applied, calibration = calibrate_rule_and_thresholds(val_by_rule, real_val_by_rule, params)
     predict = build_probability_fn(params, source, backend, applied)
-    real_val = score_real_clean(params, predict, "real_val")
-    calibration = calibrate(val_by_rule[applied], real_val, params)
+    real_val = real_val_by_rule[applied] if real_val_by_rule else None
     log.info("thresholds: pixel %.4f, image %.4f (%s)", calibration.threshold, calibration.image_threshold,
              calibration.reason)  # fmt: skip
     scored = {"val": val_by_rule[applied], **score_test_splits(params, predict)}

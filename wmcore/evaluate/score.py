@@ -29,11 +29,13 @@ from wmcore.errors import WmError
 from wmcore.evaluate.fusion import rule_maps
 from wmcore.evaluate.samples import EvalSample, SampleError, load_split, read_sample
 from wmcore.infer.predictor import get_predictor
+from wmcore.infer.working_scale import FUSION_RULES
 from wmcore.metrics import image_score, threshold_histograms
 
 log = logging.getLogger(__name__)
 
 REAL_SPLITS = {"real_val": "val", "real_test": "test"}  # evaluation split -> corpus split
+NATIVE_TAG = "native"  # a real clean sample that is a native view (wmcore.data.native_views), not a stored copy
 
 # list of (H, W, 3) uint8 RGB images -> list of (H, W) float32 watermark probabilities
 ProbabilityFn = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -214,28 +216,47 @@ def score_test_splits(params: Params, predict: ProbabilityFn) -> dict[str, Split
     return scored
 
 
-def real_clean_samples(corpus: str | Path, split: str) -> list[EvalSample]:
+def real_clean_samples(corpus: str | Path, split: str, native: str | Path | None = None) -> list[EvalSample]:
     """The corpus's real clean pictures of `split` ("real_val" or "real_test") as samples without masks.
 
     Every pixel of them is clean: the false-positive area is all that is measured. Their
-    background_kind is the corpus category (landscape, animal, document, ...). [] when the corpus
-    is not built.
+    background_kind is the corpus category (landscape, animal, document, ...). `native`: the folder of
+    the native views (wmcore.data.native_views) of the split's larger pictures; each view of a picture
+    of this corpus split follows, tagged NATIVE_TAG (views of other pictures, e.g. of another corpus,
+    are left out). [] when the corpus is not built; no views when `native` has none.
     """
-    folder = Path(corpus)
-    return [
-        EvalSample(id=f"{split}:{row['file']}", image=folder / row["file"], mask=None, has_watermark=False,
-                   scene_text=bool(row.get("has_text")), background_kind=str(row.get("category")))
-        for row in corpus_rows(REAL_SPLITS[split], folder)
-    ]  # fmt: skip
+
+    def sample(folder: Path, row: dict, tags: tuple[str, ...]) -> EvalSample:
+        return EvalSample(id=f"{split}:{'/'.join((*tags, row['file']))}", image=folder / row["file"], mask=None,
+                          has_watermark=False, scene_text=bool(row.get("has_text")),
+                          background_kind=str(row.get("category")), tags=tags)  # fmt: skip
+
+    rows = corpus_rows(REAL_SPLITS[split], Path(corpus))
+    stored = {row["file"] for row in rows}
+    views = [row for row in corpus_rows(REAL_SPLITS[split], Path(native))
+             if row.get("view_of") in stored] if native else []  # fmt: skip
+    return [sample(Path(corpus), row, ()) for row in rows] + [sample(Path(native), row, (NATIVE_TAG,)) for row in views]
 
 
 def score_real_clean(params: Params, predict: ProbabilityFn, split: str) -> SplitScores | None:
     """Scores of the corpus's real clean photos of `split`, or None when there are none (logged)."""
     ev = params.evaluate
-    samples = real_clean_samples(params.paths.corpus, split)
+    samples = real_clean_samples(params.paths.corpus, split, params.paths.corpus_native)
     if not samples:
         log.info("no %s photos in %s (run `wm corpus`): real-photo false positives not measured", split,
                  params.paths.corpus)  # fmt: skip
         return None
     scored = score_split(samples, predict, ev.threshold_grid, ev.batch_size, 0, name=split)
     return scored if scored.samples else None
+
+
+def score_real_clean_maps(params: Params, maps: MapsFn, split: str) -> dict[str, SplitScores] | None:
+    """Like score_real_clean, once per fusion rule ({rule: scores}) from one set of passes per photo."""
+    ev = params.evaluate
+    samples = real_clean_samples(params.paths.corpus, split, params.paths.corpus_native)
+    if not samples:
+        log.info("no %s photos in %s (run `wm corpus`): real-photo false positives not measured", split,
+                 params.paths.corpus)  # fmt: skip
+        return None
+    scored = score_maps(samples, maps, FUSION_RULES, ev.threshold_grid, ev.batch_size, 0, name=split)
+    return scored if scored[FUSION_RULES[0]].samples else None
