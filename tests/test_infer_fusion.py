@@ -19,9 +19,12 @@ from wmcore.evaluate.fusion import choose_rule, rule_maps
 from wmcore.evaluate.run import run_evaluation
 from wmcore.evaluate.samples import load_split
 from wmcore.infer.predictor import Predictor, get_predictor
+from wmcore.infer.sinks import ProbabilityMapSink
 from wmcore.infer.torch_backend import TorchBackend
 from wmcore.infer.working_scale import (
     FUSION_RULES,
+    REFINE_RULES,
+    RefinedStripSink,
     RefineSettings,
     global_view_shape,
     refine_windows,
@@ -213,6 +216,48 @@ def test_refine_runs_native_tiles_only_where_the_working_map_fires(tmp_path, mon
     assert not np.allclose(got, tiles, atol=1e-3)  # not the full native pass
 
 
+def test_refine_mean_averages_the_same_windows_with_the_working_map_at_refines_cost(tmp_path):
+    net = make_model(tmp_path / "m.pt")
+    image = photo(300, 200, seed=3)
+    wide = counting_predictor(net, params_for(tmp_path, global_side=60), "global")[0].predict([image])[0]
+    params = params_for(tmp_path, global_side=60, refine_threshold=float(np.quantile(wide, 0.9)))
+    refined, refined_cost = counting_predictor(net, params, "refine")
+    averaged, averaged_cost = counting_predictor(net, params, "refine_mean")
+    (got,) = averaged.predict([image])
+    refined.predict([image])
+    assert averaged_cost.pixels == refined_cost.pixels  # the same native windows, nothing more
+    small = np.asarray(Image.fromarray(image).resize((40, 60), Image.Resampling.BILINEAR))
+    windows = refine_windows(reference(net, small), 300, 200, averaged.refine)
+    native, inside = np.full((300, 200), -1.0, np.float32), np.zeros((300, 200), bool)
+    for y, x, h, w in windows:  # overlapping windows: their max, then averaged once with the working map
+        inside[y : y + h, x : x + w] = True
+        np.maximum(native[y : y + h, x : x + w], reference(net, image[y : y + h, x : x + w]),
+                   out=native[y : y + h, x : x + w])  # fmt: skip
+    expected = np.where(inside, (wide + native) / 2, wide)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert inside.any() and not inside.all()
+    # the evaluation's passes give every refine rule from one set of windows, equal to what predict gives
+    (native_map, working, maps), = refined.predict_paths([image])
+    np.testing.assert_allclose(maps["refine_mean"], got, atol=1e-5)
+    np.testing.assert_allclose(maps["refine"], refined.predict([image])[0], atol=1e-5)
+    assert set(rule_maps(native_map, working, maps)) == set(FUSION_RULES)
+
+
+def test_refined_strip_sink_averages_each_pixel_once_where_windows_overlap():
+    sink = ProbabilityMapSink(4, 6)
+    windows = [(0, 0, 4, 4), (0, 2, 4, 4)]  # columns 2-3 covered twice
+    probs = [np.full((4, 4), 0.8, np.float32), np.full((4, 4), 0.4, np.float32)]
+    working = np.full((4, 6), 0.2, np.float32)
+    RefinedStripSink(sink, windows, probs, "mean").consume(0, working[:2].copy())
+    RefinedStripSink(sink, windows, probs, "mean").consume(2, working[2:].copy())
+    np.testing.assert_allclose(sink.probs[0], [0.5, 0.5, 0.5, 0.5, 0.3, 0.3])
+    maxed = ProbabilityMapSink(4, 6)
+    RefinedStripSink(maxed, windows, probs, "max").consume(0, working.copy())
+    np.testing.assert_allclose(maxed.probs[0], [0.8, 0.8, 0.8, 0.8, 0.4, 0.4])
+    with pytest.raises(ValueError, match="median"):
+        RefinedStripSink(sink, windows, probs, "median")
+
+
 def test_masks_of_images_scored_below_the_image_threshold_are_empty(tmp_path):
     net = make_model(tmp_path / "m.pt")
     image = photo(120, 90, seed=7)
@@ -370,9 +415,10 @@ def crafted_maps(prepared: Path, case: str):
                 left = np.zeros_like(t)
                 left[:, : t.shape[1] // 2] = True
                 halves = [np.where(t & side, 0.9, np.where(t, 0.0, 0.6)).astype(np.float32) for side in (left, ~left)]
-                out.append(rule_maps(*halves, refined=noise))
-            else:  # "refine" gets its own (noisy) map, so it never ties with the right rule
-                out.append(rule_maps(good, bad, noise) if case == "tiles" else rule_maps(bad, good, noise))
+                out.append(rule_maps(*halves, refined=dict.fromkeys(REFINE_RULES, noise)))
+            else:  # the refine rules get their own (noisy) map, so they never tie with the right rule
+                noisy = dict.fromkeys(REFINE_RULES, noise)
+                out.append(rule_maps(good, bad, noisy) if case == "tiles" else rule_maps(bad, good, noisy))
         return out
 
     return maps

@@ -367,17 +367,18 @@ class EvaluateParams(Group):
         0.005,
         ge=0.0,
         le=1.0,
-        description="Validation pixel F1 another fusion rule must gain over max to replace it (noise margin).",
+        description="Validation pixel F1 another fusion rule must gain over refine to replace it (noise margin).",
     )
     compare_pretrained: bool = Field(
         True,
         description="Also score paths.pretrained on test; export it instead when the new model does not beat it.",
     )
-    fusion_rules: list[Literal["tiles", "global", "refine", "max", "mean"]] = Field(
+    fusion_rules: list[Literal["tiles", "global", "refine", "refine_mean", "max", "mean"]] = Field(
         default_factory=lambda: ["global", "refine"],
         min_length=1,
         description="Rules `wm evaluate` may choose for predict.fusion auto; tiles/max/mean run native tiles over "
-        "the whole image (cost grows with the megapixels).",
+        "the whole image (cost grows with the megapixels), refine/refine_mean only where the working view fires; "
+        "refine_mean is measured and left out (README: its val threshold does not carry to test).",
     )
 
 
@@ -439,23 +440,24 @@ class PredictParams(Group):
         description="Working side: images with a longer side are run as a view downscaled to it, px (>= 32); "
         "0 = native tiles only.",
     )
-    fusion: Literal["tiles", "global", "refine", "max", "mean", "auto"] = Field(
+    fusion: Literal["tiles", "global", "refine", "refine_mean", "max", "mean", "auto"] = Field(
         "auto",
         description="How the working view and native resolution combine: global = working view only; refine = "
-        "plus native tiles where it fires; tiles = native tiles only; max/mean = both everywhere; "
+        "plus native tiles where it fires, fused by max; refine_mean = the same tiles averaged with the working view "
+        "(both scales must agree); tiles = native tiles only; max/mean = both everywhere; "
         "auto = the rule calibrated by `wm evaluate` (model meta), else refine.",
     )
     refine_threshold: float = Field(
-        0.3, gt=0.0, lt=1.0, description="Rule refine: native tiles run where the working map reaches this probability."
+        0.3, gt=0.0, lt=1.0, description="Rules refine/refine_mean: native tiles run where the working map reaches this probability."
     )
     refine_max_tiles: int = Field(
-        8, ge=0, le=4096, description="Rule refine: most native tiles per image (highest working probability first)."
+        8, ge=0, le=4096, description="Rules refine/refine_mean: most native tiles per image (highest working probability first)."
     )
     refine_min_scale: float = Field(
         1.0,
         ge=1.0,
         le=64.0,
-        description="Rule refine: only images at least this many times the working side are refined natively; "
+        description="Rules refine/refine_mean: only images at least this many times the working side are refined; "
         "a photo shrunk by less keeps its marks' detail in the working view (1 = every larger image).",
     )
     draft_decode: bool = Field(
@@ -507,7 +509,7 @@ class PredictParams(Group):
             raise ValueError("min_batch_size must be <= max_batch_size")
         if 0 < self.global_side < 32:
             raise ValueError(f"global_side ({self.global_side}) must be 0 (off) or >= 32 px")
-        if self.global_side == 0 and self.fusion in ("global", "refine", "max", "mean"):
+        if self.global_side == 0 and self.fusion in ("global", "refine", "refine_mean", "max", "mean"):
             raise ValueError(f"fusion {self.fusion!r} needs a global view: set global_side > 0, or fusion tiles/auto")
         if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError(f"tile_overlap ({self.tile_overlap}) must be < tile_size/2 ({self.tile_size // 2})")

@@ -71,8 +71,8 @@ def calibrate_rule_and_thresholds(
     rules also differ in what they mark there: each rule of evaluate.fusion_rules is then calibrated
     (`calibrate`) with its own real-photo scores, and the rule with the best val F1 within the budgets
     wins, rules within evaluate.fusion_min_gain of it tied in favour of the fallback order (refine,
-    global, ...); when none meets the budgets, the one marking the least real area. Otherwise (no
-    such real photo, predict.fusion fixed, no real photos) the rule is calibrate_fusion's.
+    global, refine_mean, ...); when none meets the budgets, the one marking the least real area.
+    Otherwise (no such real photo, predict.fusion fixed, no real photos) the rule is calibrate_fusion's.
     real_by_rule: {rule: scores of the real clean val photos under it}, or None without them.
     """
     choice, applied = calibrate_fusion(val_by_rule, params)

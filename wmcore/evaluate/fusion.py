@@ -18,27 +18,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmcore.infer.working_scale import FALLBACK_RULE, FUSION_RULES, fuse
+from wmcore.infer.working_scale import FALLBACK_RULE, FUSION_RULES, REFINE_RULES, fuse
 from wmcore.metrics import best_threshold
 
 log = logging.getLogger(__name__)
 
 # Order in which equal F1 scores are resolved: the fallback first, then the cheaper passes.
-TIE_ORDER = (FALLBACK_RULE, *(r for r in ("global", "tiles", "mean", "max") if r != FALLBACK_RULE))
+TIE_ORDER = (FALLBACK_RULE, *(r for r in ("global", "refine_mean", "tiles", "mean", "max") if r != FALLBACK_RULE))
 
 
 def rule_maps(
-    native: np.ndarray, global_probs: np.ndarray | None, refined: np.ndarray | None = None
+    native: np.ndarray, global_probs: np.ndarray | None, refined: dict[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
     """{rule: float32 (H, W)} for every rule of FUSION_RULES from the passes of one image.
 
     global_probs None (the image fits global_side): every rule is the native map itself.
-    refined: the "refine" rule's map (working map raised where native windows ran); None = the working map.
+    refined: {rule of REFINE_RULES: its map} (the working map fused with native windows where they ran);
+    None, or a rule missing from it, = the working map (no window ran).
     """
     if global_probs is None:
         return dict.fromkeys(FUSION_RULES, native)
-    maps = {rule: fuse(native, global_probs, rule) for rule in FUSION_RULES if rule != "refine"}
-    maps["refine"] = global_probs if refined is None else refined
+    maps = {rule: fuse(native, global_probs, rule) for rule in FUSION_RULES if rule not in REFINE_RULES}
+    maps.update({rule: (refined or {}).get(rule, global_probs) for rule in REFINE_RULES})
     return maps
 
 

@@ -13,6 +13,10 @@ What happens next is the fusion rule (`FUSION_RULES`):
   fused there by max: a small label the working view sees faintly is confirmed at full detail, and
   an image where nothing fires costs one working-scale pass. Only images at least
   `predict.refine_min_scale` times their working view are refined (1 = every larger image).
+- "refine_mean": the same passes as "refine", but inside the refined windows the two scales are
+  averaged instead of max-fused: a pixel needs both the working view and full detail to call it a
+  mark, as "mean" does everywhere, at refine's cost. Full detail alone no longer marks a bridge's
+  truss or a shop sign the working view only half sees.
 - "tiles": native tiles everywhere (the path before working scale); "max" / "mean": both passes
   everywhere, fused per pixel.
 
@@ -39,7 +43,9 @@ from wmcore.infer.tiling import RowSource, StripSink, as_row_source, tile_layout
 
 log = logging.getLogger(__name__)
 
-FUSION_RULES = ("tiles", "global", "refine", "max", "mean")
+FUSION_RULES = ("tiles", "global", "refine", "refine_mean", "max", "mean")
+# Rules that run native windows only where the working map fires (RefineSettings); their in-window fusion.
+REFINE_RULES = {"refine": "max", "refine_mean": "mean"}
 # Uncalibrated: the working view for large marks, native tiles where it fires for small labels.
 FALLBACK_RULE = "refine"
 # Rules that need the native pass over the whole image (cost grows with the megapixels).
@@ -117,7 +123,7 @@ def upsample_rows(small: np.ndarray, height: int, width: int, y0: int, rows: int
 def fuse(native: np.ndarray, global_probs: np.ndarray, rule: str) -> np.ndarray:
     """Per-pixel fusion of two same-shape float32 maps by `rule` (max, mean, tiles or global).
 
-    "refine" is "max" inside its refined windows only (see `RefinedStripSink`).
+    "refine" / "refine_mean" are "max" / "mean" inside their refined windows only (see `RefinedStripSink`).
     """
     if rule == "max":
         return np.maximum(native, global_probs)
@@ -193,22 +199,53 @@ def refine_windows(global_probs: np.ndarray, height: int, width: int, s: RefineS
 
 
 class RefinedStripSink:
-    """Upsampled working-map strips, raised to the native probabilities inside the refined windows (max).
+    """Upsampled working-map strips, fused with the native probabilities inside the refined windows.
 
     windows: (y0, x0, h, w) native windows; probs: their float32 (h, w) native probabilities.
+    fusion: "max" (rule refine: raised to the native probability) or "mean" (rule refine_mean: the
+    average of the two; where windows overlap, their native probabilities are max-combined first, so
+    every pixel is averaged once).
     """
 
-    def __init__(self, inner: StripSink, windows: list[tuple[int, int, int, int]], probs: list[np.ndarray]) -> None:
-        self.inner, self.windows, self.probs = inner, windows, probs
+    def __init__(self, inner: StripSink, windows: list[tuple[int, int, int, int]], probs: list[np.ndarray],
+                 fusion: str = "max") -> None:  # fmt: skip
+        if fusion not in ("max", "mean"):
+            raise ValueError(f"in-window fusion {fusion!r}: expected max or mean")
+        self.inner, self.windows, self.probs, self.fusion = inner, windows, probs, fusion
 
     def consume(self, y0: int, strip: np.ndarray) -> None:
         y1 = y0 + strip.shape[0]
+        native = strip if self.fusion == "max" else None  # max: raise the strip in place
         for (wy, wx, wh, ww), p in zip(self.windows, self.probs, strict=True):
             top, bottom = max(y0, wy), min(y1, wy + wh)
             if top < bottom:
-                view = strip[top - y0 : bottom - y0, wx : wx + ww]
+                if native is None:
+                    native = np.full(strip.shape, -1.0, np.float32)  # -1: no window covers the pixel
+                view = native[top - y0 : bottom - y0, wx : wx + ww]
                 np.maximum(view, p[top - wy : bottom - wy], out=view)
+        if native is not None and native is not strip:
+            covered = native >= 0.0
+            strip[covered] = (strip[covered] + native[covered]) * np.float32(0.5)
         self.inner.consume(y0, strip)
+
+
+def refine_passes(
+    image: np.ndarray | RowSource, global_probs: np.ndarray, run_native: NativeRunner, settings: RefineSettings
+) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+    """(windows, their native float32 probabilities): the native windows where the working map fires.
+
+    The windows are read from the image in row order (a streamed file is read once more) and run
+    through the native path (each fits one tile: run whole, same-shape windows batched).
+    """
+    height, width = image.shape[:2]
+    windows = refine_windows(global_probs, height, width, settings)
+    if not windows:
+        return [], []
+    source = as_row_source(image)
+    crops = [np.array(source.rows(y, h)[:, x : x + w]) for y, x, h, w in windows]
+    sinks = [ProbabilityMapSink(h, w) for _, _, h, w in windows]
+    run_native(crops, sinks)
+    return windows, [s.probs for s in sinks]
 
 
 def run_refined(
@@ -218,23 +255,14 @@ def run_refined(
     run_native: NativeRunner,
     settings: RefineSettings,
     strip_rows: int,
+    rule: str = "refine",
 ) -> int:
-    """Stream the upsampled working map of `image` into `sink`, refined natively where it fires.
-
-    The windows are read from the image in row order (a streamed file is read once more), run
-    through the native path (each fits one tile: run whole, same-shape windows batched), and
-    max-fused into the strips. Returns the number of refined windows.
-    """
+    """Stream the upsampled working map of `image` into `sink`, refined natively where it fires
+    (`refine_passes`), fused in the windows as `rule` says (REFINE_RULES). Returns the number of windows."""
     height, width = image.shape[:2]
-    windows = refine_windows(global_probs, height, width, settings)
-    probs: list[np.ndarray] = []
-    if windows:
-        source = as_row_source(image)
-        crops = [np.array(source.rows(y, h)[:, x : x + w]) for y, x, h, w in windows]
-        sinks = [ProbabilityMapSink(h, w) for _, _, h, w in windows]
-        run_native(crops, sinks)
-        probs = [s.probs for s in sinks]
-    stream_upsampled(global_probs, height, width, RefinedStripSink(sink, windows, probs), strip_rows)
+    windows, probs = refine_passes(image, global_probs, run_native, settings)
+    fused = RefinedStripSink(sink, windows, probs, REFINE_RULES[rule])
+    stream_upsampled(global_probs, height, width, fused, strip_rows)
     return len(windows)
 
 
@@ -261,8 +289,8 @@ def run_working_scale(
     """Predict `images` into `sinks` with the fusion `rule` (one of FUSION_RULES, already resolved).
 
     Images that fit global_side, and every image under rule "tiles", take the native path only;
-    under "global" the larger ones take only their working view, under "refine" their working view
-    plus native windows where it fires (`refine`; None = none). Memory: the working maps of these
+    under "global" the larger ones take only their working view, under "refine" / "refine_mean" their
+    working view plus native windows where it fires (`refine`; None = none). Memory: the working maps of these
     images (each <= global_side^2 float32) plus what the native path needs (a strip and a tile batch).
     """
     global_maps = {} if rule == "tiles" else run_global_views(images, global_side, run_native)
@@ -273,10 +301,10 @@ def run_working_scale(
         if i not in global_maps:
             native_images.append(image)
             native_sinks.append(sink)
-        elif rule == "global" or (rule == "refine" and refine is None):
+        elif rule == "global" or (rule in REFINE_RULES and refine is None):
             stream_upsampled(global_maps.pop(i), height, width, sink, strip_rows)
-        elif rule == "refine":
-            run_refined(image, global_maps.pop(i), sink, run_native, refine, strip_rows)
+        elif rule in REFINE_RULES:
+            run_refined(image, global_maps.pop(i), sink, run_native, refine, strip_rows, rule)
         else:
             native_images.append(image)
             native_sinks.append(FusedStripSink(sink, global_maps.pop(i), height, width, rule))
@@ -286,17 +314,18 @@ def run_working_scale(
 
 def native_and_global_maps(
     images: Sequence[np.ndarray], run_native: NativeRunner, global_side: int, refine: RefineSettings | None = None
-) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
-    """The passes kept apart, full size: [(native, upsampled working map or None, refined map or None)].
+) -> list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]]:
+    """The passes kept apart, full size: [(native, upsampled working map or None, refined maps or None)].
 
-    None where the image fits global_side (its working view is the native image). The refined map
-    is exactly what rule "refine" gives (None without `refine`). Used by evaluation to score every
-    fusion rule from one native, one working and the refinement passes of each image.
+    None where the image fits global_side (its working view is the native image). The refined maps
+    are {rule: what it gives} for each rule of REFINE_RULES, from one set of native windows (None
+    without `refine`). Used by evaluation to score every fusion rule from one native, one working and
+    the refinement passes of each image.
     """
     global_maps = run_global_views(images, global_side, run_native)
     native = [ProbabilityMapSink(*im.shape[:2]) for im in images]
     run_native(images, native)
-    out: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    out: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]] = []
     for i, (image, sink) in enumerate(zip(images, native, strict=True)):
         height, width = image.shape[:2]
         small = global_maps.get(i)
@@ -305,9 +334,12 @@ def native_and_global_maps(
             continue
         refined = None
         if refine is not None:
-            refined_sink = ProbabilityMapSink(height, width)
-            run_refined(image, small, refined_sink, run_native, refine, height)
-            refined = refined_sink.probs
+            windows, probs = refine_passes(image, small, run_native, refine)
+            refined = {}
+            for rule, fusion in REFINE_RULES.items():
+                refined_sink = ProbabilityMapSink(height, width)
+                stream_upsampled(small, height, width, RefinedStripSink(refined_sink, windows, probs, fusion), height)
+                refined[rule] = refined_sink.probs
         out.append((sink.probs, upsample_rows(small, height, width, 0, height), refined))
     return out
 
