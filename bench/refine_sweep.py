@@ -5,7 +5,8 @@ working-view pass and the native windows the loosest setting would refine are co
 setting's map is then assembled from them exactly as rule "refine" does (the windows a stricter
 threshold keeps are the loosest setting's windows whose working peak reaches it, in the same order;
 a larger min_scale drops the windows of smaller images). Each setting is calibrated on val + real_val
-(wm evaluate's joint thresholds) and scored on test, test_heldout and real_test, so the rows compare
+(wm evaluate's joint thresholds, evaluate.f1_tolerance included; real_val / real_test with their
+native views, paths.corpus_native) and scored on test, test_heldout and real_test, so the rows compare
 like `wm evaluate` runs would, at a fraction of their cost.
 
 Cost: the mean number of native windows per photo of the screening workload (`bench/screen.py`: the
@@ -109,12 +110,14 @@ def workload_windows(corpus: Path, predictor, settings, count: int) -> dict[tupl
     return {key: total / max(len(samples), 1) for key, total in totals.items()}
 
 
-def report_rows(scored: dict, cost: dict, budgets: list[tuple[float, float]], bins: int, gate: bool) -> list[dict]:
+def report_rows(scored: dict, cost: dict, budgets: list[tuple[float, float]], bins: int, gate: bool,
+                f1_tolerance: float = 0.0) -> list[dict]:  # fmt: skip
     """One row per (setting, real-photo budget pair): calibrated on val + real_val, scored on the rest."""
     rows = []
     for key in scored["val"]:
         for fp_budget, flagged_budget in budgets:
-            cal = joint_thresholds(scored["val"][key], scored["real_val"][key], bins, fp_budget, flagged_budget)
+            cal = joint_thresholds(scored["val"][key], scored["real_val"][key], bins, fp_budget, flagged_budget,
+                                   f1_tolerance)  # fmt: skip
             row = {"refine_threshold": key[0], "refine_min_scale": key[1], "max_real_fp_area": fp_budget,
                    "max_real_flagged": flagged_budget, "threshold": round(cal.threshold, 4),
                    "image_threshold": round(cal.image_threshold, 4), "windows_per_photo": cost.get(key)}  # fmt: skip
@@ -185,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # e.g. a large-image set prepared with n_test_heldout 0
             scored[split] = score_all(samples, predictor, settings, bins, split)
         for split in ("real_val", "real_test"):
-            samples = real_clean_samples(params.paths.corpus, split)
+            samples = real_clean_samples(params.paths.corpus, split, params.paths.corpus_native)
             scored[split] = score_all(samples, predictor, settings, bins, split)
         cost = workload_windows(Path(params.paths.corpus), predictor, settings, args.workload)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             with cache.open("wb") as f:
                 pickle.dump((scored, cost), f)
-    rows = report_rows(scored, cost, budgets, bins, params.predict.gate_masks)
+    rows = report_rows(scored, cost, budgets, bins, params.predict.gate_masks, params.evaluate.f1_tolerance)
     model = os.path.relpath(args.model, ROOT)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
