@@ -238,13 +238,19 @@ def real_clean_samples(corpus: str | Path, split: str, native: str | Path | None
     return [sample(Path(corpus), row, ()) for row in rows] + [sample(Path(native), row, (NATIVE_TAG,)) for row in views]
 
 
-def score_real_clean(params: Params, predict: ProbabilityFn, split: str) -> SplitScores | None:
-    """Scores of the corpus's real clean photos of `split`, or None when there are none (logged)."""
-    ev = params.evaluate
+def _real_samples(params: Params, split: str) -> list[EvalSample]:
+    """The real clean photos of `split` with their native views; [] (logged) without a corpus."""
     samples = real_clean_samples(params.paths.corpus, split, params.paths.corpus_native)
     if not samples:
         log.info("no %s photos in %s (run `wm corpus`): real-photo false positives not measured", split,
                  params.paths.corpus)  # fmt: skip
+    return samples
+
+
+def score_real_clean(params: Params, predict: ProbabilityFn, split: str) -> SplitScores | None:
+    """Scores of the corpus's real clean photos of `split` (native views included), or None when there are none."""
+    ev = params.evaluate
+    if not (samples := _real_samples(params, split)):
         return None
     scored = score_split(samples, predict, ev.threshold_grid, ev.batch_size, 0, name=split)
     return scored if scored.samples else None
@@ -253,10 +259,7 @@ def score_real_clean(params: Params, predict: ProbabilityFn, split: str) -> Spli
 def score_real_clean_maps(params: Params, maps: MapsFn, split: str) -> dict[str, SplitScores] | None:
     """Like score_real_clean, once per fusion rule ({rule: scores}) from one set of passes per photo."""
     ev = params.evaluate
-    samples = real_clean_samples(params.paths.corpus, split, params.paths.corpus_native)
-    if not samples:
-        log.info("no %s photos in %s (run `wm corpus`): real-photo false positives not measured", split,
-                 params.paths.corpus)  # fmt: skip
+    if not (samples := _real_samples(params, split)):
         return None
     scored = score_maps(samples, maps, FUSION_RULES, ev.threshold_grid, ev.batch_size, 0, name=split)
     return scored if scored[FUSION_RULES[0]].samples else None

@@ -15,8 +15,8 @@ What happens next is the fusion rule (`FUSION_RULES`):
   `predict.refine_min_scale` times their working view are refined (1 = every larger image).
 - "refine_mean": the same passes as "refine", but inside the refined windows the two scales are
   averaged instead of max-fused: a pixel needs both the working view and full detail to call it a
-  mark, as "mean" does everywhere, at refine's cost. Full detail alone no longer marks a bridge's
-  truss or a shop sign the working view only half sees.
+  mark, as "mean" does everywhere, at refine's cost. Measured and left out of the calibrated rules
+  (README): it averages down large marks the 512 px windows see only in fragments.
 - "tiles": native tiles everywhere (the path before working scale); "max" / "mean": both passes
   everywhere, fused per pixel.
 
