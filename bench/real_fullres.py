@@ -110,6 +110,25 @@ def score(originals: Path, corpus: Path, out: Path, model: str | None, extra: li
     return report
 
 
+def ocr(originals: Path, out: Path) -> dict:
+    """The generic text detector users have (PP-OCRv4 det, bench/screen.py's peer) on the originals:
+    every box it finds is marked, so its area and flagged count are what it would call watermark."""
+    from PIL import Image
+
+    index = json.loads(index_path(originals).read_text())
+    files = [str(originals / item["original"]) for item in index]
+    subprocess.run([sys.executable, str(ROOT / "bench" / "screen.py"), "--child", "ocr", "--out", str(out), *files],
+                   check=True, cwd=ROOT)  # fmt: skip
+    areas = []
+    for item in index:
+        with Image.open(out / f"{Path(item['original']).stem}.mask.png") as m:
+            areas.append(float((np.asarray(m) > 127).mean()))
+    summary = {"n": len(areas), "fp_area": float(np.mean(areas)), "flagged": int(sum(a > 0 for a in areas))}
+    (out / "report.json").write_text(json.dumps({"summary": summary, "areas": dict(
+        zip((i["file"] for i in index), areas, strict=True))}, indent=1))  # fmt: skip
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -125,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--model", default=None)
     sc.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="params override for wm")
     sc.add_argument("extra", nargs="*", help="more `wm predict` arguments (after --)")
+    oc = sub.add_parser("ocr", help="the PP-OCRv4 text detector's marks on the originals")
+    oc.add_argument("--originals", type=Path, required=True)
+    oc.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "extract":
         written = extract(args.corpus, args.split, args.out, args.downloads)
         print(f"{len(written)} originals in {args.out}")
+        return 0
+    if args.cmd == "ocr":
+        print(json.dumps(ocr(args.originals, args.out)))
         return 0
     report = score(args.originals, args.corpus, args.out, args.model, args.extra, args.set)
     print(json.dumps({k: v for k, v in report["summary"].items() if k != "by_category"}, indent=1))
