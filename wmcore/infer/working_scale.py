@@ -213,19 +213,26 @@ class RefinedStripSink:
             raise ValueError(f"in-window fusion {fusion!r}: expected max or mean")
         self.inner, self.windows, self.probs, self.fusion = inner, windows, probs, fusion
 
-    def consume(self, y0: int, strip: np.ndarray) -> None:
-        y1 = y0 + strip.shape[0]
-        native = strip if self.fusion == "max" else None  # max: raise the strip in place
+    def _raise_to_windows(self, y0: int, target: np.ndarray) -> bool:
+        """Raise the rows y0.. of `target` to the native probabilities where windows cover them (max);
+        whether any window did."""
+        y1, hit = y0 + target.shape[0], False
         for (wy, wx, wh, ww), p in zip(self.windows, self.probs, strict=True):
             top, bottom = max(y0, wy), min(y1, wy + wh)
             if top < bottom:
-                if native is None:
-                    native = np.full(strip.shape, -1.0, np.float32)  # -1: no window covers the pixel
-                view = native[top - y0 : bottom - y0, wx : wx + ww]
+                view = target[top - y0 : bottom - y0, wx : wx + ww]
                 np.maximum(view, p[top - wy : bottom - wy], out=view)
-        if native is not None and native is not strip:
-            covered = native >= 0.0
-            strip[covered] = (strip[covered] + native[covered]) * np.float32(0.5)
+                hit = True
+        return hit
+
+    def consume(self, y0: int, strip: np.ndarray) -> None:
+        if self.fusion == "max":
+            self._raise_to_windows(y0, strip)
+        else:
+            native = np.full(strip.shape, -1.0, np.float32)  # -1: no window covers the pixel
+            if self._raise_to_windows(y0, native):
+                covered = native >= 0.0
+                strip[covered] = (strip[covered] + native[covered]) * np.float32(0.5)
         self.inner.consume(y0, strip)
 
 
@@ -332,14 +339,15 @@ def native_and_global_maps(
         if small is None:
             out.append((sink.probs, None, None))
             continue
+        working = upsample_rows(small, height, width, 0, height)  # once: every refine rule starts from it
         refined = None
         if refine is not None:
             windows, probs = refine_passes(image, small, run_native, refine)
             refined = {}
             for rule, fusion in REFINE_RULES.items():
                 refined_sink = ProbabilityMapSink(height, width)
-                stream_upsampled(small, height, width, RefinedStripSink(refined_sink, windows, probs, fusion), height)
+                RefinedStripSink(refined_sink, windows, probs, fusion).consume(0, working.copy())
                 refined[rule] = refined_sink.probs
-        out.append((sink.probs, upsample_rows(small, height, width, 0, height), refined))
+        out.append((sink.probs, working, refined))
     return out
 
