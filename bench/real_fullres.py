@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,6 +73,12 @@ def predict(folder: Path, out: Path, model: str | None, extra: list[str], sets: 
     return result
 
 
+def summarise(marks: list[tuple[float, bool]]) -> dict:
+    """{n, fp_area (mean marked share per picture), flagged} of (area, flagged) pairs."""
+    return {"n": len(marks), "fp_area": float(np.mean([a for a, _ in marks])) if marks else None,
+            "flagged": int(sum(f for _, f in marks))}  # fmt: skip
+
+
 def score(originals: Path, corpus: Path, out: Path, model: str | None, extra: list[str], sets: list[str]) -> dict:
     index = json.loads(index_path(originals).read_text())
     stored = out / "stored-input"
@@ -95,16 +102,10 @@ def score(originals: Path, corpus: Path, out: Path, model: str | None, extra: li
             row[kind] = {"area": area, "flagged": flagged, "score": float(r["score"])}
             per_cat[item["category"]][kind].append((area, flagged))
         per_image.append(row)
-    summary = {}
-    for kind in runs:
-        vals = [(r[kind]["area"], r[kind]["flagged"]) for r in per_image if r.get(kind)]
-        summary[kind] = {"n": len(vals), "fp_area": float(np.mean([a for a, _ in vals])) if vals else None,
-                         "flagged": int(sum(f for _, f in vals))}  # fmt: skip
-    summary["by_category"] = {
-        cat: {kind: {"n": len(v), "fp_area": float(np.mean([a for a, _ in v])), "flagged": int(sum(f for _, f in v))}
-              for kind, v in kinds.items()}
-        for cat, kinds in sorted(per_cat.items())
-    }  # fmt: skip
+    summary: dict = {kind: summarise([(r[kind]["area"], r[kind]["flagged"]) for r in per_image if r.get(kind)])
+                     for kind in runs}  # fmt: skip
+    summary["by_category"] = {cat: {kind: summarise(v) for kind, v in kinds.items()}
+                              for cat, kinds in sorted(per_cat.items())}  # fmt: skip
     report = {"model": model or "default", "extra": extra, "set": sets, "summary": summary, "images": per_image}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
@@ -113,8 +114,6 @@ def score(originals: Path, corpus: Path, out: Path, model: str | None, extra: li
 def ocr(originals: Path, out: Path) -> dict:
     """The generic text detector users have (PP-OCRv4 det, bench/screen.py's peer) on the originals:
     every box it finds is marked, so its area and flagged count are what it would call watermark."""
-    from PIL import Image
-
     index = json.loads(index_path(originals).read_text())
     files = [str(originals / item["original"]) for item in index]
     subprocess.run([sys.executable, str(ROOT / "bench" / "screen.py"), "--child", "ocr", "--out", str(out), *files],
@@ -123,7 +122,7 @@ def ocr(originals: Path, out: Path) -> dict:
     for item in index:
         with Image.open(out / f"{Path(item['original']).stem}.mask.png") as m:
             areas.append(float((np.asarray(m) > 127).mean()))
-    summary = {"n": len(areas), "fp_area": float(np.mean(areas)), "flagged": int(sum(a > 0 for a in areas))}
+    summary = summarise([(a, a > 0) for a in areas])
     (out / "report.json").write_text(json.dumps({"summary": summary, "areas": dict(
         zip((i["file"] for i in index), areas, strict=True))}, indent=1))  # fmt: skip
     return summary
