@@ -58,6 +58,12 @@ class PathsParams(Group):
         "(`python -m wmcore.data.native_views`): scored with them as real_val / real_test, so the real-photo "
         "figures and calibration see native refinement as a user's large photo gets it; missing = none.",
     )
+    corpus_native_train: str = Field(
+        "data/corpus-native-train",
+        description="Native views of the corpus's larger train photos (`python -m wmcore.data.native_views --splits "
+        "train`): photo backgrounds at camera detail (prepare.native_share) and `wm mine`'s ground through native "
+        "detail (mine.native_views); missing = none.",
+    )
     hard_negatives: str = Field(
         "data/hard_negatives.jsonl",
         description="Hard negatives `wm mine` found in the corpus's train photos (regions a model marked wrongly).",
@@ -132,6 +138,14 @@ class PrepareParams(Group):
         le=1.0,
         description="Share of photo backgrounds cropped around a hard negative of paths.hard_negatives (a region of "
         "a corpus train photo a model marked wrongly, found by `wm mine`); 0 = none, or no such file.",
+    )
+    native_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Of the draws of a corpus train photo that has a native view (paths.corpus_native_train), the "
+        "share cut from the view, at the detail a camera gives, instead of the stored copy (downscaled to 768 px); "
+        "hard negatives inside the view likewise (those mined on a view always use it). 0 = stored copies only.",
     )
     min_background_side: int = Field(
         128, ge=16, le=4096, description="Background photos with a shorter side are skipped as too small, px."
@@ -522,6 +536,12 @@ class MineParams(Group):
     )
     min_pixels: int = Field(16, ge=1, description="Smallest mined region, px (at the photo's stored size).")
     max_per_photo: int = Field(5, ge=1, le=1000, description="Most regions kept per photo, largest first.")
+    native_views: bool = Field(
+        False,
+        description="Also mine the native views of the train photos (paths.corpus_native_train): what the model marks "
+        "at the detail of a user's large photo, where native refinement looks; regions are written in the stored "
+        "photo's coordinates with view 'native'.",
+    )
 
 
 class TrackingParams(Group):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from PIL import Image, ImageEnhance
 from wmcore.config import PrepareParams
 from wmcore.data.corpus_spec import CORPUS_DIR, PAGE_CATEGORIES, TEXT_CATEGORIES
 from wmcore.data.layout import PHOTO_SUFFIXES
+from wmcore.data.native_views import window_in_stored
 from wmcore.data.procedural import PROCEDURAL_KINDS
 from wmcore.errors import WmError
 
@@ -72,13 +73,19 @@ LICENSES = {
 
 @dataclass(frozen=True)
 class PhotoRef:
-    """A usable background photo: `id` like "skimage:astronaut", its file, and what augmentations suit it."""
+    """A usable background photo: `id` like "skimage:astronaut", its file, and what augmentations suit it.
+
+    native: the file of its native view (a corpus train picture stored downscaled; "" = none), and
+    window: where that view lies in the stored copy (x0, y0, x1, y1, 0..1).
+    """
 
     id: str
     source: str
     path: str
     has_text: bool
     grey: bool
+    native: str = ""
+    window: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
 @dataclass
@@ -210,9 +217,23 @@ def _photo_name(source: str, folder: Path, path: Path) -> str:
     return f"{folder.name}/{rel}" if source == "system" else rel
 
 
-def _scan_corpus(folder: Path, p: PrepareParams, catalog: BackgroundCatalog) -> int:
-    """Add the corpus's train pictures (checked when it was built: no decoding here) to `catalog`."""
+def native_train_views(folder: Path, native: Path | None) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
+    """{stored file of a corpus train row: (its native view's file, the view's window in the stored copy)}
+    for the views in `native` (built by `python -m wmcore.data.native_views --splits train`) whose file is
+    present; {} without the folder."""
+    if native is None:
+        return {}
+    rows = {r["file"]: r for r in corpus_rows("train", folder)}
+    return {view["view_of"]: (str(native / view["file"]), window_in_stored(view, rows[view["view_of"]]))
+            for view in corpus_rows("train", native)
+            if view.get("view_of") in rows and (native / view["file"]).is_file()}  # fmt: skip
+
+
+def _scan_corpus(folder: Path, p: PrepareParams, catalog: BackgroundCatalog, native: Path | None = None) -> int:
+    """Add the corpus's train pictures (checked when it was built: no decoding here) to `catalog`, each with
+    its native view from the folder `native`, if it has one."""
     usable = 0
+    views = native_train_views(folder, native)
     for row, ref in zip(corpus_rows("train", folder), corpus_photos("train", folder), strict=True):
         why = "" if Path(ref.path).is_file() else "file missing: rebuild with `wm corpus` (or git checkout data/corpus)"
         if not why and min(row["width"], row["height"]) < p.min_background_side:
@@ -220,15 +241,18 @@ def _scan_corpus(folder: Path, p: PrepareParams, catalog: BackgroundCatalog) -> 
         if why:
             catalog.skipped.append({"source": "corpus", "path": ref.path, "reason": why})
             continue
+        if row["file"] in views:
+            ref = replace(ref, native=views[row["file"]][0], window=views[row["file"]][1])
         catalog.photos.append(ref)
         usable += 1
     return usable
 
 
-def _scan_source(source: str, folders: list[Path], p: PrepareParams, catalog: BackgroundCatalog) -> int:
+def _scan_source(source: str, folders: list[Path], p: PrepareParams, catalog: BackgroundCatalog,
+                 native: Path | None = None) -> int:  # fmt: skip
     """Add the usable photos of one source to `catalog`; returns how many were usable."""
     if source == "corpus":
-        return sum(_scan_corpus(f, p, catalog) for f in folders)
+        return sum(_scan_corpus(f, p, catalog, native) for f in folders)
     usable = 0
     for folder in folders:
         if not folder.is_dir():
@@ -249,16 +273,18 @@ def _scan_source(source: str, folders: list[Path], p: PrepareParams, catalog: Ba
     return usable
 
 
-def discover_backgrounds(p: PrepareParams, corpus_dir: str | Path = CORPUS_DIR) -> BackgroundCatalog:
+def discover_backgrounds(p: PrepareParams, corpus_dir: str | Path = CORPUS_DIR,
+                         native_dir: str | Path | None = None) -> BackgroundCatalog:  # fmt: skip
     """Find every usable background for the requested sources (a fixed order: same params, same catalog).
 
-    `corpus_dir` is the built corpus (`paths.corpus`; the default is the source tree's data/corpus).
+    `corpus_dir` is the built corpus (`paths.corpus`; the default is the source tree's data/corpus);
+    `native_dir` the native views of its train pictures (`paths.corpus_native_train`; None = none).
     Raises WmError (one line, naming the paths) if a configured user folder is missing or has no
     usable photo, or if the requested sources give no background at all.
     """
     catalog = BackgroundCatalog()
     for source, folders in _source_folders(p, Path(corpus_dir)).items():
-        usable = _scan_source(source, folders, p, catalog)
+        usable = _scan_source(source, folders, p, catalog, Path(native_dir) if native_dir else None)
         present = [str(f) for f in folders if f.is_dir()]
         catalog.sources[source] = {
             "folders": [str(f) for f in folders], "present": present, "photos": usable, "license": LICENSES[source],
@@ -267,6 +293,7 @@ def discover_backgrounds(p: PrepareParams, corpus_dir: str | Path = CORPUS_DIR) 
             used = {r.path for r in catalog.photos if r.source == "corpus"}
             rows = [r for f in folders for r in corpus_rows("train", f) if str(f / r["file"]) in used]
             catalog.sources[source]["licenses"] = dict(Counter(r["license"] for r in rows).most_common())
+            catalog.sources[source]["native_views"] = sum(bool(r.native) for r in catalog.photos)
         if source == "user" and usable == 0:
             bad = [s["reason"] for s in catalog.skipped if s["source"] == "user"]
             why = "folder not found" if not present else f"no usable image ({len(bad)} skipped)"
@@ -299,19 +326,22 @@ def background_kind(source: str) -> str:
 class HardNegative:
     """A region of a background photo that a model marked although it holds no watermark (`wm mine`).
 
-    box: (x0, y0, x1, y1) relative to the photo (0..1); peak: the model's highest probability there.
+    box: (x0, y0, x1, y1) relative to the photo's stored copy (0..1); peak: the model's highest probability
+    there; native: mined on the photo's native view (`mine.native_views`), so always cropped from it.
     """
 
     ref: PhotoRef
     box: tuple[float, float, float, float]
     peak: float
+    native: bool = False
 
 
 def load_hard_negatives(path: str | Path, photos: list[PhotoRef], corpus: str | Path) -> list[HardNegative]:
     """The mined regions of `path` (JSONL from `wm mine`) whose photo is one of `photos`; [] without the file.
 
-    Lines naming a photo that is not a usable background (another corpus build, a held-out photo)
-    are left out; unreadable lines are logged and skipped.
+    Lines naming a photo that is not a usable background (another corpus build, a held-out photo), and
+    lines mined on a native view (view "native") of a photo that has none here, are left out; unreadable
+    lines are logged and skipped.
     """
     path = Path(path)
     if not path.is_file():
@@ -326,11 +356,14 @@ def load_hard_negatives(path: str | Path, photos: list[PhotoRef], corpus: str | 
             ref = by_path.get(str((Path(corpus) / row["file"]).resolve()))
             box = tuple(float(v) for v in row["box"])
             peak = float(row.get("peak", 1.0))
+            native = row.get("view", "stored") == "native"
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("%s:%d: skipped, not a hard-negative line (%s)", path, number, exc)
             continue
-        if ref is not None and len(box) == 4 and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1:
-            out.append(HardNegative(ref, box, peak))  # type: ignore[arg-type]
+        if ref is None or (native and not ref.native):
+            continue
+        if len(box) == 4 and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1:
+            out.append(HardNegative(ref, box, peak, native))  # type: ignore[arg-type]
     return out
 
 
@@ -351,6 +384,46 @@ def crop_around(rng: np.random.Generator, photo: Image.Image, hard: HardNegative
     if not hard.ref.has_text and rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return colour_jitter(rng, crop, hard.ref.grey)
+
+
+# --------------------------------------------------------------------------- native views
+
+
+def native_box(box: tuple[float, float, float, float], window: tuple[float, float, float, float]
+               ) -> tuple[float, float, float, float] | None:  # fmt: skip
+    """`box` (relative to a stored copy) relative to a native view's `window` in it; None when not inside."""
+    wx0, wy0, wx1, wy1 = window
+    x0, y0, x1, y1 = box
+    eps = 1e-4  # mined boxes are rounded to 5 decimals
+    if x0 < wx0 - eps or y0 < wy0 - eps or x1 > wx1 + eps or y1 > wy1 + eps:
+        return None
+    w, h = wx1 - wx0, wy1 - wy0
+    out = ((x0 - wx0) / w, (y0 - wy0) / h, (x1 - wx0) / w, (y1 - wy0) / h)
+    return tuple(min(1.0, max(0.0, v)) for v in out)  # type: ignore[return-value]
+
+
+def as_native(ref: PhotoRef) -> PhotoRef:
+    """The ref of `ref`'s native view: same id and augmentations, the view's file."""
+    return replace(ref, path=ref.native)
+
+
+def photo_view(rng: np.random.Generator, ref: PhotoRef, share: float) -> PhotoRef:
+    """`ref` or, for `share` of the draws of a photo that has a native view, that view (prepare.native_share).
+    Draws no random number when no view can be used, so share 0 gives the same data as before views."""
+    return as_native(ref) if ref.native and share > 0 and rng.random() < share else ref
+
+
+def hard_negative_view(rng: np.random.Generator, hard: HardNegative, share: float) -> HardNegative:
+    """The hard negative as it is cropped: on the photo's native view (its box in the view's coordinates)
+    when mined there, or for `share` of the draws whose box lies inside the view; else as it is."""
+    if not hard.ref.native:
+        return hard
+    box = native_box(hard.box, hard.ref.window)
+    if box is None or box[0] >= box[2] or box[1] >= box[3]:
+        return hard
+    if hard.native or (share > 0 and rng.random() < share):
+        return replace(hard, ref=as_native(hard.ref), box=box)
+    return hard
 
 
 # --------------------------------------------------------------------------- augmentation

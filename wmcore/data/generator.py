@@ -36,8 +36,10 @@ from wmcore.data.backgrounds import (
     augmented_crop,
     background_kind,
     crop_around,
+    hard_negative_view,
     is_page_background,
     load_photo,
+    photo_view,
 )
 from wmcore.data.compose import composite, jpeg_roundtrip, render_scene_text, strengthen, to_uint8
 from wmcore.data.fonts import available_faces, face_scope
@@ -96,6 +98,7 @@ class Sample:
     phrase_kinds: list[str] = field(default_factory=list)  # kinds of the watermark phrases, in drawing order
     background_kind: str = "photo"  # "photo", "page" (document / text page) or "procedural"
     hard_negative: bool = False  # the background is a photo cropped around a mined hard negative (wm mine)
+    native_view: bool = False  # the background photo was cut from its native view (prepare.native_share)
 
 
 # --------------------------------------------------------------------------- the held-out plan
@@ -219,22 +222,24 @@ def sample_size(rng: np.random.Generator, p: PrepareParams) -> tuple[int, int]:
 
 def make_background(
     rng: np.random.Generator, pool: DrawPool, p: PrepareParams, width: int, height: int
-) -> tuple[np.ndarray, str, bool, bool]:
-    """(RGB float32 (H, W, 3), source id, has text of its own, cropped around a hard negative): procedural for
+) -> tuple[np.ndarray, str, bool, bool, bool]:
+    """(RGB float32 (H, W, 3), source id, has text of its own, cropped around a hard negative, cut from a native
+    view): procedural for
     procedural_share, else a photo; a photo is cropped around a hard negative for prepare.hard_negative_share
-    of them (when there are any)."""
+    of them (when there are any), and from its native view for prepare.native_share of draws of a photo
+    that has one (camera detail instead of the stored 768 px copy)."""
     use_procedural = pool.procedural and (not pool.photos or rng.random() < p.procedural_share)
     if use_procedural:
         kind = pool.procedural[int(rng.integers(len(pool.procedural)))]
         img, has_text = render_procedural(kind, rng, width, height)
-        return img, f"procedural:{kind}", has_text, False
+        return img, f"procedural:{kind}", has_text, False, False
     if pool.hard_negatives and rng.random() < p.hard_negative_share:  # no draw without mined regions: same data
-        hard = pool.hard_negatives[int(rng.integers(len(pool.hard_negatives)))]
+        hard = hard_negative_view(rng, pool.hard_negatives[int(rng.integers(len(pool.hard_negatives)))], p.native_share)
         img = crop_around(rng, load_photo(hard.ref, p.max_background_side), hard, width, height)
-        return img, hard.ref.id, hard.ref.has_text, True
-    ref = pool.photos[int(rng.integers(len(pool.photos)))]
+        return img, hard.ref.id, hard.ref.has_text, True, hard.ref.path == hard.ref.native
+    ref = photo_view(rng, pool.photos[int(rng.integers(len(pool.photos)))], p.native_share)
     img = augmented_crop(rng, load_photo(ref, p.max_background_side), ref, width, height)
-    return img, ref.id, ref.has_text, False
+    return img, ref.id, ref.has_text, False, ref.path == ref.native
 
 
 def choose_style(rng: np.random.Generator, weights: dict[str, float], on_page: bool) -> str:
@@ -278,7 +283,7 @@ def _compose_sample(p: PrepareParams, pool: DrawPool, streams: list[np.random.Ge
     """Background, scene text, watermark and JPEG of one sample from its five random streams."""
     size_rng, bg_rng, scene_rng, mark_rng, jpeg_rng = streams
     width, height = sample_size(size_rng, p)
-    background, source, has_text, hard_negative = make_background(bg_rng, pool, p, width, height)
+    background, source, has_text, hard_negative, native_view = make_background(bg_rng, pool, p, width, height)
     scene_alpha = np.zeros((height, width), np.float32)
     scene = scene_rng.random() < p.scene_text_share
     if scene:
@@ -300,4 +305,5 @@ def _compose_sample(p: PrepareParams, pool: DrawPool, streams: list[np.random.Ge
     if not styles:
         styles = ["clean"]
     return Sample(image, alpha, mask, styles, source, bool(scene or has_text), scene_alpha,
-                  phrase_kinds=kinds, background_kind=background_kind(source), hard_negative=hard_negative)
+                  phrase_kinds=kinds, background_kind=background_kind(source), hard_negative=hard_negative,
+                  native_view=native_view)

@@ -51,6 +51,7 @@ from wmcore.errors import WmError
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")  # never train: these views measure false positives only
+TRAIN_SPLITS = ("train",)  # a folder of their own (paths.corpus_native_train): backgrounds and mining ground
 SIDE = 1024  # px, a view's longest side: above the 768 px working side, so native refinement runs
 WEBP_QUALITY = 80  # 79 views of 1024 px: 6.2 MiB (JPEG q80 9.0 MiB, WebP q90 9.9 MiB)
 MAX_MIB = 10.0
@@ -67,10 +68,10 @@ def corpus_manifest(corpus: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def wanted_rows(rows: list[dict]) -> list[dict]:
-    """The val/test rows stored smaller than their source: the pictures whose native view is larger
+def wanted_rows(rows: list[dict], splits: tuple[str, ...] = SPLITS) -> list[dict]:
+    """The rows of `splits` stored smaller than their source: the pictures whose native view is larger
     than their stored copy."""
-    return [r for r in rows if r["split"] in SPLITS
+    return [r for r in rows if r["split"] in splits
             and max(r["source_width"], r["source_height"]) > max(r["width"], r["height"])]  # fmt: skip
 
 
@@ -86,6 +87,15 @@ def source_box(row_crop: list[int] | None, window: tuple[int, int, int, int]) ->
     """The window in the package file's pixels: offset by the corpus row's own view box, if it has one."""
     dx, dy = (row_crop[0], row_crop[1]) if row_crop else (0, 0)
     return [window[0] + dx, window[1] + dy, window[2] + dx, window[3] + dy]
+
+
+def window_in_stored(view: dict, row: dict) -> tuple[float, float, float, float]:
+    """A native view's window relative to its corpus row's stored copy (0..1): the stored copy is the
+    whole source picture (after the row's own view box) downscaled, the view a window of it in package px."""
+    dx, dy = (row["crop"][0], row["crop"][1]) if row.get("crop") else (0, 0)
+    sw, sh = row["source_width"], row["source_height"]
+    x0, y0, x1, y1 = view["crop"]
+    return (x0 - dx) / sw, (y0 - dy) / sh, (x1 - dx) / sw, (y1 - dy) / sh
 
 
 def source_picture(data: bytes, row: dict) -> Image.Image:
@@ -129,9 +139,16 @@ def native_view(data: bytes, row: dict, side: int, quality: int) -> tuple[bytes,
 
 
 def build_native_views(corpus: Path, out: Path, downloads: Path, side: int = SIDE, quality: int = WEBP_QUALITY,
-                       max_mib: float = MAX_MIB) -> dict:  # fmt: skip
-    """Write the native views of the corpus's downscaled val/test pictures to `out`; returns the summary."""
-    rows = wanted_rows(corpus_manifest(corpus))
+                       max_mib: float = MAX_MIB, splits: tuple[str, ...] = SPLITS) -> dict:  # fmt: skip
+    """Write the native views of the corpus's downscaled pictures of `splits` to `out`; returns the summary.
+
+    Val/test views (the default) measure false positives only; train views (`splits=("train",)`, a folder
+    of their own) are backgrounds and mining ground for training (`prepare.native_share`, `wm mine`).
+    Splits are never mixed in one folder: a folder holds either training views or measuring views.
+    """
+    if not set(splits) <= set(SPLITS + TRAIN_SPLITS) or (set(splits) & set(TRAIN_SPLITS) and set(splits) - set(TRAIN_SPLITS)):
+        raise WmError(f"native views: splits {', '.join(splits)}: expected train alone, or val and/or test")
+    rows = wanted_rows(corpus_manifest(corpus), splits)
     work = open_work_folder(out)
     try:
         manifest = []
@@ -145,7 +162,8 @@ def build_native_views(corpus: Path, out: Path, downloads: Path, side: int = SID
                              "source_height": row["source_height"], "bytes": len(data),
                              "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
         write_jsonl(work / MANIFEST, manifest)
-        (work / "README.md").write_text(readme(manifest, side, quality), encoding="utf-8")
+        (work / "README.md").write_text(readme(manifest, side, quality, training=set(splits) == set(TRAIN_SPLITS)),
+                                        encoding="utf-8")  # fmt: skip
         mib = folder_bytes(work) / 2**20
         if mib > max_mib:
             raise WmError(f"native views: {mib:.1f} MiB > {max_mib} MiB: lower --side or --quality")
@@ -160,16 +178,19 @@ def build_native_views(corpus: Path, out: Path, downloads: Path, side: int = SID
     return summary
 
 
-def readme(rows: list[dict], side: int, quality: int) -> str:
+def readme(rows: list[dict], side: int, quality: int, training: bool = False) -> str:
     splits = Counter(r["split"] for r in rows)
     packages = Counter((r["split"], r["package"], r["license"]) for r in rows)
+    use = ("Training uses them: photo backgrounds drawn at native detail (`prepare.native_share`) and "
+           "`wm mine`'s search for false positives through native refinement; they are views of train "
+           "pictures only.") if training else (
+           "Only false positives are measured on them (`wm evaluate`'s real_val / real_test); nothing trains on them.")  # fmt: skip
     lines = [
-        "# Native views of the corpus's real clean val/test pictures",
+        f"# Native views of the corpus's real {'train' if training else 'clean val/test'} pictures",
         "",
-        f"Built by `python -m wmcore.data.native_views` (DVC stage `corpus_native`): {len(rows)} views "
-        f"({', '.join(f'{n} {s}' for s, n in sorted(splits.items()))}), each a centred window of at most "
-        f"{side} x {side} px at the resolution its package ships, WebP quality {quality}. Only false "
-        "positives are measured on them (`wm evaluate`'s real_val / real_test); nothing trains on them.",
+        f"Built by `python -m wmcore.data.native_views` (DVC stage `corpus_native{'_train' if training else ''}`): "
+        f"{len(rows)} views ({', '.join(f'{n} {s}' for s, n in sorted(splits.items()))}), each a centred window "
+        f"of at most {side} x {side} px at the resolution its package ships, WebP quality {quality}. {use}",
         "Each row of manifest.jsonl names the corpus picture it is a view of (`view_of`), the package, its "
         "pinned version, URL and sha256, the path inside, the window in source pixels (`crop`) and the "
         "license; the license texts are the corpus's (`data/corpus/licenses`).",
@@ -190,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=SIDE, help="longest side of a view, px")
     ap.add_argument("--quality", type=int, default=WEBP_QUALITY, help="WebP quality")
     ap.add_argument("--max-mib", type=float, default=MAX_MIB, help="size cap of the built folder")
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS + TRAIN_SPLITS,
+                    help="corpus splits to view: val and/or test (measuring), or train alone (training)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        summary = build_native_views(args.corpus, args.out, args.downloads, args.side, args.quality, args.max_mib)
+        summary = build_native_views(args.corpus, args.out, args.downloads, args.side, args.quality, args.max_mib,
+                                     tuple(args.splits))  # fmt: skip
     except WmError as exc:
         print(f"native views: error: {exc}", file=sys.stderr)
         return 2

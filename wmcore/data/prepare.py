@@ -93,6 +93,7 @@ def write_sample_files(
         # for evaluation's false-positive area on clean pages vs photos.
         "background_kind": facts.get("background_kind"), "fonts": facts.get("fonts", []),
         "phrase_kinds": facts.get("phrase_kinds", []), "hard_negative": bool(facts.get("hard_negative", False)),
+        "native_view": bool(facts.get("native_view", False)),
     }
 
 
@@ -119,7 +120,7 @@ def _make_one(task: tuple[str, int]) -> dict:
     sample = generate_sample(ctx, split, index)
     facts = {"styles": sample.styles, "source": sample.source, "scene_text": sample.scene_text,
              "background_kind": sample.background_kind, "fonts": sample.fonts, "phrase_kinds": sample.phrase_kinds,
-             "hard_negative": sample.hard_negative}
+             "hard_negative": sample.hard_negative, "native_view": sample.native_view}
     level = ctx.prepare.png_compress_level
     row = write_sample_files(work, split, sid, sample.image, sample.alpha, sample.mask, facts, level)
     done.write_text(json.dumps(row, sort_keys=True), encoding="utf-8")  # last: a row file means all three PNGs are complete
@@ -167,7 +168,10 @@ def fingerprint(params: Params) -> str:
     for module in GENERATOR_MODULES:
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     mined = [Path(params.paths.hard_negatives)] if params.prepare.hard_negative_share > 0 else []
-    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl", *mined):
+    # native views: drawn for prepare.native_share, and hard negatives mined on them use them whatever the share
+    views = [Path(params.paths.corpus_native_train) / "manifest.jsonl"] if (
+        params.prepare.native_share > 0 or mined) else []  # fmt: skip
+    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl", *mined, *views):
         h.update(manifest.read_bytes() if manifest.is_file() else b"-")  # rebuilt or re-mined inputs
     return h.hexdigest()[:12]
 
@@ -234,6 +238,8 @@ def build_stats(
         "scene_text": {s: sum(r["split"] == s and r["scene_text"] for r in rows) for s in splits},
         # backgrounds cropped around a mined hard negative (prepare.hard_negative_share of the photos)
         "hard_negative": {s: sum(r["split"] == s and bool(r.get("hard_negative")) for r in rows) for s in splits},
+        # photo backgrounds cut from a native view (prepare.native_share of the draws of photos that have one)
+        "native_view": {s: sum(r["split"] == s and bool(r.get("native_view")) for r in rows) for s in splits},
         "background_kinds": {s: dict(Counter(r.get("background_kind") or "imported" for r in rows if r["split"] == s))
                              for s in splits},
         "mean_wm_fraction": round(float(np.mean([r["wm_fraction"] for r in rows])) if rows else 0.0, 6),
@@ -279,7 +285,7 @@ def run_prepare(params: Params) -> dict:
     t0 = time.perf_counter()
     if p.import_dir:
         import_folders(p)  # fail on a wrong import_dir before minutes of generation
-    catalog = discover_backgrounds(p, params.paths.corpus)
+    catalog = discover_backgrounds(p, params.paths.corpus, params.paths.corpus_native_train)
     plan = plan_heldout(p, params.base.seed, catalog)
     if (p.heldout_style_share > 0) != (p.n_test_heldout > 0):
         log.info("no %s split: it needs prepare.heldout_style_share > 0 and prepare.n_test_heldout > 0", HELDOUT_SPLIT)

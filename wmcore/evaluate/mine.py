@@ -9,6 +9,12 @@ at most `mine.max_per_photo` per photo, to `paths.hard_negatives` (JSONL, one li
 samples, so training sees the textures that fooled the model (grass, water, foliage, facades,
 line art) with a mask of 0 there.
 
+With `mine.native_views`, the native views of the larger train pictures (paths.corpus_native_train:
+windows at their packages' own resolution) are mined too: what the model marks at the detail of a
+user's large photo, which native refinement sees and the 768 px stored copies never show. Their
+regions are written in the stored copy's coordinates with "view": "native", and `wm prepare` crops
+them from the view.
+
 The val and test photos of the corpus are never mined: they stay an honest measure.
 """
 
@@ -23,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wmcore.config import Params
-from wmcore.data.backgrounds import corpus_rows
+from wmcore.data.backgrounds import corpus_rows, native_train_views
 from wmcore.errors import WmError
 from wmcore.infer.images import ImageSkip, load_rgb
 from wmcore.infer.predictor import get_predictor
@@ -50,10 +56,18 @@ def photo_regions(probs: np.ndarray, threshold: float, min_pixels: int, limit: i
     return out
 
 
+def in_stored(box: list[float], window: tuple[float, float, float, float]) -> list[float]:
+    """A box relative to a native view (0..1) relative to the stored copy the view is a `window` of."""
+    wx0, wy0, wx1, wy1 = window
+    w, h = wx1 - wx0, wy1 - wy0
+    return [round(wx0 + box[0] * w, 5), round(wy0 + box[1] * h, 5), round(wx0 + box[2] * w, 5), round(wy0 + box[3] * h, 5)]
+
+
 def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, Any]:
     """Mine the corpus's train photos with `model` (None = paths.pretrained); write paths.hard_negatives.
 
-    Returns a summary {"model", "photos", "photos_with_regions", "regions", "fp_area", "output"}.
+    Returns a summary {"model", "photos", "photos_with_regions", "regions", "fp_area", "output"}, and with
+    mine.native_views {"native_views", "native_regions", "native_fp_area"} for the views.
     """
     m = params.mine
     model_ref = model or params.paths.pretrained
@@ -63,10 +77,19 @@ def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, A
     if not rows:
         raise WmError(f"{params.paths.corpus}: no corpus train photos to mine; run `wm corpus` first")
     predictor = get_predictor(model_ref, params)
+    views = native_train_views(Path(params.paths.corpus), Path(params.paths.corpus_native_train)) if (
+        m.native_views) else {}  # fmt: skip
+    if m.native_views and not views:
+        log.warning("mine.native_views: no native train view in %s; mining the stored copies only",
+                    params.paths.corpus_native_train)  # fmt: skip
+    # (stored file, category, the file to read, the window it is of in the stored copy or None)
+    todo = [(r["file"], r.get("category"), Path(params.paths.corpus) / r["file"], None) for r in rows]
+    todo += [(r["file"], r.get("category"), Path(views[r["file"]][0]), views[r["file"]][1])
+             for r in rows if r["file"] in views]  # fmt: skip
     lines: list[dict[str, Any]] = []
-    marked = total = 0
-    for row in tqdm(rows, desc="mine", unit="photo", mininterval=1.0):
-        path = Path(params.paths.corpus) / row["file"]
+    marked = {False: 0, True: 0}
+    total = {False: 0, True: 0}
+    for file, category, path, window in tqdm(todo, desc="mine", unit="photo", mininterval=1.0):
         try:
             image = load_rgb(path)
         except ImageSkip as skip:
@@ -74,9 +97,12 @@ def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, A
             continue
         (probs,) = predictor.predict([image])
         regions = photo_regions(probs, m.threshold, m.min_pixels, m.max_per_photo)
-        marked += int((probs >= predictor.threshold).sum())
-        total += probs.size
-        lines += [{"file": row["file"], "category": row.get("category"), **r} for r in regions]
+        native = window is not None
+        marked[native] += int((probs >= predictor.threshold).sum())
+        total[native] += probs.size
+        if native:
+            regions = [{**r, "box": in_stored(r["box"], window), "view": "native"} for r in regions]
+        lines += [{"file": file, "category": category, **r} for r in regions]
     out = Path(params.paths.hard_negatives)
     write_text(out, "".join(_json_line(line) for line in lines))
     summary = {
@@ -84,10 +110,13 @@ def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, A
         "photos": len(rows),
         "photos_with_regions": len({line["file"] for line in lines}),
         "regions": len(lines),
-        "fp_area": round(marked / max(1, total), 6),
+        "fp_area": round(marked[False] / max(1, total[False]), 6),
         "threshold": m.threshold,
         "output": str(out),
     }
+    if m.native_views:
+        summary |= {"native_views": len(views), "native_regions": sum(line.get("view") == "native" for line in lines),
+                    "native_fp_area": round(marked[True] / max(1, total[True]), 6)}  # fmt: skip
     write_json(out.with_suffix(".summary.json"), summary)
     log.info("mined %d regions in %d of %d train photos -> %s", summary["regions"], summary["photos_with_regions"],
              summary["photos"], out)  # fmt: skip
