@@ -20,8 +20,9 @@ from wmcore.data.backgrounds import (
     load_hard_negatives,
     native_box,
     photo_view,
+    window_in_stored,
 )
-from wmcore.data.native_views import build_native_views, window_in_stored
+from wmcore.data.native_views import build_native_views
 from wmcore.errors import WmError
 from wmcore.evaluate import mine
 from wmcore.evaluate.mine import mine_hard_negatives

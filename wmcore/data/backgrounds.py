@@ -34,7 +34,6 @@ from PIL import Image, ImageEnhance
 from wmcore.config import PrepareParams
 from wmcore.data.corpus_spec import CORPUS_DIR, PAGE_CATEGORIES, TEXT_CATEGORIES
 from wmcore.data.layout import PHOTO_SUFFIXES
-from wmcore.data.native_views import window_in_stored
 from wmcore.data.procedural import PROCEDURAL_KINDS
 from wmcore.errors import WmError
 
@@ -215,6 +214,15 @@ def _photo_name(source: str, folder: Path, path: Path) -> str:
         return path.stem
     rel = path.relative_to(folder).with_suffix("").as_posix()
     return f"{folder.name}/{rel}" if source == "system" else rel
+
+
+def window_in_stored(view: dict, row: dict) -> tuple[float, float, float, float]:
+    """A native view's window relative to its corpus row's stored copy (0..1): the stored copy is the
+    whole source picture (after the row's own view box) downscaled, the view a window of it in package px."""
+    dx, dy = (row["crop"][0], row["crop"][1]) if row.get("crop") else (0, 0)
+    sw, sh = row["source_width"], row["source_height"]
+    x0, y0, x1, y1 = view["crop"]
+    return (x0 - dx) / sw, (y0 - dy) / sh, (x1 - dx) / sw, (y1 - dy) / sh
 
 
 def native_train_views(folder: Path, native: Path | None) -> dict[str, tuple[str, tuple[float, float, float, float]]]:

@@ -89,15 +89,6 @@ def source_box(row_crop: list[int] | None, window: tuple[int, int, int, int]) ->
     return [window[0] + dx, window[1] + dy, window[2] + dx, window[3] + dy]
 
 
-def window_in_stored(view: dict, row: dict) -> tuple[float, float, float, float]:
-    """A native view's window relative to its corpus row's stored copy (0..1): the stored copy is the
-    whole source picture (after the row's own view box) downscaled, the view a window of it in package px."""
-    dx, dy = (row["crop"][0], row["crop"][1]) if row.get("crop") else (0, 0)
-    sw, sh = row["source_width"], row["source_height"]
-    x0, y0, x1, y1 = view["crop"]
-    return (x0 - dx) / sw, (y0 - dy) / sh, (x1 - dx) / sw, (y1 - dy) / sh
-
-
 def source_picture(data: bytes, row: dict) -> Image.Image:
     """A corpus row's picture at its package's resolution (its view box cut, transparency flattened);
     WmError when the file no longer decodes to the size the manifest recorded (a changed package)."""
