@@ -57,7 +57,7 @@ def project(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     # The corpus stage's outputs are committed (a clone never fetches them): so is its dvc.lock entry.
     shutil.copy(ROOT / "dvc.lock", root / "dvc.lock")
-    for folder in ("data/corpus", "data/corpus-native", "data/fonts"):
+    for folder in ("data/corpus", "data/corpus-native", "data/corpus-native-train", "data/fonts"):
         shutil.copytree(ROOT / folder, root / folder)
     shutil.copy(ROOT / "data" / "corpus.yaml", root / "data" / "corpus.yaml")
     for name in ("hard_negatives.jsonl", "hard_negatives.summary.json"):
@@ -74,7 +74,8 @@ def project(tmp_path_factory) -> Path:
     # The corpus stages' code deps are this checkout's modules: record them as they are here (its outputs,
     # copied above, are what it would build), as a clone whose dvc.lock is up to date has them.
     # The same for the hard negatives the shipped model mined (mining 795 photos again would only slow the test).
-    subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", "corpus", "corpus_native", "mine"], cwd=root, check=True)
+    subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", "corpus", "corpus_native", "corpus_native_train",
+                    "mine"], cwd=root, check=True)
     subprocess.run([*git, "add", "-A"], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=root, check=True)
     return root
@@ -101,7 +102,8 @@ def pipeline_run(project, prefect_harness):
 def test_prepared_data_is_versioned_in_dvc_lock(pipeline_run):
     project, _ = pipeline_run
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"corpus", "corpus_native", "mine", "prepare", "train", "evaluate", "predict"}
+    assert set(lock["stages"]) == {"corpus", "corpus_native", "corpus_native_train", "mine", "prepare", "train",
+                                   "evaluate", "predict"}  # fmt: skip
     out = lock["stages"]["prepare"]["outs"][0]
     assert out["path"] == "data/prepared" and out["md5"].endswith(".dir")
     status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, capture_output=True, text=True)
