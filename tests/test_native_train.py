@@ -159,7 +159,7 @@ def magenta_share(prepared: Path) -> float:
 
 
 def test_prepare_draws_the_views_for_native_share_of_the_photos_that_have_one(tmp_path):
-    from wmcore.data.prepare import run_prepare
+    from wmcore.data.prepare import run_prepare, summary_table
 
     corpus = make_corpus(tmp_path / "corpus", {"train": 2})
     add_native_views(corpus, tmp_path / "native", ["train/pic0.png", "train/pic1.png"])
@@ -177,6 +177,8 @@ def test_prepare_draws_the_views_for_native_share_of_the_photos_that_have_one(tm
         rows = [json.loads(x) for x in (tmp_path / name / "manifest.jsonl").read_text().splitlines()]
         stats = json.loads((tmp_path / name / "stats.json").read_text())
         assert stats["native_view"]["train"] == sum(r["native_view"] for r in rows if r["split"] == "train")
+        header, train_line = summary_table(stats).splitlines()[:2]
+        assert header.split()[-1] == "native" and train_line.split()[-1] == str(stats["native_view"]["train"])
         return magenta_share(tmp_path / name), stats["native_view"]["train"]
 
     magenta, counted = build(1.0, "native")

@@ -260,10 +260,11 @@ def build_stats(
 
 def summary_table(stats: dict) -> str:
     """A short plain-text table of the prepared dataset for the log."""
-    lines = [f"{'split':<12} {'samples':>8} {'watermarked':>12} {'clean':>6} {'scene_text':>11} {'hard_neg':>9}"]
+    lines = [f"{'split':<12} {'samples':>8} {'watermarked':>12} {'clean':>6} {'scene_text':>11} {'hard_neg':>9} "
+             f"{'native':>7}"]
     for s in (s for s in SPLITS if s in stats["counts"]):
         lines.append(f"{s:<12} {stats['counts'][s]:>8} {stats['watermarked'][s]:>12} {stats['clean'][s]:>6} "
-                     f"{stats['scene_text'][s]:>11} {stats['hard_negative'][s]:>9}")
+                     f"{stats['scene_text'][s]:>11} {stats['hard_negative'][s]:>9} {stats['native_view'][s]:>7}")
     top = ", ".join(f"{k} {v}" for k, v in list(stats["primary_styles"].items())[:6])
     groups = ", ".join(f"{k} {v}" for k, v in stats["source_groups"].items())
     t = stats["timings_s"]
