@@ -12,8 +12,8 @@ line art) with a mask of 0 there.
 With `mine.native_views`, the native views of the larger train pictures (paths.corpus_native_train:
 windows at their packages' own resolution) are mined too: what the model marks at the detail of a
 user's large photo, which native refinement sees and the 768 px stored copies never show. Their
-regions are written in the stored copy's coordinates with "view": "native", and `wm prepare` crops
-them from the view.
+regions are written with "view": "native", the box in the stored copy's coordinates (the area as a
+share of the view), and `wm prepare` crops them from the view.
 
 The val and test photos of the corpus are never mined: they stay an honest measure.
 """
