@@ -137,7 +137,8 @@ def build_native_views(corpus: Path, out: Path, downloads: Path, side: int = SID
     of their own) are backgrounds and mining ground for training (`prepare.native_share`, `wm mine`).
     Splits are never mixed in one folder: a folder holds either training views or measuring views.
     """
-    if not set(splits) <= set(SPLITS + TRAIN_SPLITS) or (set(splits) & set(TRAIN_SPLITS) and set(splits) - set(TRAIN_SPLITS)):
+    training = set(splits) == set(TRAIN_SPLITS)
+    if not (training or set(splits) <= set(SPLITS)):
         raise WmError(f"native views: splits {', '.join(splits)}: expected train alone, or val and/or test")
     rows = wanted_rows(corpus_manifest(corpus), splits)
     work = open_work_folder(out)
@@ -153,8 +154,7 @@ def build_native_views(corpus: Path, out: Path, downloads: Path, side: int = SID
                              "source_height": row["source_height"], "bytes": len(data),
                              "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
         write_jsonl(work / MANIFEST, manifest)
-        (work / "README.md").write_text(readme(manifest, side, quality, training=set(splits) == set(TRAIN_SPLITS)),
-                                        encoding="utf-8")  # fmt: skip
+        (work / "README.md").write_text(readme(manifest, side, quality, training), encoding="utf-8")
         mib = folder_bytes(work) / 2**20
         if mib > max_mib:
             raise WmError(f"native views: {mib:.1f} MiB > {max_mib} MiB: lower --side or --quality")
