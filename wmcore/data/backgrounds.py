@@ -225,24 +225,25 @@ def window_in_stored(view: dict, row: dict) -> tuple[float, float, float, float]
     return (x0 - dx) / sw, (y0 - dy) / sh, (x1 - dx) / sw, (y1 - dy) / sh
 
 
-def native_train_views(folder: Path, native: Path | None) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
-    """{stored file of a corpus train row: (its native view's file, the view's window in the stored copy)}
-    for the views in `native` (built by `python -m wmcore.data.native_views --splits train`) whose file is
-    present; {} without the folder."""
+def native_train_views(rows: list[dict], native: Path | None) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
+    """{stored file of one of the corpus train `rows`: (its native view's file, the view's window in the stored
+    copy)} for the views in `native` (built by `python -m wmcore.data.native_views --splits train`) whose file
+    is present; {} without the folder."""
     if native is None:
         return {}
-    rows = {r["file"]: r for r in corpus_rows("train", folder)}
-    return {view["view_of"]: (str(native / view["file"]), window_in_stored(view, rows[view["view_of"]]))
+    by_file = {r["file"]: r for r in rows}
+    return {view["view_of"]: (str(native / view["file"]), window_in_stored(view, by_file[view["view_of"]]))
             for view in corpus_rows("train", native)
-            if view.get("view_of") in rows and (native / view["file"]).is_file()}  # fmt: skip
+            if view.get("view_of") in by_file and (native / view["file"]).is_file()}  # fmt: skip
 
 
 def _scan_corpus(folder: Path, p: PrepareParams, catalog: BackgroundCatalog, native: Path | None = None) -> int:
     """Add the corpus's train pictures (checked when it was built: no decoding here) to `catalog`, each with
     its native view from the folder `native`, if it has one."""
     usable = 0
-    views = native_train_views(folder, native)
-    for row, ref in zip(corpus_rows("train", folder), corpus_photos("train", folder), strict=True):
+    rows = corpus_rows("train", folder)
+    views = native_train_views(rows, native)
+    for row, ref in zip(rows, corpus_photos("train", folder), strict=True):
         why = "" if Path(ref.path).is_file() else "file missing: rebuild with `wm corpus` (or git checkout data/corpus)"
         if not why and min(row["width"], row["height"]) < p.min_background_side:
             why = f"too small: {row['width']}x{row['height']} < {p.min_background_side} px (prepare.min_background_side)"
@@ -408,6 +409,14 @@ def native_box(box: tuple[float, float, float, float], window: tuple[float, floa
     w, h = wx1 - wx0, wy1 - wy0
     out = ((x0 - wx0) / w, (y0 - wy0) / h, (x1 - wx0) / w, (y1 - wy0) / h)
     return tuple(min(1.0, max(0.0, v)) for v in out)  # type: ignore[return-value]
+
+
+def stored_box(box: list[float], window: tuple[float, float, float, float]) -> list[float]:
+    """The inverse of native_box: `box` relative to a native view (0..1) relative to the stored copy the
+    view is a `window` of, rounded to 5 decimals as mined boxes are."""
+    wx0, wy0, wx1, wy1 = window
+    w, h = wx1 - wx0, wy1 - wy0
+    return [round(wx0 + box[0] * w, 5), round(wy0 + box[1] * h, 5), round(wx0 + box[2] * w, 5), round(wy0 + box[3] * h, 5)]
 
 
 def as_native(ref: PhotoRef) -> PhotoRef:

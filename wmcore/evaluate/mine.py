@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wmcore.config import Params
-from wmcore.data.backgrounds import corpus_rows, native_train_views
+from wmcore.data.backgrounds import corpus_rows, native_train_views, stored_box
 from wmcore.errors import WmError
 from wmcore.infer.images import ImageSkip, load_rgb
 from wmcore.infer.predictor import get_predictor
@@ -56,13 +56,6 @@ def photo_regions(probs: np.ndarray, threshold: float, min_pixels: int, limit: i
     return out
 
 
-def in_stored(box: list[float], window: tuple[float, float, float, float]) -> list[float]:
-    """A box relative to a native view (0..1) relative to the stored copy the view is a `window` of."""
-    wx0, wy0, wx1, wy1 = window
-    w, h = wx1 - wx0, wy1 - wy0
-    return [round(wx0 + box[0] * w, 5), round(wy0 + box[1] * h, 5), round(wx0 + box[2] * w, 5), round(wy0 + box[3] * h, 5)]
-
-
 def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, Any]:
     """Mine the corpus's train photos with `model` (None = paths.pretrained); write paths.hard_negatives.
 
@@ -77,8 +70,7 @@ def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, A
     if not rows:
         raise WmError(f"{params.paths.corpus}: no corpus train photos to mine; run `wm corpus` first")
     predictor = get_predictor(model_ref, params)
-    views = native_train_views(Path(params.paths.corpus), Path(params.paths.corpus_native_train)) if (
-        m.native_views) else {}  # fmt: skip
+    views = native_train_views(rows, Path(params.paths.corpus_native_train)) if m.native_views else {}
     if m.native_views and not views:
         log.warning("mine.native_views: no native train view in %s; mining the stored copies only",
                     params.paths.corpus_native_train)  # fmt: skip
@@ -101,7 +93,7 @@ def mine_hard_negatives(params: Params, model: str | None = None) -> dict[str, A
         marked[native] += int((probs >= predictor.threshold).sum())
         total[native] += probs.size
         if native:
-            regions = [{**r, "box": in_stored(r["box"], window), "view": "native"} for r in regions]
+            regions = [{**r, "box": stored_box(r["box"], window), "view": "native"} for r in regions]
         lines += [{"file": file, "category": category, **r} for r in regions]
     out = Path(params.paths.hard_negatives)
     write_text(out, "".join(_json_line(line) for line in lines))
