@@ -11,7 +11,9 @@
 #      batch sweep, adaptive batch under a memory cap, a real CUDA OOM survived) -> gpu.json
 #   4. `wm train` of the shipped recipe (params-full + params-gpu + bench/ship-gpu.yaml) for the
 #      minutes left before the deadline, `wm evaluate`, `wm export-weights` -> wmdetect.pt/.json
-#   5. torch.compile's training benchmark with whatever time is left -> gpu_compile.json
+#   5. the training data path with float32 and uint8 batches (bench/loader.py on the mmap cache the
+#      training run built; its table goes into log.txt)
+#   6. torch.compile's training benchmark with whatever time is left -> gpu_compile.json
 # The whole script ends before DEADLINE_S seconds (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,8 +72,9 @@ wait $PREP_PID
 tail -4 "$OUT/prepare.txt" | tee -a "$LOG"
 cat "$OUT/prepare.txt" >> "$LOG" && rm -f "$OUT/prepare.txt"  # at most 8 files come back from $OUT
 
-# Training gets the time left minus evaluation/export (~70 s) and the compile benchmark (~60 s).
-LEFT=$(( DEADLINE_S - $(elapsed) - 130 ))
+# Training gets the time left minus evaluation/export (~70 s), the loader benchmark (~45 s) and the
+# compile benchmark (~60 s).
+LEFT=$(( DEADLINE_S - $(elapsed) - 175 ))
 [ "$QUICK" = 1 ] && LEFT=30
 MINUTES=$(train_minutes "$LEFT")
 say "train for $MINUTES min"
@@ -92,6 +95,12 @@ timeout 120 "${WM[@]}" evaluate >> "$LOG" 2>&1 || say "evaluate ended with $?"
 cp results/evaluate-full/metrics.json "$OUT/" 2>/dev/null
 "${WM[@]}" export-weights --out "$OUT/wmdetect.pt" --command-line "$TRAIN_CMD" >> "$LOG" 2>&1 \
   || say "export ended with $?"
+
+say "training data path: float32 vs uint8 batches"
+if [ "$QUICK" = 1 ]; then LOADER=(--crops 64 --batches 4 --workers 0 --passes 2 --repeats 1)
+else LOADER=(--crops 384 --batches 32 --workers 12 --pin --passes 2 --repeats 1); fi
+timeout 60 $PY bench/loader.py --prepared data/prepared-full --cache-dir .cache/wmdetect "${LOADER[@]}" \
+  --out /tmp/loader >> "$LOG" 2>&1 || say "loader benchmark ended with $?"
 
 LEFT=$(( DEADLINE_S - $(elapsed) - 5 ))
 if [ "$LEFT" -gt 30 ] && [ "$QUICK" != 1 ]; then

@@ -168,7 +168,8 @@ def write_charts(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]
         (
             f"{stem}-dataload.png",
             lambda p: rows_chart(
-                sections.get("dataload", {}).get("rows", []), ("cache", "workers", "pin_memory"), p, "data loading"
+                sections.get("dataload", {}).get("rows", []), ("cache", "workers", "pin_memory", "uint8_batches"), p,
+                "data loading",
             ),
         ),
         (

@@ -262,9 +262,10 @@ def test_dataload_section_measures_every_cache_on_a_tiny_dataset(params, tmp_pat
     ctx = make_ctx(params, tmp_path, crop=32, batch=2, loader_workers=[0], pin=[False], passes=2)
     ctx.cache["prepared"] = tiny_prepared
     out = suite_sections.section_dataload(ctx)
-    assert [(r["cache"], r["workers"]) for r in out["rows"]] == [("none", 0), ("ram", 0), ("mmap", 0)]
+    assert [(r["cache"], r["workers"], r["uint8_batches"]) for r in out["rows"]] == [
+        ("none", 0, False), ("ram", 0, False), ("mmap", 0, False), ("mmap", 0, True)]
     assert all(r["images_per_s"] > 0 and r["peak_pss_mb"] > 0 for r in out["rows"])
-    assert len(out["figures"]) == 2 and all(f.value > 0 for f in out["figures"])
+    assert len(out["figures"]) == 3 and all(f.value > 0 for f in out["figures"])
 
 
 def test_contention_figures(params, tmp_path, monkeypatch):

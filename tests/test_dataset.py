@@ -12,7 +12,7 @@ import torch
 from tests.fixtures import make_tiny_prepared
 from wmcore.config import LoaderParams
 from wmcore.data.crops import centre_crop, pad_to, random_crop, random_flips
-from wmcore.data.dataset import WatermarkDataset, read_manifest
+from wmcore.data.dataset import WatermarkDataset, as_float, read_manifest
 from wmcore.data.decoded_cache import SampleDecodeError
 from wmcore.data.loader import EpochSampler, make_loader
 from wmcore.errors import WmError
@@ -197,6 +197,22 @@ def test_worker_count_and_persistence_do_not_change_batches(tiny_prepared, tmp_p
     parallel = _batches(_dataset(tiny_prepared, tmp_path, cache="mmap"), workers=2, persistent=True)
     for (x0, y0), (x1, y1) in zip(reference, parallel, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_uint8_batches_hold_the_float_batches_values_in_a_quarter_of_the_bytes(tiny_prepared, tmp_path):
+    """loader.uint8_batches: same keys, same views; as_float (on the device) gives the float batches exactly."""
+    reference = _batches(_dataset(tiny_prepared, tmp_path, cache="mmap"))
+    small = WatermarkDataset(tiny_prepared, "train", 64, True, "mmap", tmp_path / "cache", multiscale_share=0.5,
+                             seed=3, uint8=True)  # fmt: skip
+    batches = _batches(small, workers=2)  # through worker processes' shared memory
+    assert len(batches) == len(reference) == 4
+    for (x0, y0), (x1, y1) in zip(reference, batches, strict=True):
+        assert x1.dtype == y1.dtype == torch.uint8 and y1.max() <= 1
+        assert x1.element_size() * x1.nelement() * 4 == x0.element_size() * x0.nelement()
+        x2, y2 = as_float(x1, y1)
+        assert torch.equal(x2, x0) and torch.equal(y2, y0) and y2.dtype == torch.float32
+    val = WatermarkDataset(tiny_prepared, "val", 48, False, "none", tmp_path / "cache", uint8=True)
+    assert torch.equal(as_float(*val[0])[0], _dataset(tiny_prepared, tmp_path, "val", 48, False)[0][0])
 
 
 def test_mmap_cache_is_built_once_and_keyed_by_manifest(tiny_prepared, tmp_path):

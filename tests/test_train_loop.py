@@ -148,6 +148,19 @@ def test_resume_reaches_the_same_weights(tiny_prepared, tmp_path, monkeypatch):
     assert (resumed["steps"], resumed["best_val_f1"]) == (straight["steps"], straight["best_val_f1"])
 
 
+def test_uint8_batches_train_the_same_weights_as_float_batches(tiny_prepared, tmp_path):
+    """loader.uint8_batches changes where batches become float (on the device), not what the loop learns."""
+    runs = {}
+    for uint8 in (False, True):
+        name = f"uint8-{uint8}"
+        summary = loop.run_training(tiny_params(tiny_prepared, tmp_path, name, loader={"uint8_batches": uint8}))
+        runs[uint8] = (summary, _load(tmp_path / name / "last.pt"))
+    (plain, a), (small, b) = runs[False], runs[True]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert (plain["steps"], plain["best_val_f1"]) == (small["steps"], small["best_val_f1"]) and plain["steps"] == 4
+
+
 def test_resume_of_a_finished_run_only_summarises(tiny_prepared, tmp_path):
     params = tiny_params(tiny_prepared, tmp_path, train={"epochs": 1})
     first = loop.run_training(params)

@@ -205,3 +205,26 @@ def test_batchnorm_momentum_per_step_makes_micro_batches_track_like_one_batch():
         plain(chunk)
     assert abs(float(micro.running_mean) - float(whole.running_mean)) < 0.02
     assert abs(float(plain.running_mean) - float(whole.running_mean)) > 0.5  # unscaled: four times the step
+
+
+def test_uint8_batches_become_the_same_float_batches_on_the_device():
+    """loader.uint8_batches: to_device turns uint8 images / 0-1 masks into the float32 tensors a float batch holds,
+    in the model's memory format, so a training step cannot tell them apart."""
+    g = torch.Generator().manual_seed(3)
+    x8 = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y8 = (torch.rand(4, 1, 16, 16, generator=g) < 0.3).to(torch.uint8)
+    xf, yf = x8.float() / 255.0, y8.float()
+    for channels_last in (False, True):
+        model = UNet(depth=2, base_width=4)
+        tools = _tools(model)
+        tools.channels_last = channels_last
+        x, y = tools.to_device((x8, y8))
+        assert x.dtype == y.dtype == torch.float32 and torch.equal(x, xf) and torch.equal(y, yf)
+        assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+        twin = UNet(depth=2, base_width=4)
+        twin.load_state_dict(model.state_dict())
+        twin_tools = _tools(twin)
+        twin_tools.channels_last = channels_last
+        assert train_step(tools, [(x8, y8)]) == train_step(twin_tools, [(xf, yf)])
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b)

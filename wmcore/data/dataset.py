@@ -5,6 +5,10 @@ Reads `<prepared>/manifest.jsonl` (written by `wm prepare`) and serves one split
     image  float32 (3, H, W) in [0, 1]
     mask   float32 (1, H, W), 1 = watermark pixel
 
+or, with `uint8` (loader.uint8_batches), the same values as uint8 (image 0-255, mask 0/1), a quarter
+of the bytes through the loader's worker processes and the host-to-device copy; `as_float` turns a
+batch of them into the float tensors above on the device that uses it.
+
 Training views are random crops (reflect-padded when the image is smaller), random flips,
 and with probability `multiscale_share` a crop of a randomly downscaled view of the image.
 Evaluation views are deterministic centre crops, or the whole image when crop is 0/None.
@@ -103,11 +107,23 @@ def usable_samples(prepared_root: str | Path, split: str) -> tuple[list[SampleFi
     return samples, raw
 
 
-def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (H, W, 3) + (H, W) 0/255 -> float32 (3, H, W) in [0, 1] + float32 (1, H, W) 0/1."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-    y = torch.from_numpy(np.ascontiguousarray(mask > 127)[None]).float()
-    return x, y
+def to_tensors(image: np.ndarray, mask: np.ndarray, uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (H, W, 3) + (H, W) 0/255 -> float32 (3, H, W) in [0, 1] + float32 (1, H, W) 0/1.
+
+    uint8: the same tensors left as uint8 (image 0-255, mask 0/1) for `as_float` to finish where the
+    batch is used (loader.uint8_batches).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    y = torch.from_numpy(np.ascontiguousarray(mask > 127)[None])
+    return (x, y.to(torch.uint8)) if uint8 else as_float(x, y)
+
+
+def as_float(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] and 0/1 masks as float32 (from the uint8 of `to_tensors(..., uint8=True)`, on any
+    device, keeping x's memory format); float32 input is returned as it is."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    return x, y.float() if y.dtype != torch.float32 else y
 
 
 class WatermarkDataset(Dataset):
@@ -123,6 +139,7 @@ class WatermarkDataset(Dataset):
         multiscale_share: probability of a crop from a downscaled view (train only).
         seed: base seed of every random view.
         multiscale_min_scale: smallest downscale factor of a multiscale view.
+        uint8: serve uint8 tensors (image 0-255, mask 0/1) for `as_float` on the device (loader.uint8_batches).
     """
 
     def __init__(
@@ -136,11 +153,12 @@ class WatermarkDataset(Dataset):
         multiscale_share: float = 0.0,
         seed: int = 0,
         multiscale_min_scale: float = 0.5,
+        uint8: bool = False,
     ) -> None:
         if train and not crop:
             raise ValueError("a training dataset needs a crop size (train.crop or a progressive stage)")
         self.split, self.crop, self.train, self.seed = split, crop, train, seed
-        self.multiscale_share, self.multiscale_min_scale = multiscale_share, multiscale_min_scale
+        self.multiscale_share, self.multiscale_min_scale, self.uint8 = multiscale_share, multiscale_min_scale, uint8
         self.samples, manifest_bytes = usable_samples(prepared_root, split)
         self.source = make_source(cache, self.samples, cache_dir, split, manifest_bytes)
         self._reported: set[int] = set()
@@ -157,7 +175,7 @@ class WatermarkDataset(Dataset):
             image, mask = random_flips(image, mask, rng)
         elif self.crop:
             image, mask = centre_crop(image, mask, self.crop)
-        return to_tensors(image, mask)
+        return to_tensors(image, mask, self.uint8)
 
     def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Arrays of sample `index`, or of the next decodable sample when it cannot be decoded."""

@@ -93,8 +93,10 @@ def build_data(params: Params, switches: Switches, device: torch.device) -> tupl
         switches.multiscale_share,
         params.base.seed,
         t.multiscale_min_scale,
+        params.loader.uint8_batches,
     )
-    val_set = WatermarkDataset(p.prepared, "val", t.val_crop, False, switches.cache, p.cache_dir, seed=params.base.seed)
+    val_set = WatermarkDataset(p.prepared, "val", t.val_crop, False, switches.cache, p.cache_dir, seed=params.base.seed,
+                               uint8=params.loader.uint8_batches)  # fmt: skip
     used = list(range(len(val_set)))
     if 0 < t.val_subset < len(val_set):  # evenly spaced: a fixed subset that spans the split
         used = np.linspace(0, len(val_set) - 1, t.val_subset).round().astype(int).tolist()

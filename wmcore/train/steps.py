@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from wmcore.data.dataset import as_float
 from wmcore.metrics import best_threshold, confusion_counts, scores_from_counts, threshold_histograms
 from wmcore.train.distributed import sum_across_ranks
 
@@ -56,7 +57,7 @@ class StepTools:
         x, y = batch
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.to(self.device, non_blocking=True, memory_format=fmt)
-        return x, y.to(self.device, non_blocking=True)
+        return as_float(x, y.to(self.device, non_blocking=True))  # uint8 batches become float here, on the device
 
 
 def _no_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
