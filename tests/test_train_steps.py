@@ -10,7 +10,7 @@ from torch import nn
 
 from wmcore.config import LossParams
 from wmcore.model import UNet
-from wmcore.train.loss import SegmentationLoss, soft_dice_loss
+from wmcore.train.loss import SegmentationLoss, image_score_loss, soft_dice_loss
 from wmcore.train.steps import StepTools, accumulate_gradients, clip_gradients, train_step, validation_step
 
 CPU = torch.device("cpu")
@@ -48,6 +48,22 @@ def test_dice_known_answers():
     assert float(soft_dice_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 1.0)) == pytest.approx(2 / 3)
 
 
+def test_image_score_loss_known_answers():
+    """BCE of the top-k mean probability (k = 16 of these 400 px) against whether the image holds a mark."""
+    logits = torch.full((2, 1, 20, 20), -50.0)
+    target = torch.zeros(2, 1, 20, 20)
+    target[0, 0, 0, :4] = 1  # image 0: a 4 px mark; image 1 clean
+    logits.view(2, -1)[:, :16] = torch.logit(torch.tensor(0.8))  # 16 px at 0.8 in both: score 0.8 each
+    expected = -(math.log(0.8) + math.log(0.2)) / 2
+    assert float(image_score_loss(logits, target)) == pytest.approx(expected, rel=1e-5)
+    logits.view(2, -1)[:, :8] = 50.0  # 8 of the top 16 at ~1: score ~0.9
+    expected = -(math.log(0.9) + math.log(0.1)) / 2
+    assert float(image_score_loss(logits, target)) == pytest.approx(expected, rel=1e-4)
+    on = SegmentationLoss(LossParams(image_weight=0.5))(logits, target)
+    off = SegmentationLoss(LossParams())(logits, target)
+    assert float(on - off) == pytest.approx(0.5 * expected, rel=1e-4)
+
+
 def test_loss_weights_combine_terms():
     logits, target = torch.randn(2, 1, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).float()
     bce = SegmentationLoss(LossParams(bce_weight=1.0, dice_weight=0.0, pos_weight=1.0))(logits, target)
@@ -64,15 +80,16 @@ def test_loss_of_bf16_logits_is_float32():
 # --------------------------------------------------------------------------- accumulation
 
 
+@pytest.mark.parametrize("image_weight", [0.0, 1.0])
 @pytest.mark.parametrize("micro", [1, 2, 4])
-def test_accumulated_micro_batches_equal_one_batch(micro):
+def test_accumulated_micro_batches_equal_one_batch(micro, image_weight):
     # BatchNorm in eval mode uses running statistics, so the model's output for an image does not
     # depend on which other images share its micro-batch; everything else in the loss is a mean
     # over images, so N micro-batches with loss / N must give the full batch's gradient.
     torch.manual_seed(0)
     model = UNet(base_width=4, depth=2).eval()
     x, y = _data()
-    tools = _tools(model)
+    tools = _tools(model, SegmentationLoss(LossParams(image_weight=image_weight)))  # every term a mean over images
     accumulate_gradients(tools, [(x, y)])
     full = _grads(model)
     model.zero_grad(set_to_none=True)

@@ -262,6 +262,11 @@ class LossParams(Group):
     dice_smooth: float = Field(
         1.0, gt=0.0, le=1000.0, description="Soft Dice smoothing, px; keeps clean images (empty masks) well defined."
     )
+    image_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the image-level term: BCE of each crop's has-watermark score (the mean of "
+        "its top 0.1% probabilities, the score wm predict gates masks with) against whether the crop holds a mark. "
+        "0 = off (measured: README, phase 10)."
+    )
 
 
 class TrainParams(Group):

@@ -1,4 +1,4 @@
-"""Segmentation loss: weighted BCE-with-logits plus soft Dice, computed in float32.
+"""Segmentation loss: weighted BCE-with-logits plus soft Dice (plus, optionally, an image-level term), in float32.
 
 Both terms are means over images (BCE: over pixels too), so the loss of a batch equals the
 mean of the losses of equal-sized micro-batches: gradient accumulation of N micro-batches
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmcore.config import LossParams
+from wmcore.metrics import top_k_count
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -31,8 +32,28 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return (1.0 - (2.0 * overlap + smooth) / (total + smooth)).mean()
 
 
+def image_score_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images of BCE(s, has mark), s = the mean of the image's top-k probabilities.
+
+    k is `wmcore.metrics.top_k_count` of the image's pixels (0.1%, at least 16), so s is the has-watermark
+    score `wm predict` gates masks with: the term lifts it on crops holding a mark (a small mark's few
+    pixels included) and lowers it on clean ones (a real photo's hot spot). Written out rather than
+    F.binary_cross_entropy, which autocast refuses.
+
+    Args:
+        logits, target: (N, 1, H, W); target 0/1.
+    Returns: scalar tensor.
+    """
+    n = logits.shape[0]
+    probs = torch.sigmoid(logits.reshape(n, -1))
+    score = probs.topk(top_k_count(probs.shape[1]), dim=1).values.mean(1).clamp(1e-6, 1.0 - 1e-6)
+    has_mark = (target.reshape(n, -1).amax(1) > 0.5).to(score.dtype)
+    return -(has_mark * score.log() + (1.0 - has_mark) * (1.0 - score).log()).mean()
+
+
 class SegmentationLoss(nn.Module):
-    """bce_weight * BCE(pos_weight) + dice_weight * soft Dice; forward(logits, target) -> scalar.
+    """bce_weight * BCE(pos_weight) + dice_weight * soft Dice + image_weight * image_score_loss; forward(logits,
+    target) -> scalar.
 
     Logits are cast to float32 first: under autocast they may be bf16/fp16, whose sums over a
     whole image lose the precision Dice needs.
@@ -41,6 +62,7 @@ class SegmentationLoss(nn.Module):
     def __init__(self, params: LossParams) -> None:
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = params.bce_weight, params.dice_weight, params.dice_smooth
+        self.image_weight = params.image_weight
         self.register_buffer("pos_weight", torch.tensor(params.pos_weight), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,4 +73,6 @@ class SegmentationLoss(nn.Module):
             loss = loss + self.bce_weight * bce
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
+        if self.image_weight:
+            loss = loss + self.image_weight * image_score_loss(logits, target)
         return loss
