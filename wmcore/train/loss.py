@@ -1,9 +1,9 @@
 """Segmentation loss: weighted BCE-with-logits plus soft Dice (plus, optionally, an image-level term), in float32.
 
-Both terms are means over images (BCE: over pixels too), so the loss of a batch equals the
+Every term is a mean over images (BCE: over pixels too), so the loss of a batch equals the
 mean of the losses of equal-sized micro-batches: gradient accumulation of N micro-batches
-with loss / N gives the gradient of the whole batch (tested). That is why Dice is computed
-per image and averaged, not over the batch as one big image.
+with loss / N gives the gradient of the whole batch (tested). That is why Dice and the
+image-level term are computed per image and averaged, not over the batch as one big image.
 """
 
 from __future__ import annotations
