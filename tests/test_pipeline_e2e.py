@@ -125,8 +125,13 @@ def test_evaluate_promotes_the_new_model_only_when_it_beats_the_shipped_one(pipe
 
     project, _ = pipeline_run
     promotion = json.loads((project / "results/evaluate/metrics.json").read_text())["promotion"]
-    new_wins = promotion["candidate_test_f1"] > promotion["pretrained_test_f1"]
+    new, old = ({"test_f1": promotion[f"{who}_test_f1"], "heldout_f1": promotion[f"{who}_test_heldout_f1"],
+                 "real_fp_area": promotion[f"{who}_real_test_fp_area"]} for who in ("candidate", "pretrained"))  # fmt: skip
+    new_wins = (new["test_f1"] > old["test_f1"] and (new["heldout_f1"] is None or old["heldout_f1"] is None
+                or new["heldout_f1"] >= old["heldout_f1"]) and (new["real_fp_area"] is None
+                or old["real_fp_area"] is None or new["real_fp_area"] <= old["real_fp_area"]))  # fmt: skip
     assert promotion["promoted"] == ("candidate" if new_wins else "pretrained")
+    assert (promotion["reason"] is None) == new_wins
     exported = load_checkpoint(project / "results/evaluate/model.pt")["meta"]["source_checkpoint"]
     assert Path(exported).name == ("best.pt" if new_wins else "tiny.pt")
 

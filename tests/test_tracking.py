@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from tests.fixtures import make_tiny_prepared
 from wmcore.config import Params, validate
 from wmcore.data.fingerprint import split_fingerprint
+from wmcore.metrics.promotion import Scores
 from wmcore.model import UNet
 from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
 from wmcore.tracking.mlflow_run import (
@@ -123,6 +124,24 @@ def test_champion_moves_only_on_improvement(store: tuple[str, Path], tmp_path: P
     assert str(champion.version) == "3"
     assert client.get_run(champion.run_id).data.metrics["test/f1"] == 0.7
     assert len(client.search_model_versions("name='wm-champion-test'")) == 3
+
+
+def test_champion_does_not_move_to_a_higher_test_f1_that_pays_on_held_out_styles(
+    store: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The registry applies the export's rule: the champion's held-out F1 is read from its run's metrics."""
+    uri, _ = store
+    params = make_params(tmp_path, registered_model="wm-guard-test")
+    outcomes = []
+    for i, (test, heldout) in enumerate([(0.60, 0.73), (0.61, 0.53), (0.62, 0.74)]):
+        with step_run("evaluate", params) as run_logger:
+            run_logger.log_metrics({"test_heldout/f1": heldout})  # as evaluation logs it
+            scores = Scores(test, heldout)
+            outcomes.append(log_and_register_model(write_model(tmp_path / f"g{i}.pt"), scores, params, run_logger))
+    assert outcomes == [True, False, True]
+    client = MlflowClient(uri)
+    second = client.get_model_version("wm-guard-test", "2")
+    assert second.tags["champion_decision"] == "against version 1: held-out F1 0.5300 is below 0.7300"
 
 
 def test_champion_is_compared_only_on_the_same_test_data(store: tuple[str, Path], tmp_path: Path) -> None:

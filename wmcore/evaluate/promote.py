@@ -1,9 +1,10 @@
 """Promotion and export: which evaluated model `wm evaluate` ships, and the deployable weights file.
 
-One rule decides (`wmcore.metrics.promotion.beats`, applied in `promotion_record`): a freshly trained
-candidate replaces the pretrained (shipped) model only when its test pixel F1 is higher, both scored
-on the same prepared test split with their own calibration. The MLflow champion alias applies the same
-rule (wmcore.tracking.mlflow_run.promote_if_better), so the exported file and the registry never disagree.
+One rule decides (`wmcore.metrics.promotion`, applied in `promotion_record`): a freshly trained
+candidate replaces the pretrained (shipped) model only when its test pixel F1 is higher and its
+held-out F1 no lower and real-photo false-positive area no higher, both scored on the same prepared
+splits with their own calibration. The MLflow champion alias applies the same rule
+(wmcore.tracking.mlflow_run.promote_if_better), so the exported file and the registry never disagree.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from wmcore.data.layout import HELDOUT_SPLIT
-from wmcore.metrics.promotion import beats
+from wmcore.metrics.promotion import Scores, why_not
 from wmcore.model.checkpoint import checkpoint_dict, load_model, save_checkpoint
 
 
 def promotion_record(
     candidate: dict[str, Any], pretrained: dict[str, Any], source: Path, pretrained_path: Path
 ) -> dict[str, Any]:
-    """Which model `wm evaluate` exports: the candidate only when its test F1 beats the pretrained one's.
+    """Which model `wm evaluate` exports: the candidate only when it beats the pretrained one (module docstring).
 
     Both models' scores are kept (test, test_heldout and the real-photo false-positive area), so the
-    record says what the loser reached too.
+    record says what the loser reached too, and `reason` why the candidate lost (None when it won).
     """
     cand_f1 = candidate["test"]["f1"] or 0.0
     pre_f1 = pretrained["test"]["f1"] or 0.0
+    reason = why_not(Scores.of(candidate), Scores.of(pretrained))
     return {
-        "promoted": "candidate" if beats(candidate["test"]["f1"], pretrained["test"]["f1"]) else "pretrained",
+        "promoted": "candidate" if reason is None else "pretrained",
+        "reason": reason,
         "candidate": str(source),
         "pretrained": str(pretrained_path),
         "candidate_test_f1": cand_f1,

@@ -46,6 +46,7 @@ from wmcore.evaluate.score import (
 )
 from wmcore.infer.predictor import get_predictor
 from wmcore.infer.working_scale import FUSION_RULES
+from wmcore.metrics.promotion import Scores
 from wmcore.runtime.device import configure_threads
 from wmcore.tracking.sink import NullLogger, RunLogger
 
@@ -178,7 +179,7 @@ def evaluate_tracked(params: Params, backend: str | None = None, checkpoint: str
         if (test_data := _test_fingerprint(prepared)) is not None:
             tags.update({TEST_DATA_TAG: test_data.digest, "test_images": str(test_data.samples)})
         model_path = Path(params.paths.evaluate_dir) / "model.pt"
-        metrics["champion"] = log_and_register_model(model_path, metrics["test"]["f1"], params, run_logger, tags)
+        metrics["champion"] = log_and_register_model(model_path, Scores.of(metrics), params, run_logger, tags)
     return metrics
 
 

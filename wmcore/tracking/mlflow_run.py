@@ -45,7 +45,7 @@ from mlflow.exceptions import MlflowException
 from wmcore.config import Params
 from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
 from wmcore.errors import WmError, first_line
-from wmcore.metrics.promotion import beats
+from wmcore.metrics.promotion import Scores, why_not
 from wmcore.runtime.report import HEADLINE_METRICS, headline_metrics
 from wmcore.tracking.runinfo import MAX_PARAM_CHARS, PARENT_RUN_ENV, ended_with_status, git_tags, tracking_uri
 from wmcore.tracking.sink import NullLogger, RunLogger
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 CHAMPION_METRIC = "test/f1"  # run metric compared to decide the champion (logged by evaluation)
+# with these two, also logged by evaluation (wmcore.metrics.promotion: neither may get worse)
+HELDOUT_METRIC, REAL_FP_METRIC = "test_heldout/f1", "real_test/fp_area"
 TEST_DATA_TAG = "test_data_fingerprint"  # model version tag: the test split the version was scored on
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag naming a dataset's role in a run
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's runs view
@@ -455,10 +457,10 @@ def _log_model(model_path: Path, run_logger: MlflowRunLogger) -> Any:
 
 @dataclass(frozen=True)
 class Champion:
-    """The registered model's champion: version, its test F1, the fingerprint of the test data it was scored on."""
+    """The registered model's champion: version, its scores (its run's metrics), the fingerprint of its test data."""
 
     version: str
-    test_f1: float | None
+    scores: Scores
     test_data: str | None
 
 
@@ -475,25 +477,27 @@ def current_champion(client: MlflowClient, name: str) -> Champion | None:
             return None
         raise
     tags = version.tags or {}
-    value = None
-    if version.run_id:
-        value = client.get_run(version.run_id).data.metrics.get(CHAMPION_METRIC)
+    run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    value = run_metrics.get(CHAMPION_METRIC)
     if value is None and CHAMPION_METRIC in tags:
         with contextlib.suppress(ValueError):
             value = float(tags[CHAMPION_METRIC])
-    return Champion(str(version.version), value, tags.get(TEST_DATA_TAG))
+    scores = Scores(value, run_metrics.get(HELDOUT_METRIC), run_metrics.get(REAL_FP_METRIC))
+    return Champion(str(version.version), scores, tags.get(TEST_DATA_TAG))
 
 
 def promote_if_better(
-    client: MlflowClient, name: str, version: str, test_f1: float | None, test_data: str | None = None
+    client: MlflowClient, name: str, version: str, scores: Scores, test_data: str | None = None
 ) -> tuple[bool, str]:
-    """Move the champion alias to `version` if its test F1 beats the champion's on the same test data.
+    """Move the champion alias to `version` if its scores beat the champion's on the same test data
+    (wmcore.metrics.promotion: a higher test F1, held-out F1 and real-photo area no worse).
 
     Scores are compared only when both were measured on the same test data (`test_data`: the test
     split's content fingerprint; None on both sides counts as the same); otherwise the champion stays
     and the new version is not compared. Returns (moved, the reason in words).
     """
     current = current_champion(client, name)
+    test_f1 = scores.test_f1
     if test_f1 is None:
         moved, reason = False, "no test F1"
     elif current is None:
@@ -501,10 +505,10 @@ def promote_if_better(
     elif current.test_data != test_data:
         moved, reason = False, (f"not compared: champion version {current.version} was scored on test data "
                                 f"{current.test_data or 'unknown'}, this version on {test_data or 'unknown'}")  # fmt: skip
-    elif beats(test_f1, current.test_f1):  # the one promotion rule (wmcore.metrics.promotion), as the export's
-        moved, reason = True, f"test F1 {test_f1:.4f} beats version {current.version}'s {current.test_f1}"
+    elif (lost := why_not(scores, current.scores)) is None:  # the one promotion rule, as the export's
+        moved, reason = True, f"test F1 {test_f1:.4f} beats version {current.version}'s {current.scores.test_f1}"
     else:
-        moved, reason = False, f"test F1 {test_f1:.4f} does not beat version {current.version}'s {current.test_f1:.4f}"
+        moved, reason = False, f"against version {current.version}: {lost}"
     if moved:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     client.set_model_version_tag(name, version, "champion_decision", reason)
@@ -516,7 +520,7 @@ def promote_if_better(
 
 def log_and_register_model(
     model_path: str | Path,
-    test_f1: float | None,
+    scores: Scores | float | None,
     params: Params,
     run_logger: RunLogger,
     version_tags: dict[str, str] | None = None,
@@ -525,7 +529,8 @@ def log_and_register_model(
 
     Args:
         model_path: deployable weights written by evaluation (<evaluate_dir>/model.pt).
-        test_f1: its test pixel F1 (None or NaN: registered, never champion).
+        scores: its promotion scores (`Scores.of(metrics)`), or its test pixel F1 alone (None or NaN test F1:
+            registered, never champion).
         params: tracking.registered_model names the registered model; tracking.log_model switches this off.
         run_logger: the open step run (from `step_run`); anything but a live MLflow run skips this.
         version_tags: tags of the new version, e.g. `promoted` (which model won the promotion), `source`
@@ -537,7 +542,9 @@ def log_and_register_model(
         log.info("model not registered (tracking off, unreachable, or tracking.log_model false)")
         return False
     name = params.tracking.registered_model
-    test_f1 = None if test_f1 is None or not math.isfinite(test_f1) else float(test_f1)
+    scores = scores if isinstance(scores, Scores) else Scores(scores)
+    test_f1 = None if scores.test_f1 is None or not math.isfinite(scores.test_f1) else float(scores.test_f1)
+    scores = Scores(test_f1, scores.heldout_f1, scores.real_fp_area)
     client = run_logger.client
     try:
         info = _log_model(Path(model_path), run_logger)
@@ -548,7 +555,7 @@ def log_and_register_model(
         with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints "Created version '2' ..." itself
             version = mlflow.register_model(info.model_uri, name, tags=tags).version
         log.info("%s", said.getvalue().strip())
-        return promote_if_better(client, name, str(version), test_f1, tags.get(TEST_DATA_TAG))[0]
+        return promote_if_better(client, name, str(version), scores, tags.get(TEST_DATA_TAG))[0]
     except (MlflowException, OSError) as exc:
         log.warning("model %s not logged/registered in MLflow (%s); the file itself is unaffected", model_path, exc)
         return False
