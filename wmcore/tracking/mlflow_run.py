@@ -8,8 +8,9 @@
 - `log_pipeline_summary(...)`: the headline metrics and the dataset on the parent run.
 - `log_and_register_model(...)`: logs the evaluated model, registers a version tagged with the
   promotion's winner, its source file and the test data it was scored on, and moves the
-  `champion` alias to it only when its test F1 beats the current champion's on the same test
-  data (same fingerprint); scores on other test data are not compared.
+  `champion` alias to it only when it beats the current champion on the same test data (same
+  fingerprint) by the export's rule (wmcore.metrics.promotion: a higher test F1, held-out F1 no
+  lower, real-photo false-positive area no higher); scores on other test data are not compared.
 - `runs_table_url(...)`: the MLflow UI address of the experiment's runs table with the headline columns.
 
 Experiments are created as classic ML experiments (not GenAI) with a shared runs-table view of
