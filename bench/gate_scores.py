@@ -34,8 +34,7 @@ from wmcore.config import Params, load_params  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
 from wmcore.evaluate.calibrate import calibrate  # noqa: E402
 from wmcore.evaluate.run import metrics_at  # noqa: E402
-from wmcore.evaluate.samples import load_split  # noqa: E402
-from wmcore.evaluate.score import SplitScores, build_probability_fn, real_clean_samples, score_split  # noqa: E402
+from wmcore.evaluate.score import SplitScores, build_probability_fn, evaluation_splits, score_split  # noqa: E402
 from wmcore.metrics import image_score  # noqa: E402
 from wmcore.runtime.device import configure_threads  # noqa: E402
 
@@ -53,12 +52,8 @@ def score_splits(params: Params, model: Path, limit: int) -> tuple[dict[str, Spl
     """Every split scored once; beside it, per rule, the image scores in the order of the scored samples."""
     ev = params.evaluate
     predict = build_probability_fn(params, model, "torch")
-    samples = {name: load_split(params.paths.prepared, name, required=name != HELDOUT_SPLIT)
-               for name in ("val", "test", HELDOUT_SPLIT)}  # fmt: skip
-    for name in ("real_val", "real_test"):
-        samples[name] = real_clean_samples(params.paths.corpus, name, params.paths.corpus_native)
     scored, alt = {}, {}
-    for name, split in samples.items():
+    for name, (split, crop) in evaluation_splits(params).items():
         split = split[:limit] if limit else split
         if not split:
             continue
@@ -71,7 +66,6 @@ def score_splits(params: Params, model: Path, limit: int) -> tuple[dict[str, Spl
                     into[rule].append(image_score(probs, fraction, least))
             return maps
 
-        crop = 0 if name.startswith("real_") else ev.crop
         scored[name] = score_split(split, keeping, ev.threshold_grid, ev.batch_size, crop, name=name)
     return scored, alt
 

@@ -43,8 +43,7 @@ from wmcore.config import Params, load_params  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
 from wmcore.evaluate.calibrate import calibrate  # noqa: E402
 from wmcore.evaluate.run import metrics_at  # noqa: E402
-from wmcore.evaluate.samples import load_split  # noqa: E402
-from wmcore.evaluate.score import SplitScores, real_clean_samples, score_maps  # noqa: E402
+from wmcore.evaluate.score import SplitScores, evaluation_splits, score_maps  # noqa: E402
 
 WAYS = ("boxes", "map")  # the detector's outputs per image
 REPORTED = ("boxes", "map", "map_free")  # the ways they are used (see the module docstring)
@@ -98,17 +97,12 @@ class OcrDetector:
 def score_all(params: Params, detector: OcrDetector, limit: int) -> tuple[dict[str, dict[str, SplitScores]], dict]:
     """{split: {way: scores}} for val, test, test_heldout, real_val, real_test; and seconds / images per split."""
     ev = params.evaluate
-    splits = {name: load_split(params.paths.prepared, name, required=name != HELDOUT_SPLIT)
-              for name in ("val", "test", HELDOUT_SPLIT)}  # fmt: skip
-    for name in ("real_val", "real_test"):
-        splits[name] = real_clean_samples(params.paths.corpus, name, params.paths.corpus_native)
     scored, timing = {}, {}
-    for name, samples in splits.items():
+    for name, (samples, crop) in evaluation_splits(params).items():
         samples = samples[:limit] if limit else samples
         if not samples:
             continue
         start = time.perf_counter()
-        crop = 0 if name.startswith("real_") else ev.crop
         scored[name] = score_maps(samples, detector.maps, WAYS, ev.threshold_grid, ev.batch_size, crop, name=name)
         timing[name] = {"images": len(samples), "seconds": round(time.perf_counter() - start, 1)}
     return scored, timing

@@ -247,6 +247,19 @@ def _real_samples(params: Params, split: str) -> list[EvalSample]:
     return samples
 
 
+def evaluation_splits(params: Params) -> dict[str, tuple[list[EvalSample], int]]:
+    """Every split `wm evaluate` scores, by name: (its samples, the centre crop they are scored at).
+
+    val and test are required (WmError without them); test_heldout, real_val and real_test are [] when absent.
+    For scripts that score all of them with another predictor (bench/ocr_baseline.py, bench/gate_scores.py).
+    """
+    prepared, crop = params.paths.prepared, params.evaluate.crop
+    splits = {name: (load_split(prepared, name, required=name != HELDOUT_SPLIT), crop)
+              for name in ("val", "test", HELDOUT_SPLIT)}  # fmt: skip
+    splits.update({name: (_real_samples(params, name), 0) for name in REAL_SPLITS})
+    return splits
+
+
 def score_real_clean(params: Params, predict: ProbabilityFn, split: str) -> SplitScores | None:
     """Scores of the corpus's real clean photos of `split` (native views included), or None when there are none."""
     ev = params.evaluate
