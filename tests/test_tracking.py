@@ -117,7 +117,7 @@ def test_champion_moves_only_on_improvement(store: tuple[str, Path], tmp_path: P
     outcomes = []
     for i, f1 in enumerate([0.5, 0.4, 0.7]):
         with step_run("evaluate", params) as run_logger:
-            outcomes.append(log_and_register_model(write_model(tmp_path / f"model{i}.pt"), f1, params, run_logger))
+            outcomes.append(log_and_register_model(write_model(tmp_path / f"model{i}.pt"), Scores(f1), params, run_logger))
     assert outcomes == [True, False, True]
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("wm-champion-test", CHAMPION_ALIAS)
@@ -152,7 +152,7 @@ def test_champion_is_compared_only_on_the_same_test_data(store: tuple[str, Path]
     for i, (f1, test_data) in enumerate(scored):
         tags = {"promoted": "pretrained", "source": "models/wmdetect.pt", TEST_DATA_TAG: test_data}
         with step_run("evaluate", params) as run_logger:
-            outcomes.append(log_and_register_model(write_model(tmp_path / f"v{i}.pt"), f1, params, run_logger, tags))
+            outcomes.append(log_and_register_model(write_model(tmp_path / f"v{i}.pt"), Scores(f1), params, run_logger, tags))
     assert outcomes == [True, False, True, False]  # 0.9 on other test data is never compared with 0.5
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("wm-test-data", CHAMPION_ALIAS)
@@ -207,7 +207,7 @@ def test_unreachable_server_falls_back_to_jsonl(tmp_path: Path, monkeypatch: pyt
         assert parent_id is None and PARENT_RUN_ENV not in os.environ
         assert isinstance(run_logger, JsonlRunLogger)
         run_logger.log_metrics({"test_f1": 0.5, "undefined": None})
-        registered = log_and_register_model(write_model(tmp_path / "m.pt"), 0.5, params, run_logger)
+        registered = log_and_register_model(write_model(tmp_path / "m.pt"), Scores(0.5), params, run_logger)
     assert registered is False
     lines = [json.loads(line) for line in (tmp_path / "evaluate_dir" / "tracking.jsonl").read_text().splitlines()]
     assert [line["kind"] for line in lines] == ["params", "metrics"]

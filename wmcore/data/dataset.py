@@ -123,7 +123,7 @@ def as_float(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     device, keeping x's memory format); float32 input is returned as it is."""
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
-    return x, y.float() if y.dtype != torch.float32 else y
+    return x, y.float()  # the same tensor when it is float32 already
 
 
 class WatermarkDataset(Dataset):

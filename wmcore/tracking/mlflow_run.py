@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -521,7 +521,7 @@ def promote_if_better(
 
 def log_and_register_model(
     model_path: str | Path,
-    scores: Scores | float | None,
+    scores: Scores,
     params: Params,
     run_logger: RunLogger,
     version_tags: dict[str, str] | None = None,
@@ -530,8 +530,7 @@ def log_and_register_model(
 
     Args:
         model_path: deployable weights written by evaluation (<evaluate_dir>/model.pt).
-        scores: its promotion scores (`Scores.of(metrics)`), or its test pixel F1 alone (None or NaN test F1:
-            registered, never champion).
+        scores: its promotion scores (`Scores.of(metrics)`; None or NaN test F1: registered, never champion).
         params: tracking.registered_model names the registered model; tracking.log_model switches this off.
         run_logger: the open step run (from `step_run`); anything but a live MLflow run skips this.
         version_tags: tags of the new version, e.g. `promoted` (which model won the promotion), `source`
@@ -543,9 +542,8 @@ def log_and_register_model(
         log.info("model not registered (tracking off, unreachable, or tracking.log_model false)")
         return False
     name = params.tracking.registered_model
-    scores = scores if isinstance(scores, Scores) else Scores(scores)
     test_f1 = None if scores.test_f1 is None or not math.isfinite(scores.test_f1) else float(scores.test_f1)
-    scores = Scores(test_f1, scores.heldout_f1, scores.real_fp_area)
+    scores = replace(scores, test_f1=test_f1)
     client = run_logger.client
     try:
         info = _log_model(Path(model_path), run_logger)
