@@ -211,3 +211,11 @@ def test_mlflow_run_uri_downloads_and_loads_the_checkpoint(tmp_path, monkeypatch
     assert predictor.predict([smooth_image(20, 20)])[0].shape == (20, 20)
     with pytest.raises(WmError, match="could not download"):
         get_predictor("models:/no-such-model@champion", params)
+
+
+def test_int8_of_a_text_unet_comes_with_its_measured_cost():
+    from wmcore.model.text_unet import TextUNet
+
+    caveat = onnx_backend.int8_caveat(TextUNet(width=16))
+    assert caveat and "onnx-int8" in caveat and "bench/results/int8_quant" in caveat
+    assert onnx_backend.int8_caveat(UNet(base_width=4, depth=2)) is None  # int8 measured 3x and F1-neutral there

@@ -30,6 +30,7 @@ from wmcore.hashing import file_sha256
 from wmcore.infer.batching import check_budget
 from wmcore.infer.images import ImageSkip, load_rgb
 from wmcore.infer.torch_backend import estimate_batch_mb
+from wmcore.model.text_unet import TextUNet
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,20 @@ class OnnxBackend:
 
 # --------------------------------------------------------------------------- int8
 
+# What static int8 did to the text_unet when measured (bench/results/int8_quant, 7 Dec 2026, 2-core CPU with
+# AVX-512 VNNI): no faster than the fp32 ONNX graph per tile (0.99x; its depthwise convs, GroupNorm and
+# resizes gain nothing), masks agreeing with fp32 at F1 0.77, synthetic test F1 0.623 against 0.743 on the
+# shipped model. Kept as a backend (it was 3x on the earlier UNet) and said so every time it is built.
+TEXT_UNET_INT8 = (
+    "onnx-int8 on a text_unet: measured no faster than fp32 (0.99x per tile) with masks agreeing 77% with "
+    "fp32 (test pixel F1 0.623 vs 0.743, bench/results/int8_quant); use --backend torch (default) or onnx"
+)
+
+
+def int8_caveat(model: nn.Module) -> str | None:
+    """The measured cost of quantizing this model to int8, when it is known to be a bad trade; else None."""
+    return TEXT_UNET_INT8 if isinstance(model, TextUNet) else None
+
 
 class _Int8CalibrationReader:
     """Feeds calibration tiles to onnxruntime.quantization (CalibrationDataReader protocol)."""
@@ -217,6 +232,8 @@ def build_onnx_backend(
         if not fp32.is_file():
             log.info("exporting %s to ONNX (%s)", checkpoint, fp32)
             export_onnx(model, fp32)
+        if int8 and (caveat := int8_caveat(model)):
+            log.warning("%s", caveat)
         if int8 and not int8_file.is_file():
             files = _validation_files(params) or list(int8_calibration or [])
             pp = params.predict
