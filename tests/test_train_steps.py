@@ -10,7 +10,7 @@ from torch import nn
 
 from wmcore.config import LossParams
 from wmcore.model import UNet
-from wmcore.train.loss import SegmentationLoss, image_score_loss, soft_dice_loss
+from wmcore.train.loss import SegmentationLoss, image_score_loss, lovasz_hinge_loss, soft_dice_loss
 from wmcore.train.steps import StepTools, accumulate_gradients, clip_gradients, train_step, validation_step
 
 CPU = torch.device("cpu")
@@ -62,6 +62,50 @@ def test_image_score_loss_known_answers():
     on = SegmentationLoss(LossParams(image_weight=0.5))(logits, target)
     off = SegmentationLoss(LossParams())(logits, target)
     assert float(on - off) == pytest.approx(0.5 * expected, rel=1e-4)
+
+
+def _lovasz_by_definition(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """The Lovasz extension of the Jaccard loss at the hinge errors, from its definition with sets (one image)."""
+    x, t = logits.flatten().tolist(), target.flatten().tolist()
+    errors = [max(0.0, 1.0 - xi * (2 * ti - 1)) for xi, ti in zip(x, t, strict=True)]
+    marked = {i for i, ti in enumerate(t) if ti > 0.5}
+
+    def jaccard_loss(wrong: set[int]) -> float:  # pixels in `wrong` are mispredicted
+        union = marked | wrong
+        return 1.0 - len(marked - wrong) / len(union) if union else 0.0
+
+    order = sorted(range(len(x)), key=lambda i: -errors[i])
+    total, wrong = 0.0, set()
+    for i in order:
+        before = jaccard_loss(wrong)
+        wrong.add(i)
+        total += errors[i] * (jaccard_loss(wrong) - before)
+    return total
+
+
+def test_lovasz_hinge_matches_its_definition_per_image():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 1, 4, 5, generator=g) * 2
+    target = (torch.rand(3, 1, 4, 5, generator=g) < 0.3).float()
+    target[2] = 0  # a clean image: its largest hinge error
+    expected = [_lovasz_by_definition(logits[i], target[i]) for i in range(3)]
+    assert float(lovasz_hinge_loss(logits, target)) == pytest.approx(sum(expected) / 3, rel=1e-5)
+    assert expected[2] == pytest.approx(max(0.0, 1.0 + float(logits[2].max())), rel=1e-5)
+    margin = (2 * target - 1) * 3.0  # every pixel on its side by a margin > 1
+    assert float(lovasz_hinge_loss(margin, target)) == 0.0
+    on = SegmentationLoss(LossParams(lovasz_weight=0.5))(logits, target)
+    off = SegmentationLoss(LossParams())(logits, target)
+    assert float(on - off) == pytest.approx(0.5 * sum(expected) / 3, rel=1e-4)
+
+
+def test_lovasz_gradient_is_largest_on_the_pixels_that_cost_iou():
+    target = torch.zeros(1, 1, 1, 4)
+    target[..., :2] = 1
+    logits = torch.tensor([[[[3.0, -0.5, 0.2, -3.0]]]], requires_grad=True)  # a missed mark pixel, a false one
+    lovasz_hinge_loss(logits, target).backward()
+    grad = logits.grad.flatten()
+    assert grad[1] < 0 < grad[2]  # raise the missed pixel, lower the false one
+    assert grad[0] == 0 and grad[3] == 0  # pixels beyond the margin are left alone
 
 
 def test_loss_weights_combine_terms():

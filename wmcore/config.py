@@ -267,6 +267,10 @@ class LossParams(Group):
         "its top 0.1% probabilities, the score wm predict gates masks with) against whether the crop holds a mark. "
         "0 = off (measured: README, phase 10)."
     )
+    lovasz_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the per-image Lovasz hinge, a surrogate of 1 - IoU that weighs the pixels "
+        "costing an image's IoU most (its stroke edges) above the rest. 0 = off (measured: README, phase 11)."
+    )
 
 
 class TrainParams(Group):

@@ -1,4 +1,5 @@
-"""Segmentation loss: weighted BCE-with-logits plus soft Dice (plus, optionally, an image-level term), in float32.
+"""Segmentation loss: weighted BCE-with-logits plus soft Dice (plus, optionally, an image-level term and a
+Lovasz hinge), in float32.
 
 Every term is a mean over images (BCE: over pixels too), so the loss of a batch equals the
 mean of the losses of equal-sized micro-batches: gradient accumulation of N micro-batches
@@ -51,9 +52,36 @@ def image_score_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return -(has_mark * score.log() + (1.0 - has_mark) * (1.0 - score).log()).mean()
 
 
+def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the Lovasz hinge (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU.
+
+    Per image, the hinge errors 1 - logit * (2t - 1) are sorted in decreasing order and weighted by the
+    gradient of the Jaccard loss along that order, so the pixels that cost the image's IoU most get the
+    largest weight (unlike BCE, which weighs every pixel alike). Per image, like Dice: accumulation stays exact.
+    On a clean image (empty target) it is the largest hinge error: the hottest pixel is pushed down.
+
+    Args:
+        logits, target: (N, 1, H, W); target 0/1.
+    Returns: scalar tensor.
+    """
+    n = logits.shape[0]
+    losses = []
+    for x, t in zip(logits.reshape(n, -1), target.reshape(n, -1), strict=True):
+        errors = 1.0 - x * (2.0 * t - 1.0)
+        errors_sorted, order = torch.sort(errors, descending=True)
+        truth = t[order]
+        total = truth.sum()
+        intersection = total - truth.cumsum(0)
+        union = total + (1.0 - truth).cumsum(0)
+        jaccard = 1.0 - intersection / union
+        weights = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(F.relu(errors_sorted), weights))
+    return torch.stack(losses).mean()
+
+
 class SegmentationLoss(nn.Module):
-    """bce_weight * BCE(pos_weight) + dice_weight * soft Dice + image_weight * image_score_loss; forward(logits,
-    target) -> scalar.
+    """bce_weight * BCE(pos_weight) + dice_weight * soft Dice + image_weight * image_score_loss
+    + lovasz_weight * Lovasz hinge; forward(logits, target) -> scalar.
 
     Logits are cast to float32 first: under autocast they may be bf16/fp16, whose sums over a
     whole image lose the precision Dice needs.
@@ -62,7 +90,7 @@ class SegmentationLoss(nn.Module):
     def __init__(self, params: LossParams) -> None:
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = params.bce_weight, params.dice_weight, params.dice_smooth
-        self.image_weight = params.image_weight
+        self.image_weight, self.lovasz_weight = params.image_weight, params.lovasz_weight
         self.register_buffer("pos_weight", torch.tensor(params.pos_weight), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -75,4 +103,6 @@ class SegmentationLoss(nn.Module):
             loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
         if self.image_weight:
             loss = loss + self.image_weight * image_score_loss(logits, target)
+        if self.lovasz_weight:
+            loss = loss + self.lovasz_weight * lovasz_hinge_loss(logits, target)
         return loss
