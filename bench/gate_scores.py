@@ -16,7 +16,6 @@ and the image recall of small marks. The shipped rule's row must reproduce `wm e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -30,13 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wmcore.config import Params, load_params  # noqa: E402
+from bench.eval_variants import calibrated_row, load_probe_params, parser, real_cell  # noqa: E402
+from wmcore.config import Params  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
-from wmcore.evaluate.calibrate import calibrate  # noqa: E402
-from wmcore.evaluate.run import metrics_at  # noqa: E402
 from wmcore.evaluate.score import SplitScores, build_probability_fn, evaluation_splits, score_split  # noqa: E402
 from wmcore.metrics import image_score  # noqa: E402
-from wmcore.runtime.device import configure_threads  # noqa: E402
 
 # name -> (top_fraction, min_pixels) of image_score; "top 0.1%" is what wm predict ships.
 RULES = {
@@ -81,19 +78,15 @@ def small_mark_recall(split: SplitScores, image_threshold: float, bins: int, bel
 
 def rule_row(params: Params, scored: dict[str, SplitScores], alt: dict[str, dict[str, list]], rule: str) -> dict:
     splits = {name: dataclasses.replace(split, scores=alt[name][rule]) for name, split in scored.items()}
-    cal = calibrate(splits["val"], splits.get("real_val"), params)
-    metrics = metrics_at(splits, cal.threshold, cal.image_threshold, params)
+    keys = ("f1", "precision", "recall", "image_recall", "image_precision", "clean_fp_area")
+    cal, row, metrics = calibrated_row(params, splits, keys)
     bins = params.evaluate.threshold_grid
-    row = {"rule": rule, "calibration": cal.as_metrics(), "small_mark_image_recall": {
-        name: small_mark_recall(splits[name], cal.image_threshold, bins) for name in ("val", "test") if name in splits}}  # fmt: skip
-    for name, m in metrics.items():
-        keys = ("fp_area", "n_flagged", "n_images") if name.startswith("real_") else (
-            "f1", "precision", "recall", "image_recall", "image_precision", "clean_fp_area")  # fmt: skip
-        row[name] = {k: m.get(k) for k in keys}
-        if name == "test":
-            row[name]["by_mark_area"] = {b: v.get("f1") for b, v in m.get("by_mark_area", {}).items()}
-            row[name]["by_tag"] = {t: m.get("by_tag", {}).get(t, {}).get("f1") for t in ("corner_label", "white", "centered")}
-    return row
+    if "test" in row:
+        by_tag = metrics["test"].get("by_tag", {})
+        row["test"]["by_tag"] = {t: by_tag.get(t, {}).get("f1") for t in ("corner_label", "white", "centered")}
+    return {"rule": rule, "calibration": cal.as_metrics(), "small_mark_image_recall": {
+        name: small_mark_recall(splits[name], cal.image_threshold, bins) for name in ("val", "test") if name in splits},
+        **row}  # fmt: skip
 
 
 def markdown(rows: list[dict], setup: str) -> str:
@@ -102,31 +95,19 @@ def markdown(rows: list[dict], setup: str) -> str:
              "small-mark image recall (test) | real_val area / flagged | real_test area / flagged |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
-    def real(r: dict, name: str) -> str:
-        m = r.get(name) or {}
-        return f"{100 * (m.get('fp_area') or 0):.2f}% / {m.get('n_flagged')} of {m.get('n_images')}" if m else "-"
-
     for r in rows:
         c, t = r["calibration"], r.get("test", {})
         small = r["small_mark_image_recall"].get("test", {})
         lines.append(f"| {r['rule']} | {c['threshold']:.4f} / {c['image_threshold']:.5f} | {c['val_f1']:.4f} | "
                      f"{t.get('f1', 0):.4f} | {r.get(HELDOUT_SPLIT, {}).get('f1') or 0:.4f} | {t.get('image_recall')} | "
                      f"{t.get('by_mark_area', {}).get('lt_0.5pct')} | {small.get('recall')} of {small.get('n_images')} | "
-                     f"{real(r, 'real_val')} | {real(r, 'real_test')} |")  # fmt: skip
+                     f"{real_cell(r, 'real_val', 2)} | {real_cell(r, 'real_test', 2)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--params-extra", action="append", default=[])
-    ap.add_argument("-S", "--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--limit", type=int, default=0, help="first N images of each split (0 = all)")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = load_params(args.params, args.overrides, args.params_extra)
-    configure_threads(params.base.threads)
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    params = load_probe_params(args)
     load, start = os.getloadavg(), time.perf_counter()
     scored, alt = score_splits(params, args.model, args.limit)
     rows = [rule_row(params, scored, alt, rule) for rule in RULES]

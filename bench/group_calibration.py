@@ -15,7 +15,6 @@ the image recall of small marks.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,8 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.eval_variants import load_probe_params, parser  # noqa: E402
 from bench.gate_scores import score_splits, small_mark_recall  # noqa: E402
-from wmcore.config import load_params  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
 from wmcore.evaluate.calibrate import (  # noqa: E402
     _best_pair,
@@ -37,11 +36,11 @@ from wmcore.evaluate.calibrate import (  # noqa: E402
     _least_real_marking,
     calibrate,
     image_threshold_candidates,
+    real_marking,
 )
 from wmcore.evaluate.run import metrics_at  # noqa: E402
 from wmcore.evaluate.score import SplitScores  # noqa: E402
 from wmcore.metrics import counts_at_thresholds, scores_from_counts, threshold_index  # noqa: E402
-from wmcore.runtime.device import configure_threads  # noqa: E402
 
 GROUPS = (("ai_label", ("corner_label",)), ("stamp", ("stamp",)), ("stock", ("grid", "tiled")),
           ("centred", ("centered",)), ("text", ()))  # fmt: skip
@@ -79,15 +78,11 @@ def group_mean_calibration(val: SplitScores, real: SplitScores, bins: int, max_a
     candidates = image_threshold_candidates(np.array(val.scores + real.scores))
     mean = torch.stack(list(group_f1(val, bins, candidates).values())).mean(0)
     mean[:, 0] = mean[:, -1] = -1.0
-    thresholds, real_counts = counts_at_thresholds(real.stacked_hists(bins))
-    real_keep = torch.from_numpy(np.array(real.scores)[None, :] >= candidates[:, None]).double()
-    positives = real_counts[..., 1].double()
-    fp_area = (real_keep @ positives) / float(real_counts[:, 0].sum())
-    flagged = (real_keep @ (positives > 0).double()) / len(real.scores)
+    fp_area, flagged = real_marking(real, bins, candidates)
     feasible = (fp_area <= max_area) & (flagged <= max_flagged)
     within = torch.where(feasible, mean, torch.full_like(mean, -2.0))
     m, b = _best_pair(_least_real_marking(within, tolerance, fp_area, flagged), torch.zeros(len(candidates)))
-    return float(thresholds[b]), float(candidates[m]), float(mean[m, b])
+    return b / (bins - 1), float(candidates[m]), float(mean[m, b])  # grid pixel threshold b, as counts_at_thresholds
 
 
 def report(params, scored: dict[str, SplitScores], threshold: float, image_threshold: float) -> dict:
@@ -109,16 +104,8 @@ def report(params, scored: dict[str, SplitScores], threshold: float, image_thres
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--params-extra", action="append", default=[])
-    ap.add_argument("-S", "--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = load_params(args.params, args.overrides, args.params_extra)
-    configure_threads(params.base.threads)
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    params = load_probe_params(args)
     ev, load, start = params.evaluate, os.getloadavg(), time.perf_counter()
     scored, _ = score_splits(params, args.model, args.limit)
     pooled = calibrate(scored["val"], scored.get("real_val"), params)

@@ -20,8 +20,6 @@ the never-trained real_test photos; the plain row must reproduce `wm evaluate`'s
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -34,15 +32,10 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wmcore.config import Params, load_params  # noqa: E402
+from bench.eval_variants import EIGHT, PLAIN, calibrated_row, load_probe_params, parser, real_cell, score_variants  # noqa: E402
+from wmcore.config import Params  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
-from wmcore.evaluate.calibrate import calibrate  # noqa: E402
-from wmcore.evaluate.run import metrics_at  # noqa: E402
-from wmcore.evaluate.score import SplitScores, build_probability_fn, evaluation_splits, score_maps  # noqa: E402
-from wmcore.runtime.device import configure_threads  # noqa: E402
-
-EIGHT = np.ones((3, 3), bool)
-PLAIN = "plain (shipped)"
+from wmcore.evaluate.score import SplitScores, build_probability_fn  # noqa: E402
 
 
 def hysteresis_maps(probs: np.ndarray, highs: list[float], bins: int, lowest: float) -> dict[float, np.ndarray]:
@@ -74,39 +67,18 @@ def hysteresis_maps(probs: np.ndarray, highs: list[float], bins: int, lowest: fl
 
 def score_splits(params: Params, model: Path, highs: list[float], lowest: float, limit: int) -> dict[str, dict]:
     """{split: {variant: SplitScores}}: the plain map and one hysteresis map per high threshold, image scores plain."""
-    ev = params.evaluate
-    predict = build_probability_fn(params, model, "torch")
-    names = (PLAIN, *(f"hysteresis h={h:.4f}" for h in highs))
-    scored = {}
-    for name, (split, crop) in evaluation_splits(params).items():
-        split = split[:limit] if limit else split
-        if not split:
-            continue
+    names = tuple(f"hysteresis h={h:.4f}" for h in highs)
 
-        def maps(images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-            out = []
-            for probs in predict(images):
-                q = hysteresis_maps(probs, highs, ev.threshold_grid, lowest)
-                out.append({PLAIN: probs, **{n: q[h] for n, h in zip(names[1:], highs, strict=True)}})
-            return out
+    def variants(probs: np.ndarray) -> dict[str, np.ndarray]:
+        q = hysteresis_maps(probs, highs, params.evaluate.threshold_grid, lowest)
+        return {n: q[h] for n, h in zip(names, highs, strict=True)}
 
-        by_variant = score_maps(split, maps, names, ev.threshold_grid, ev.batch_size, crop, name=name)
-        plain_scores = by_variant[PLAIN].scores  # the gate reads the plain map, as wm predict would
-        scored[name] = {n: dataclasses.replace(s, scores=plain_scores) for n, s in by_variant.items()}
-    return scored
+    return score_variants(params, build_probability_fn(params, model, "torch"), (PLAIN, *names), variants, limit)
 
 
 def variant_row(params: Params, splits: dict[str, SplitScores], variant: str) -> dict:
-    cal = calibrate(splits["val"], splits.get("real_val"), params)
-    metrics = metrics_at(splits, cal.threshold, cal.image_threshold, params)
-    row = {"variant": variant, "calibration": cal.as_metrics()}
-    for name, m in metrics.items():
-        keys = ("fp_area", "n_flagged", "n_images") if name.startswith("real_") else (
-            "f1", "precision", "recall", "image_recall", "clean_fp_area")  # fmt: skip
-        row[name] = {k: m.get(k) for k in keys}
-        if name == "test":
-            row[name]["by_mark_area"] = {b: v.get("f1") for b, v in m.get("by_mark_area", {}).items()}
-    return row
+    cal, row, _ = calibrated_row(params, splits)
+    return {"variant": variant, "calibration": cal.as_metrics(), **row}
 
 
 def markdown(rows: list[dict], setup: str) -> str:
@@ -115,32 +87,21 @@ def markdown(rows: list[dict], setup: str) -> str:
              "real_val area / flagged | real_test area / flagged |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
-    def real(r: dict, name: str) -> str:
-        m = r.get(name) or {}
-        return f"{100 * (m.get('fp_area') or 0):.3f}% / {m.get('n_flagged')} of {m.get('n_images')}" if m else "-"
-
     for r in rows:
         c, t = r["calibration"], r.get("test", {})
         lines.append(f"| {r['variant']} | {c['threshold']:.4f} / {c['image_threshold']:.5f} | {c['val_f1']:.4f} | "
                      f"{t.get('f1', 0):.4f} ({t.get('precision', 0):.3f} / {t.get('recall', 0):.3f}) | "
                      f"{r.get(HELDOUT_SPLIT, {}).get('f1') or 0:.4f} | {t.get('by_mark_area', {}).get('lt_0.5pct')} | "
-                     f"{real(r, 'real_val')} | {real(r, 'real_test')} |")  # fmt: skip
+                     f"{real_cell(r, 'real_val')} | {real_cell(r, 'real_test')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--params-extra", action="append", default=[])
-    ap.add_argument("-S", "--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--model", type=Path, required=True)
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--highs", type=float, nargs="+", default=[0.8125, 0.875, 0.9375, 0.9792])
     ap.add_argument("--lowest", type=float, default=0.25, help="lowest low threshold tried")
-    ap.add_argument("--limit", type=int, default=0, help="first N images of each split (0 = all)")
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    params = load_params(args.params, args.overrides, args.params_extra)
-    configure_threads(params.base.threads)
+    params = load_probe_params(args)
     load, start = os.getloadavg(), time.perf_counter()
     scored = score_splits(params, args.model, args.highs, args.lowest, args.limit)
     variants = list(next(iter(scored.values())))

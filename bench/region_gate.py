@@ -22,8 +22,6 @@ must reproduce `wm evaluate`'s figures.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -36,16 +34,20 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.eval_variants import (  # noqa: E402
+    EIGHT,
+    PLAIN,
+    calibrated_row,
+    load_probe_params,
+    parser,
+    real_cell,
+    score_variants,
+)
 from bench.gate_scores import small_mark_recall  # noqa: E402
-from wmcore.config import Params, load_params  # noqa: E402
+from wmcore.config import Params  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
-from wmcore.evaluate.calibrate import calibrate  # noqa: E402
-from wmcore.evaluate.run import metrics_at  # noqa: E402
-from wmcore.evaluate.score import SplitScores, build_probability_fn, evaluation_splits, score_maps  # noqa: E402
-from wmcore.runtime.device import configure_threads  # noqa: E402
+from wmcore.evaluate.score import SplitScores, build_probability_fn  # noqa: E402
 
-EIGHT = np.ones((3, 3), bool)
-PLAIN = "plain (shipped)"
 STATS = ("max", "mean", "top16")
 TOP = 16
 
@@ -97,39 +99,18 @@ def variant_name(base: float, stat: str) -> str:
 
 def score_splits(params: Params, model: Path, bases: list[float], limit: int) -> dict[str, dict]:
     """{split: {variant: SplitScores}}: the plain map and one region map per (base, statistic), image scores plain."""
-    ev = params.evaluate
-    predict = build_probability_fn(params, model, "torch")
     names = (PLAIN, *(variant_name(b, s) for b in bases for s in STATS))
-    scored = {}
-    for name, (split, crop) in evaluation_splits(params).items():
-        split = split[:limit] if limit else split
-        if not split:
-            continue
-
-        def maps(images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-            return [{PLAIN: probs, **region_maps(probs, bases)} for probs in predict(images)]
-
-        by_variant = score_maps(split, maps, names, ev.threshold_grid, ev.batch_size, crop, name=name)
-        plain_scores = by_variant[PLAIN].scores  # the image gate reads the plain map, as wm predict does
-        scored[name] = {n: dataclasses.replace(s, scores=plain_scores) for n, s in by_variant.items()}
-    return scored
+    predict = build_probability_fn(params, model, "torch")
+    return score_variants(params, predict, names, lambda probs: region_maps(probs, bases), limit)
 
 
 def variant_row(params: Params, splits: dict[str, SplitScores], variant: str) -> dict:
-    cal = calibrate(splits["val"], splits.get("real_val"), params)
-    metrics = metrics_at(splits, cal.threshold, cal.image_threshold, params)
+    cal, row, _ = calibrated_row(params, splits)
     bins = params.evaluate.threshold_grid
-    row = {"variant": variant, "calibration": cal.as_metrics(),
-           "region_cut": None if variant == PLAIN else round(inverse_spread(cal.threshold), 6),
-           "small_mark_image_recall": {n: small_mark_recall(splits[n], cal.image_threshold, bins)
-                                       for n in ("val", "test") if n in splits}}  # fmt: skip
-    for name, m in metrics.items():
-        keys = ("fp_area", "n_flagged", "n_images") if name.startswith("real_") else (
-            "f1", "precision", "recall", "image_recall", "clean_fp_area")  # fmt: skip
-        row[name] = {k: m.get(k) for k in keys}
-        if name == "test":
-            row[name]["by_mark_area"] = {b: v.get("f1") for b, v in m.get("by_mark_area", {}).items()}
-    return row
+    return {"variant": variant, "calibration": cal.as_metrics(),
+            "region_cut": None if variant == PLAIN else round(inverse_spread(cal.threshold), 6),
+            "small_mark_image_recall": {n: small_mark_recall(splits[n], cal.image_threshold, bins)
+                                        for n in ("val", "test") if n in splits}, **row}  # fmt: skip
 
 
 def markdown(rows: list[dict], setup: str) -> str:
@@ -138,10 +119,6 @@ def markdown(rows: list[dict], setup: str) -> str:
              "test F1, marks < 0.5% | small-mark image recall (test) | real_val area / flagged | real_test area / flagged |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
-    def real(r: dict, name: str) -> str:
-        m = r.get(name) or {}
-        return f"{100 * (m.get('fp_area') or 0):.3f}% / {m.get('n_flagged')} of {m.get('n_images')}" if m else "-"
-
     for r in rows:
         c, t = r["calibration"], r.get("test", {})
         cut = f"{c['threshold']:.4f}" if r["region_cut"] is None else f"{r['region_cut']:.5f}"
@@ -149,22 +126,15 @@ def markdown(rows: list[dict], setup: str) -> str:
         lines.append(f"| {r['variant']} | {cut} / {c['image_threshold']:.5f} | {c['val_f1']:.4f} | "
                      f"{t.get('f1', 0):.4f} ({t.get('precision', 0):.3f} / {t.get('recall', 0):.3f}) | "
                      f"{r.get(HELDOUT_SPLIT, {}).get('f1') or 0:.4f} | {t.get('by_mark_area', {}).get('lt_0.5pct')} | "
-                     f"{small.get('recall')} of {small.get('n_images')} | {real(r, 'real_val')} | {real(r, 'real_test')} |")  # fmt: skip
+                     f"{small.get('recall')} of {small.get('n_images')} | {real_cell(r, 'real_val')} | {real_cell(r, 'real_test')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--params-extra", action="append", default=[])
-    ap.add_argument("-S", "--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--model", type=Path, required=True)
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--bases", type=float, nargs="+", default=[0.7083, 0.7708, 0.8333])
-    ap.add_argument("--limit", type=int, default=0, help="first N images of each split (0 = all)")
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    params = load_params(args.params, args.overrides, args.params_extra)
-    configure_threads(params.base.threads)
+    params = load_probe_params(args)
     load, start = os.getloadavg(), time.perf_counter()
     scored = score_splits(params, args.model, args.bases, args.limit)
     variants = list(next(iter(scored.values())))

@@ -14,7 +14,6 @@ real photos upscaled alike); s = 1 must reproduce `wm evaluate`'s figures. Costs
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,12 +26,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wmcore.config import load_params  # noqa: E402
+from bench.eval_variants import PLAIN, calibrated_row, load_probe_params, parser, score_variants  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
-from wmcore.evaluate.calibrate import calibrate  # noqa: E402
-from wmcore.evaluate.run import metrics_at  # noqa: E402
-from wmcore.evaluate.score import ProbabilityFn, build_probability_fn, evaluation_splits, score_split  # noqa: E402
-from wmcore.runtime.device import configure_threads  # noqa: E402
+from wmcore.evaluate.score import ProbabilityFn, build_probability_fn  # noqa: E402
 
 
 def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
@@ -54,34 +50,18 @@ def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--params-extra", action="append", default=[])
-    ap.add_argument("-S", "--set", action="append", default=[], dest="overrides")
-    ap.add_argument("--model", type=Path, required=True)
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5])
-    ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    params = load_params(args.params, args.overrides, args.params_extra)
-    configure_threads(params.base.threads)
-    ev, load = params.evaluate, os.getloadavg()
+    params = load_probe_params(args)
+    load = os.getloadavg()
     base = build_probability_fn(params, args.model, "torch")
     rows = []
     for scale in args.scales:
         start = time.perf_counter()
-        predict = upscaled(base, scale)
-        scored = {}
-        for name, (samples, crop) in evaluation_splits(params).items():
-            samples = samples[: args.limit] if args.limit else samples
-            if samples:
-                scored[name] = score_split(samples, predict, ev.threshold_grid, ev.batch_size, crop, name=f"{name} x{scale}")
-        cal = calibrate(scored["val"], scored.get("real_val"), params)
-        metrics = metrics_at(scored, cal.threshold, cal.image_threshold, params)
-        row = {"scale": scale, "seconds": round(time.perf_counter() - start, 1), "calibration": cal.as_metrics()}
-        for name, m in metrics.items():
-            keys = ("fp_area", "n_flagged", "n_images") if name.startswith("real_") else ("f1", "precision", "recall")
-            row[name] = {k: m.get(k) for k in keys}
+        scored = score_variants(params, upscaled(base, scale), (PLAIN,), None, args.limit)
+        cal, figures, _ = calibrated_row(params, {name: by[PLAIN] for name, by in scored.items()}, ("f1", "precision", "recall"))
+        row = {"scale": scale, "seconds": round(time.perf_counter() - start, 1), "calibration": cal.as_metrics(), **figures}
         rows.append(row)
         print(json.dumps(row), flush=True)
     setup = {"model": str(args.model), "prepared": params.paths.prepared, "cores": os.cpu_count(),

@@ -191,6 +191,17 @@ def _least_real_marking(
     return torch.where(tied, f1, torch.full_like(f1, -2.0))
 
 
+def real_marking(real: SplitScores, bins: int, image_thresholds: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much of the real clean photos gated masks mark: (fp_area, flagged share), each (M, B) for M image
+    thresholds x the grid pixel thresholds (every pixel of these photos is clean)."""
+    _, real_counts = counts_at_thresholds(real.stacked_hists(bins))  # (R, B, 4)
+    real_keep = torch.from_numpy(np.array(real.scores)[None, :] >= image_thresholds[:, None]).double()  # (M, R)
+    positives = real_counts[..., 1].double()  # (R, B)
+    fp_area = (real_keep @ positives) / float(real_counts[:, 0].sum())
+    flagged = (real_keep @ (positives > 0).double()) / len(real.scores)
+    return fp_area, flagged
+
+
 def joint_thresholds(
     val: SplitScores,
     real_val: SplitScores | None,
@@ -216,11 +227,7 @@ def joint_thresholds(
     fp_area = flagged = None
     feasible = torch.ones_like(f1, dtype=torch.bool)
     if real is not None:
-        _, real_counts = counts_at_thresholds(real.stacked_hists(bins))  # (R, B, 4): every pixel is clean
-        real_keep = torch.from_numpy(np.array(real.scores)[None, :] >= candidates[:, None]).double()  # (M, R)
-        positives = real_counts[..., 1].double()  # (R, B)
-        fp_area = (real_keep @ positives) / float(real_counts[:, 0].sum())
-        flagged = (real_keep @ (positives > 0).double()) / len(real.scores)
+        fp_area, flagged = real_marking(real, bins, candidates)
         feasible = (fp_area <= max_fp_area) & (flagged <= max_flagged)
     balanced = torch.tensor([decision_scores(np.array(val.scores), has_watermark, float(t))["balanced_accuracy"]
                              for t in candidates], dtype=torch.float64).nan_to_num(0.0)  # fmt: skip
