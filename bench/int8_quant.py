@@ -28,29 +28,28 @@ sys.path.insert(0, str(ROOT))
 
 from wmcore.hashing import file_sha256  # noqa: E402
 from wmcore.infer.onnx_backend import (  # noqa: E402
-    _Int8CalibrationReader,
     export_onnx,
     int8_calibration_tiles,
     pad_to_multiple,
+    quantize_int8,
     to_nchw_float,
 )
+from wmcore.metrics import mask_f1  # noqa: E402
 from wmcore.model.checkpoint import load_model  # noqa: E402
 
 
 def variants() -> dict[str, dict]:
-    from onnxruntime.quantization import CalibrationMethod, QuantType
+    """name -> quantize_int8 overrides of the production settings ({} = production)."""
+    from onnxruntime.quantization import CalibrationMethod
 
-    base = {"per_channel": True, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
-            "calibrate_method": CalibrationMethod.MinMax}  # fmt: skip
+    percentile = {"calibrate_method": CalibrationMethod.Percentile, "extra_options": {"CalibPercentile": 99.999}}
+    conv_only = {"op_types_to_quantize": ["Conv", "ConvTranspose"]}
     return {
-        "minmax (shipped)": base,
-        "percentile 99.999": {**base, "calibrate_method": CalibrationMethod.Percentile,
-                              "extra_options": {"CalibPercentile": 99.999}},
-        "entropy": {**base, "calibrate_method": CalibrationMethod.Entropy},
-        "conv only, minmax": {**base, "op_types_to_quantize": ["Conv", "ConvTranspose"]},
-        "conv only, percentile": {**base, "op_types_to_quantize": ["Conv", "ConvTranspose"],
-                                  "calibrate_method": CalibrationMethod.Percentile,
-                                  "extra_options": {"CalibPercentile": 99.999}},
+        "minmax (shipped)": {},
+        "percentile 99.999": percentile,
+        "entropy": {"calibrate_method": CalibrationMethod.Entropy},
+        "conv only, minmax": conv_only,
+        "conv only, percentile": {**conv_only, **percentile},
     }
 
 
@@ -92,16 +91,11 @@ def run(path: Path, tiles: list[np.ndarray], threads: int) -> tuple[list[np.ndar
 
 
 def f1(pred: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    tp = sum(int((p & t).sum()) for p, t in zip(pred, truth, strict=True))
-    fp = sum(int((p & ~t).sum()) for p, t in zip(pred, truth, strict=True))
-    fn = sum(int((~p & t).sum()) for p, t in zip(pred, truth, strict=True))
-    return 2 * tp / max(2 * tp + fp + fn, 1)
+    """Pixel F1 pooled over the crops."""
+    return mask_f1(np.concatenate([p.ravel() for p in pred]), np.concatenate([t.ravel() for t in truth]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from onnxruntime.quantization import QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=Path("models/wmdetect.pt"))
     ap.add_argument("--prepared", type=Path, required=True)
@@ -118,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="int8q-"))
     fp32 = work / f"{file_sha256(args.model)[:16]}-fp32.onnx"
     export_onnx(model.fold_for_inference() if hasattr(model, "fold_for_inference") else model, fp32)
-    pre = work / "pre.onnx"
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     val_files = sorted((args.prepared / "val" / "images").iterdir())
     # one shape for every crop: the histogram calibrators (percentile, entropy) stack their outputs
     calib = [fixed_side(t, args.side) for t in int8_calibration_tiles(val_files, args.calibration, args.side, model.multiple)]
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         path = work / f"{len(rows)}.onnx"
         t0 = time.perf_counter()
-        quantize_static(str(pre), str(path), _Int8CalibrationReader(calib), quant_format=QuantFormat.QDQ, **options)
+        quantize_int8(fp32, path, calib, **options)
         probs, s = run(path, tiles, args.threads)
         masks = [p >= threshold for p in probs]
         diff = [np.abs(p - r) for p, r in zip(probs, ref, strict=True)]

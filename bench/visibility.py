@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ from wmcore.data.backgrounds import discover_backgrounds  # noqa: E402
 from wmcore.data.compose import jpeg_roundtrip, to_uint8  # noqa: E402
 from wmcore.data.generator import GeneratorContext, generate_sample, plan_heldout  # noqa: E402
 from wmcore.data.prepare import sample_id  # noqa: E402
+from wmcore.metrics import counts_at_thresholds, scores_from_counts  # noqa: E402
 
 LEVELS = (2, 4, 8, 16)  # grey levels of visible change
 MAX_CHANGE = 256
@@ -104,16 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         hist[1] += np.bincount(change[~mask].ravel(), minlength=MAX_CHANGE)
     pos = hist[0].sum()
     below = {f"lt_{v}": round(float(hist[0][:v].sum() / pos), 4) for v in LEVELS}
-    tp = hist[0][::-1].cumsum()[::-1]  # change >= t
-    fp = hist[1][::-1].cumsum()[::-1]
-    f1 = 2 * tp / np.maximum(2 * tp + fp + (pos - tp), 1)
+    # the histograms are threshold_histograms' layout, so the pipeline's counts give "change >= t" per grey level t
+    scores = scores_from_counts(counts_at_thresholds(torch.from_numpy(hist))[1], empty_is_perfect=False)
+    f1, precision, recall = (scores[k].numpy() for k in ("f1", "precision", "recall"))
     best = int(np.argmax(f1[1:]) + 1)  # a threshold of 0 marks everything
     result = {
         "split": args.split, "samples": n, "regenerated_differ_from_stored": mismatched,
         "mask_pixels": int(pos), "mask_share_changed_less_than": below,
         "oracle_best_threshold_grey_levels": best, "oracle_f1": round(float(f1[best]), 4),
-        "oracle_precision": round(float(tp[best] / max(tp[best] + fp[best], 1)), 4),
-        "oracle_recall": round(float(tp[best] / pos), 4),
+        "oracle_precision": round(float(precision[best]), 4), "oracle_recall": round(float(recall[best]), 4),
         "oracle_f1_at": {str(t): round(float(f1[t]), 4) for t in (1, 2, 4, 8, 16)},
         "seconds": round(time.perf_counter() - start, 1), "load_before": round(load[0], 2),
     }

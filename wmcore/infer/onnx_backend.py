@@ -180,8 +180,11 @@ def int8_calibration_tiles(files: Sequence[str | Path], count: int, side: int, m
     return tiles
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray]) -> None:
-    """Static int8 quantization (QDQ, per-channel weights, uint8 activations), written atomically."""
+def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray], **overrides: object) -> None:
+    """Static int8 quantization (QDQ, per-channel weights, uint8 activations, MinMax ranges), written atomically.
+
+    overrides: quantize_static arguments replacing those (bench/int8_quant.py compares calibrations this way).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -191,16 +194,14 @@ def quantize_int8(fp32_path: Path, int8_path: Path, tiles: list[np.ndarray]) -> 
     tmp = int8_path.with_name(f".{int8_path.name}.tmp-{os.getpid()}")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(tmp),
-            _Int8CalibrationReader(tiles),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        settings = {
+            "quant_format": QuantFormat.QDQ,
+            "per_channel": True,
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "calibrate_method": CalibrationMethod.MinMax,
+        }
+        quantize_static(str(pre), str(tmp), _Int8CalibrationReader(tiles), **{**settings, **overrides})
         os.replace(tmp, int8_path)
     finally:
         pre.unlink(missing_ok=True)
