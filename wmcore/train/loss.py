@@ -65,18 +65,13 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     Returns: scalar tensor.
     """
     n = logits.shape[0]
-    losses = []
-    for x, t in zip(logits.reshape(n, -1), target.reshape(n, -1), strict=True):
-        errors = 1.0 - x * (2.0 * t - 1.0)
-        errors_sorted, order = torch.sort(errors, descending=True)
-        truth = t[order]
-        total = truth.sum()
-        intersection = total - truth.cumsum(0)
-        union = total + (1.0 - truth).cumsum(0)
-        jaccard = 1.0 - intersection / union
-        weights = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
-        losses.append(torch.dot(F.relu(errors_sorted), weights))
-    return torch.stack(losses).mean()
+    x, t = logits.reshape(n, -1), target.reshape(n, -1)
+    errors_sorted, order = torch.sort(1.0 - x * (2.0 * t - 1.0), dim=1, descending=True)  # per image
+    truth = t.gather(1, order)
+    total = truth.sum(1, keepdim=True)
+    jaccard = 1.0 - (total - truth.cumsum(1)) / (total + (1.0 - truth).cumsum(1))
+    weights = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return (F.relu(errors_sorted) * weights).sum(1).mean()
 
 
 class SegmentationLoss(nn.Module):
