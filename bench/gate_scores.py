@@ -5,7 +5,8 @@ probabilities, at least 16 px: `wmcore.metrics.image_score`) is under the calibr
 threshold. A mark smaller than that share of its image (a small corner AI label: on a 1024x768
 photo 0.1% is 786 px) cannot fill the top k alone, so background pixels pull its score down and
 the gate may drop it. This scores a model once on every split and keeps, per image, the score
-under several top-k rules; each rule is then calibrated as `wm evaluate` calibrates (pixel and
+under several top-k rules (and corner rules that let a corner window's evidence gate at a lower
+confidence, where AI generators print their labels); each rule is then calibrated as `wm evaluate` calibrates (pixel and
 image thresholds jointly on val within the real-photo budgets, the model's own fusion rule) and
 reported on test, test_heldout and the never-trained real_test photos, with test F1 by mark area
 and the image recall of small marks. The shipped rule's row must reproduce `wm evaluate`'s figures.
@@ -21,6 +22,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +38,36 @@ from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
 from wmcore.evaluate.score import SplitScores, build_probability_fn, evaluation_splits, score_split  # noqa: E402
 from wmcore.metrics import image_score  # noqa: E402
 
-# name -> (top_fraction, min_pixels) of image_score; "top 0.1%" is what wm predict ships.
-RULES = {
-    "top 0.1% (shipped)": (0.001, 16),
-    "top 0.03%": (0.0003, 16),
-    "top 0.01%": (0.0001, 16),
-    "top 256 px": (0.0, 256),
-    "top 64 px": (0.0, 64),
+
+def corner_score(probs: np.ndarray, window: float) -> float:
+    """The shipped score (top 0.1%, at least 16 px) of the most confident of the four corner windows.
+
+    A window spans `window` of the image's height and width from a corner, where AI generators and
+    stock vendors print their small labels (and where the generator's corner styles put them).
+    """
+    h, w = probs.shape
+    wh, ww = max(1, round(h * window)), max(1, round(w * window))
+    corners = (probs[:wh, :ww], probs[:wh, w - ww:], probs[h - wh:, :ww], probs[h - wh:, w - ww:])
+    return max(image_score(c) for c in corners)
+
+
+def corner_lifted(probs: np.ndarray, window: float, lift: float) -> float:
+    """max(shipped score, corner score lifted towards 1): 1 - (1 - s) * lift, so corner evidence gates at a
+    lower confidence than evidence elsewhere (lift 0.2: a corner at 0.985 counts as 0.997 does)."""
+    return max(image_score(probs), 1.0 - (1.0 - corner_score(probs, window)) * lift)
+
+
+# name -> (H, W) probabilities -> has-watermark score; "top 0.1%" is what wm predict ships.
+RULES: dict[str, Callable[[np.ndarray], float]] = {
+    "top 0.1% (shipped)": partial(image_score, top_fraction=0.001, min_pixels=16),
+    "top 0.03%": partial(image_score, top_fraction=0.0003, min_pixels=16),
+    "top 0.01%": partial(image_score, top_fraction=0.0001, min_pixels=16),
+    "top 256 px": partial(image_score, top_fraction=0.0, min_pixels=256),
+    "top 64 px": partial(image_score, top_fraction=0.0, min_pixels=64),
+    "corners 1/3, lift 0.5": partial(corner_lifted, window=1 / 3, lift=0.5),
+    "corners 1/3, lift 0.2": partial(corner_lifted, window=1 / 3, lift=0.2),
+    "corners 1/3, lift 0.05": partial(corner_lifted, window=1 / 3, lift=0.05),
+    "corners 1/4, lift 0.2": partial(corner_lifted, window=1 / 4, lift=0.2),
 }
 
 
@@ -59,8 +85,8 @@ def score_splits(params: Params, model: Path, limit: int) -> tuple[dict[str, Spl
         def keeping(images: list[np.ndarray], into: dict[str, list] = alt[name]) -> list[np.ndarray]:
             maps = predict(images)
             for probs in maps:  # score_split keeps every returned map, in order
-                for rule, (fraction, least) in RULES.items():
-                    into[rule].append(image_score(probs, fraction, least))
+                for rule, score in RULES.items():
+                    into[rule].append(score(probs))
             return maps
 
         scored[name] = score_split(split, keeping, ev.threshold_grid, ev.batch_size, crop, name=name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.gate_scores import RULES, rule_row, small_mark_recall
+from bench.gate_scores import RULES, corner_lifted, corner_score, rule_row, small_mark_recall
 from tests.fixtures import evaluate_params
 from wmcore.evaluate.run import metrics_at
 from wmcore.evaluate.samples import EvalSample
@@ -35,8 +35,8 @@ def scored(images: list[tuple[np.ndarray, np.ndarray]]) -> tuple[SplitScores, di
         split.scores.append(image_score(probs))
         split.has_watermark.append(bool(truth.any()))
         split.sizes.append(probs.shape)
-        for rule, (fraction, least) in RULES.items():
-            alt[rule].append(image_score(probs, fraction, least))
+        for rule, score in RULES.items():
+            alt[rule].append(score(probs))
     return split, alt
 
 
@@ -67,3 +67,19 @@ def test_the_shipped_rule_reproduces_evaluate_and_each_rule_is_scored_with_its_o
     tight = rule_row(params, splits, alt, "top 0.01%")
     assert tight["calibration"]["image_threshold"] != c["image_threshold"]  # calibrated on its own scores
     assert tight["small_mark_image_recall"]["test"] == {"n_images": 1, "recall": 1.0}
+
+
+def test_corner_rules_lift_only_what_lies_in_a_corner_window():
+    # 200 x 200 px, a 20 px mark at 0.95 on a 0.05 background: the shipped top-40 score is 0.5 wherever it is
+    corner, centre = np.full((200, 200), 0.05, np.float32), np.full((200, 200), 0.05, np.float32)
+    corner[190:194, 185:190] = 0.95  # bottom-right, inside the last third of both sides
+    centre[98:102, 98:103] = 0.95
+    assert image_score(corner) == pytest.approx(0.5) and image_score(centre) == pytest.approx(0.5)
+    assert corner_score(corner, 1 / 3) == pytest.approx(0.95)  # a 67 x 67 window averages its top 16 px
+    assert corner_score(centre, 1 / 3) == pytest.approx(0.05)
+    assert corner_score(corner, 1 / 40) == pytest.approx(0.05)  # a 5 x 5 window ends before the mark
+    assert corner_lifted(corner, 1 / 3, 0.2) == pytest.approx(0.99)
+    assert corner_lifted(centre, 1 / 3, 0.2) == pytest.approx(0.81)  # the lift maps an empty corner to 1 - 0.95 * 0.2
+    strong = centre.copy()
+    strong[80:120, 80:120] = 0.999  # confident evidence outside the corners keeps the shipped score
+    assert corner_lifted(strong, 1 / 3, 0.2) == pytest.approx(image_score(strong))
