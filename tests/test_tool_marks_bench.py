@@ -1,0 +1,85 @@
+"""bench/tool_marks.py: each tool's mark lands where its truth says, faint marks are left out, the rows count right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.tool_marks import RECIPES, build_set, change, detector_row
+from wmcore.evaluate.samples import EvalSample
+from wmcore.evaluate.score import score_maps
+
+BINS = 11
+
+
+def photo(h: int = 240, w: int = 320, seed: int = 0, grey: int = 110) -> np.ndarray:
+    """A grey photo with texture (at 110 white and black marks show, matplotlib's grey one barely)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(grey + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_each_recipe_changes_the_photo_exactly_where_its_opacity_is(name):
+    clean = photo()
+    marked, opacity = RECIPES[name](np.random.default_rng(1), clean)
+    assert marked.shape == clean.shape and marked.dtype == np.uint8 and opacity.shape == clean.shape[:2]
+    assert opacity.min() >= 0.0 and opacity.max() <= 1.0
+    mask = opacity > 0.05
+    assert 0.001 < mask.mean() < 0.5  # a mark, not the whole picture
+    diff = np.abs(marked.astype(int) - clean.astype(int)).max(-1)
+    assert (diff[opacity == 0] <= 1).all()  # untouched outside the mark (rounding aside)
+    assert diff[opacity > 0.2].mean() > 8  # and visibly changed on it
+    assert change(clean, marked, mask) > 0.02
+
+
+def test_build_set_writes_clean_and_marked_pairs_and_leaves_faint_marks_out(tmp_path):
+    sources = []
+    for i in range(3):
+        Image.fromarray(photo(seed=i)).save(tmp_path / f"p{i}.png")
+        sources.append(EvalSample(f"p{i}", tmp_path / f"p{i}.png", None, False))
+    samples, dropped = build_set(sources, tmp_path / "set", 0.05, 0.04)
+    assert dropped == 0 and [s.tags[0] for s in samples] == ["clean", *list(RECIPES)[:1], "clean", list(RECIPES)[1],
+                                                             "clean", list(RECIPES)[2]]  # fmt: skip
+    for s in samples:
+        assert s.image.suffix == ".jpg" and s.image.is_file()
+        assert (s.mask is None) == (not s.has_watermark)
+    mask = np.asarray(Image.open(samples[1].mask)) > 0
+    assert mask.any() and set(np.unique(np.asarray(Image.open(samples[1].mask)))) <= {0, 255}
+    none, dropped = build_set(sources, tmp_path / "faint", 0.05, 1.0, draws=2)  # no mark changes pixels by 100%
+    assert dropped == 3 and all(not s.has_watermark for s in none)
+
+
+def test_detector_row_counts_found_marks_and_flagged_clean_photos(tmp_path):
+    sources = []
+    for i in range(4):
+        Image.fromarray(photo(seed=i, grey=170)).save(tmp_path / f"p{i}.png")  # every recipe's mark shows
+        sources.append(EvalSample(f"p{i}", tmp_path / f"p{i}.png", None, False))
+    samples, dropped = build_set(sources, tmp_path / "set", 0.05, 0.04)
+    assert dropped == 0 and len(samples) == 8
+    truth = {s.image.name: (np.asarray(Image.open(s.mask)) > 0) if s.mask else None for s in samples}
+    order = iter(samples)
+
+    def oracle(images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The truth for marked photos (the first one found only in its left half), one pixel on each clean photo."""
+        out = []
+        for image in images:
+            s = next(order)
+            probs = np.zeros(image.shape[:2], np.float32)
+            if s.mask is None:
+                probs[0, 0] = 1.0
+            else:
+                probs[truth[s.image.name]] = 1.0
+                if s.tags[0] == list(RECIPES)[0]:
+                    probs[:, :] = 0.0  # missed entirely
+            out.append({"p": probs})
+        return out
+
+    split = score_maps(samples, oracle, ("p",), BINS, 1, 0, name="t")["p"]
+    row = detector_row(split, 0.5, 0.0, BINS, False)
+    assert row["marked_found"] == 0.75 and row["clean_flagged"] == "4 of 4"
+    assert row["by_recipe"][list(RECIPES)[0]]["found"] == 0.0 and row["by_recipe"][list(RECIPES)[0]]["recall"] == 0.0
+    assert row["by_recipe"][list(RECIPES)[1]] == {"n_images": 1, "f1": 1.0, "precision": 1.0, "recall": 1.0, "found": 1.0}
+    assert row["precision"] < 1.0 and row["clean_fp_area"] > 0
+    assert row["found_by_photo"] == {"short side < 400 px": "0.75 of 4", "short side >= 400 px": "-",
+                                     "screenshots and pages": "-", "other pictures": "0.75 of 4"}  # fmt: skip
