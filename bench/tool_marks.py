@@ -21,7 +21,8 @@ instead of Pillow. The truth mask is where the mark's own opacity (coverage x al
 rendered alone with the same calls) exceeds prepare.mask_alpha_threshold, as our labels are defined.
 Both detectors run as users run them: ours is `wm predict`'s predictor at the model's calibrated
 thresholds (no re-calibration: these photos are a test), the OCR detector (PP-OCRv4 det,
-rapidocr-onnxruntime's defaults) its text boxes filled, as the hidden real set scored it. Reported:
+rapidocr-onnxruntime's defaults) its text boxes filled, as the hidden real set scored it. `--photos real_val` builds
+the same from the calibration split's photos, to choose between models without touching real_test. Reported:
 pooled pixel F1 / precision / recall, the share of marked photos with any mark pixel found, and on the
 clean copies the false-positive area and photos flagged; per recipe.
 
@@ -288,6 +289,8 @@ def detector_row(split: SplitScores, threshold: float, image_threshold: float, b
         f"short side >= {SMALL} px": _share(found, marked & (short >= SMALL)),
         "screenshots and pages": _share(found, marked & screens),
         "other pictures": _share(found, marked & ~screens),
+        f"other pictures, short side < {SMALL} px": _share(found, marked & ~screens & (short < SMALL)),
+        f"other pictures, short side >= {SMALL} px": _share(found, marked & ~screens & (short >= SMALL)),
     }
     row["by_recipe"] = {}
     for name in RECIPES:
@@ -351,10 +354,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--no-ocr", action="store_true", help="score ours only")
-    ap.add_argument("--work", type=Path, default=Path("results/tool_marks"), help="where the marked photos go")
+    ap.add_argument("--photos", choices=("real_test", "real_val"), default="real_test",
+                    help="real_val (the calibration split) to choose between models, real_test to report")  # fmt: skip
+    ap.add_argument("--work", type=Path, default=None, help="where the marked photos go (results/tool_marks/PHOTOS)")
     args = ap.parse_args(argv)
     params = load_probe_params(args)
-    photos = real_clean_samples(params.paths.corpus, "real_test", params.paths.corpus_native)
+    args.work = args.work or Path("results/tool_marks") / args.photos
+    photos = real_clean_samples(params.paths.corpus, args.photos, params.paths.corpus_native)
     photos = photos[: args.limit] if args.limit else photos
     load = os.getloadavg()
     samples, dropped = build_set(photos, args.work, params.prepare.mask_alpha_threshold, params.prepare.min_contrast)
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     detectors[f"ours ({args.model})"], detectors["ours, no image gate"] = ours, ungated
     if not args.no_ocr:
         detectors["OCR boxes (PP-OCRv4 det)"], timing["ocr"] = score_ocr(params, samples)
-    setup = (f"{len(photos)} real_test photos of {params.paths.corpus} (+ native views), each clean and marked once "
+    setup = (f"{len(photos)} {args.photos} photos of {params.paths.corpus} (+ native views), each clean and marked once "
              f"({len(samples)} JPEGs in {args.work}; {dropped} marks too faint in 8 draws left out); "
              f"{os.cpu_count()} cores, load {load[0]:.2f} before; "
              + ", ".join(f"{k} {v / len(samples):.3f} s per image" for k, v in timing.items())
