@@ -82,4 +82,6 @@ def test_detector_row_counts_found_marks_and_flagged_clean_photos(tmp_path):
     assert row["by_recipe"][list(RECIPES)[1]] == {"n_images": 1, "f1": 1.0, "precision": 1.0, "recall": 1.0, "found": 1.0}
     assert row["precision"] < 1.0 and row["clean_fp_area"] > 0
     assert row["found_by_photo"] == {"short side < 400 px": "0.75 of 4", "short side >= 400 px": "-",
-                                     "screenshots and pages": "-", "other pictures": "0.75 of 4"}  # fmt: skip
+                                     "screenshots and pages": "-", "other pictures": "0.75 of 4",
+                                     "other pictures, short side < 400 px": "0.75 of 4",
+                                     "other pictures, short side >= 400 px": "-"}  # fmt: skip
