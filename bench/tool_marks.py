@@ -301,12 +301,38 @@ def detector_row(split: SplitScores, threshold: float, image_threshold: float, b
     return row
 
 
-def score_ours(params: Params, model: Path, samples: list[EvalSample]) -> tuple[dict, dict, float]:
-    """(its row as `wm predict` writes masks, the same maps without the image gate, seconds)."""
+def upscaled(predict: Callable[[list[np.ndarray]], list[np.ndarray]], below: int
+             ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:  # fmt: skip
+    """`predict` with every image whose short side is under `below` px enlarged (bicubic) to that short side
+    first and its probabilities brought back to the image's size (bilinear); larger images as they are."""
+
+    def run(images: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for image in images:
+            h, w = image.shape[:2]
+            scale = below / min(h, w)
+            if scale <= 1.0:
+                out.extend(predict([image]))
+                continue
+            big = np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC))
+            probs = predict([big])[0]
+            out.append(np.asarray(Image.fromarray(probs).resize((w, h), Image.Resampling.BILINEAR), np.float32))
+        return out
+
+    return run
+
+
+def score_ours(params: Params, model: Path, samples: list[EvalSample], upscale_below: int = 0
+               ) -> tuple[dict, dict, float]:  # fmt: skip
+    """(its row as `wm predict` writes masks, the same maps without the image gate, seconds).
+
+    upscale_below: photos with a shorter short side are enlarged to it before the predictor sees them.
+    """
     predictor = get_predictor(str(model), params, backend="torch")
     ev = params.evaluate
+    predict = upscaled(predictor.predict, upscale_below) if upscale_below else predictor.predict
     start = time.perf_counter()
-    split = score_maps(samples, lambda ims: [{"p": p} for p in predictor.predict(ims)], ("p",), ev.threshold_grid,
+    split = score_maps(samples, lambda ims: [{"p": p} for p in predict(ims)], ("p",), ev.threshold_grid,
                        ev.batch_size, 0, name="ours")["p"]  # fmt: skip
     seconds = time.perf_counter() - start
     rows = (detector_row(split, predictor.threshold, predictor.image_threshold, ev.threshold_grid, gate)
@@ -354,6 +380,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--no-ocr", action="store_true", help="score ours only")
+    ap.add_argument("--upscale-below", type=int, default=0,
+                    help="also score ours with photos whose short side is under N px enlarged to N first")
     ap.add_argument("--photos", choices=("real_test", "real_val"), default="real_test",
                     help="real_val (the calibration split) to choose between models, real_test to report")  # fmt: skip
     ap.add_argument("--work", type=Path, default=None, help="where the marked photos go (results/tool_marks/PHOTOS)")
@@ -367,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     detectors, timing = {}, {}
     ours, ungated, timing["ours"] = score_ours(params, args.model, samples)
     detectors[f"ours ({args.model})"], detectors["ours, no image gate"] = ours, ungated
+    if args.upscale_below:
+        name = f"ours, photos under {args.upscale_below} px enlarged to it"
+        detectors[name], _, timing["ours_upscaled"] = score_ours(params, args.model, samples, args.upscale_below)
     if not args.no_ocr:
         detectors["OCR boxes (PP-OCRv4 det)"], timing["ocr"] = score_ocr(params, samples)
     setup = (f"{len(photos)} {args.photos} photos of {params.paths.corpus} (+ native views), each clean and marked once "
