@@ -91,6 +91,22 @@ def _cv_fit(text: str, font: int, width: float, thickness: int) -> float:
     return max(width / max(w, 1), MIN_TEXT_PX / max(h, 1))
 
 
+def _cv_line(rng: np.random.Generator, photo: np.ndarray, fonts: tuple[str, ...], thickness: tuple[float, float],
+             width: tuple[float, float]) -> tuple[str, int, int, float, tuple[int, int], int]:  # fmt: skip
+    """One OpenCV text line drawn at random: (text, font, thickness, scale, (width, height), baseline).
+
+    thickness and width are ranges, as shares of the photo's short side and of its width.
+    """
+    import cv2
+
+    h, w = photo.shape[:2]
+    text, font = _ascii(str(rng.choice(PHRASES))), getattr(cv2, str(rng.choice(fonts)))
+    px = max(1, round(min(h, w) * rng.uniform(*thickness)))
+    scale = _cv_fit(text, font, w * rng.uniform(*width), px)
+    size, base = cv2.getTextSize(text, font, scale, px)
+    return text, font, px, scale, size, base
+
+
 def _blend(photo: np.ndarray, colour: np.ndarray, opacity: np.ndarray) -> np.ndarray:
     out = photo.astype(np.float32) * (1.0 - opacity[..., None]) + colour.astype(np.float32) * opacity[..., None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -101,10 +117,7 @@ def opencv_centre(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarr
     import cv2
 
     h, w = photo.shape[:2]
-    text, font = _ascii(str(rng.choice(PHRASES))), getattr(cv2, str(rng.choice(CV_FONTS)))
-    thickness = max(1, round(min(h, w) * rng.uniform(0.004, 0.012)))
-    scale = _cv_fit(text, font, w * rng.uniform(0.4, 0.8), thickness)
-    (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
+    text, font, thickness, scale, (tw, th), _ = _cv_line(rng, photo, CV_FONTS, (0.004, 0.012), (0.4, 0.8))
     origin = (int((w - tw) / 2 + rng.uniform(-0.1, 0.1) * w), int((h + th) / 2 + rng.uniform(-0.15, 0.15) * h))
     colour = tuple(int(c) for c in COLOURS[rng.integers(len(COLOURS))])
     a = float(rng.uniform(0.25, 0.6))
@@ -118,13 +131,9 @@ def opencv_centre(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarr
 
 def opencv_corner(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A small line in a corner: a black shadow offset by ~1/15 of the text height, white text over it."""
-    import cv2
 
     h, w = photo.shape[:2]
-    text, font = _ascii(str(rng.choice(PHRASES))), getattr(cv2, str(rng.choice(CV_FONTS[:4])))
-    thickness = max(1, round(min(h, w) * rng.uniform(0.002, 0.005)))
-    scale = _cv_fit(text, font, w * rng.uniform(0.15, 0.35), thickness)
-    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    text, font, thickness, scale, (tw, th), base = _cv_line(rng, photo, CV_FONTS[:4], (0.002, 0.005), (0.15, 0.35))
     margin = int(min(h, w) * rng.uniform(0.02, 0.05))
     x = margin if rng.random() < 0.35 else w - margin - tw
     y = h - margin - base if rng.random() < 0.75 else margin + th
@@ -143,10 +152,7 @@ def opencv_tiled(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarra
     import cv2
 
     h, w = photo.shape[:2]
-    text, font = _ascii(str(rng.choice(PHRASES))), getattr(cv2, str(rng.choice(CV_FONTS[:4])))
-    thickness = max(1, round(min(h, w) * rng.uniform(0.003, 0.007)))
-    scale = _cv_fit(text, font, w * rng.uniform(0.2, 0.35), thickness)
-    (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
+    text, font, thickness, scale, (tw, th), _ = _cv_line(rng, photo, CV_FONTS[:4], (0.003, 0.007), (0.2, 0.35))
     side = int(np.hypot(h, w)) + 2 * tw
     canvas = np.zeros((side, side), np.uint8)
     step_x, step_y = int(tw * rng.uniform(1.3, 1.8)), int(th * rng.uniform(3.0, 5.0))
