@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.eval_variants import load_probe_params, parser  # noqa: E402
+from bench.ocr_baseline import OcrDetector  # noqa: E402
 from wmcore.config import Params  # noqa: E402
 from wmcore.evaluate.report import image_counts, split_metrics  # noqa: E402
 from wmcore.evaluate.samples import EvalSample, read_sample  # noqa: E402
@@ -347,8 +348,6 @@ def score_ours(params: Params, model: Path, samples: list[EvalSample], upscale_b
 
 
 def score_ocr(params: Params, samples: list[EvalSample]) -> tuple[dict, float]:
-    from bench.ocr_baseline import OcrDetector
-
     detector, ev = OcrDetector(), params.evaluate
     start = time.perf_counter()
     split = score_maps(samples, detector.maps, ("boxes", "map"), ev.threshold_grid, ev.batch_size, 0, name="ocr")
