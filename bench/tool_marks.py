@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.eval_variants import load_probe_params, parser  # noqa: E402
 from bench.ocr_baseline import OcrDetector  # noqa: E402
+from bench.upscale import rescaled  # noqa: E402
 from wmcore.config import Params  # noqa: E402
 from wmcore.evaluate.report import image_counts, split_metrics  # noqa: E402
 from wmcore.evaluate.samples import EvalSample, read_sample  # noqa: E402
@@ -308,25 +309,9 @@ def detector_row(split: SplitScores, threshold: float, image_threshold: float, b
     return row
 
 
-def upscaled(predict: Callable[[list[np.ndarray]], list[np.ndarray]], below: int
-             ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:  # fmt: skip
-    """`predict` with every image whose short side is under `below` px enlarged (bicubic) to that short side
-    first and its probabilities brought back to the image's size (bilinear); larger images as they are."""
-
-    def run(images: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for image in images:
-            h, w = image.shape[:2]
-            scale = below / min(h, w)
-            if scale <= 1.0:
-                out.extend(predict([image]))
-                continue
-            big = np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC))
-            probs = predict([big])[0]
-            out.append(np.asarray(Image.fromarray(probs).resize((w, h), Image.Resampling.BILINEAR), np.float32))
-        return out
-
-    return run
+def enlarge_below(below: int) -> Callable[[int, int], float]:
+    """The scale that brings a photo's short side up to `below` px (1 for photos at least that large)."""
+    return lambda h, w: max(1.0, below / min(h, w))
 
 
 def score_ours(params: Params, model: Path, samples: list[EvalSample], upscale_below: int = 0
@@ -337,7 +322,7 @@ def score_ours(params: Params, model: Path, samples: list[EvalSample], upscale_b
     """
     predictor = get_predictor(str(model), params, backend="torch")
     ev = params.evaluate
-    predict = upscaled(predictor.predict, upscale_below) if upscale_below else predictor.predict
+    predict = rescaled(predictor.predict, enlarge_below(upscale_below)) if upscale_below else predictor.predict
     start = time.perf_counter()
     split = score_maps(samples, lambda ims: [{"p": p} for p in predict(ims)], ("p",), ev.threshold_grid,
                        ev.batch_size, 0, name="ours")["p"]  # fmt: skip
@@ -350,9 +335,9 @@ def score_ours(params: Params, model: Path, samples: list[EvalSample], upscale_b
 def score_ocr(params: Params, samples: list[EvalSample]) -> tuple[dict, float]:
     detector, ev = OcrDetector(), params.evaluate
     start = time.perf_counter()
-    split = score_maps(samples, detector.maps, ("boxes", "map"), ev.threshold_grid, ev.batch_size, 0, name="ocr")
+    split = score_maps(samples, detector.maps, ("boxes",), ev.threshold_grid, ev.batch_size, 0, name="ocr")["boxes"]
     seconds = time.perf_counter() - start
-    return detector_row(split["boxes"], 0.5, 0.0, ev.threshold_grid, False), seconds
+    return detector_row(split, 0.5, 0.0, ev.threshold_grid, False), seconds
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +32,18 @@ from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
 from wmcore.evaluate.score import ProbabilityFn, build_probability_fn  # noqa: E402
 
 
-def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
-    """`predict` run on each image upscaled by `scale`, its map brought back to the image's size."""
-    if scale == 1.0:
-        return predict
+def rescaled(predict: ProbabilityFn, scale_of: Callable[[int, int], float]) -> ProbabilityFn:
+    """`predict` run on each image resized (bicubic) by scale_of(height, width), its map brought back to the
+    image's size (area average); an image whose scale is 1 goes to `predict` as it is."""
 
     def run(images: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for image in images:  # one at a time: sizes differ after scaling
             h, w = image.shape[:2]
+            scale = scale_of(h, w)
+            if scale == 1.0:
+                out.extend(predict([image]))
+                continue
             big = Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
             probs = predict([np.asarray(big)])[0]
             back = Image.fromarray(probs.astype(np.float32), "F").resize((w, h), Image.Resampling.BOX)
@@ -47,6 +51,11 @@ def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
         return out
 
     return run
+
+
+def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
+    """`predict` run on each image upscaled by `scale`, its map brought back to the image's size."""
+    return predict if scale == 1.0 else rescaled(predict, lambda h, w: scale)
 
 
 def main(argv: list[str] | None = None) -> int:
