@@ -49,12 +49,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.eval_variants import load_probe_params, parser  # noqa: E402
 from bench.ocr_baseline import OcrDetector  # noqa: E402
-from bench.upscale import rescaled  # noqa: E402
 from wmcore.config import Params  # noqa: E402
 from wmcore.evaluate.report import image_counts, split_metrics  # noqa: E402
 from wmcore.evaluate.samples import EvalSample, read_sample  # noqa: E402
 from wmcore.evaluate.score import SplitScores, real_clean_samples, score_maps  # noqa: E402
 from wmcore.infer.predictor import get_predictor  # noqa: E402
+from wmcore.tune.trials import with_overrides  # noqa: E402
 
 PHRASES = (
     "© 2026 Jane Doe", "SAMPLE", "PREVIEW", "www.lumen-stock.com", "@lens.and.light", "CONFIDENTIAL",
@@ -309,22 +309,19 @@ def detector_row(split: SplitScores, threshold: float, image_threshold: float, b
     return row
 
 
-def enlarge_below(below: int) -> Callable[[int, int], float]:
-    """The scale that brings a photo's short side up to `below` px (1 for photos at least that large)."""
-    return lambda h, w: max(1.0, below / min(h, w))
-
-
-def score_ours(params: Params, model: Path, samples: list[EvalSample], upscale_below: int = 0
+def score_ours(params: Params, model: Path, samples: list[EvalSample], enlarge_below: int | None = None
                ) -> tuple[dict, dict, float]:  # fmt: skip
     """(its row as `wm predict` writes masks, the same maps without the image gate, seconds).
 
-    upscale_below: photos with a shorter short side are enlarged to it before the predictor sees them.
+    enlarge_below: run with this predict.enlarge_below instead of params' (at the model's thresholds, however
+    they were calibrated).
     """
+    if enlarge_below is not None:
+        params = with_overrides(params, {"predict.enlarge_below": enlarge_below})
     predictor = get_predictor(str(model), params, backend="torch")
     ev = params.evaluate
-    predict = rescaled(predictor.predict, enlarge_below(upscale_below)) if upscale_below else predictor.predict
     start = time.perf_counter()
-    split = score_maps(samples, lambda ims: [{"p": p} for p in predict(ims)], ("p",), ev.threshold_grid,
+    split = score_maps(samples, lambda ims: [{"p": p} for p in predictor.predict(ims)], ("p",), ev.threshold_grid,
                        ev.batch_size, 0, name="ours")["p"]  # fmt: skip
     seconds = time.perf_counter() - start
     rows = (detector_row(split, predictor.threshold, predictor.image_threshold, ev.threshold_grid, gate)
@@ -371,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--no-ocr", action="store_true", help="score ours only")
     ap.add_argument("--upscale-below", type=int, default=0,
-                    help="also score ours with photos whose short side is under N px enlarged to N first")
+                    help="also score ours with predict.enlarge_below N (photos whose short side is under N px "
+                         "enlarged to N first), at the model's thresholds")
     ap.add_argument("--photos", choices=("real_test", "real_val"), default="real_test",
                     help="real_val (the calibration split) to choose between models, real_test to report")  # fmt: skip
     ap.add_argument("--work", type=Path, default=None, help="where the marked photos go (results/tool_marks/PHOTOS)")
@@ -386,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, ungated, timing["ours"] = score_ours(params, args.model, samples)
     detectors[f"ours ({args.model})"], detectors["ours, no image gate"] = ours, ungated
     if args.upscale_below:
-        name = f"ours, photos under {args.upscale_below} px enlarged to it"
+        name = f"ours, photos under {args.upscale_below} px enlarged to it (same thresholds)"
         detectors[name], _, timing["ours_upscaled"] = score_ours(params, args.model, samples, args.upscale_below)
     if not args.no_ocr:
         detectors["OCR boxes (PP-OCRv4 det)"], timing["ocr"] = score_ocr(params, samples)

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,11 +29,13 @@ sys.path.insert(0, str(ROOT))
 from bench.eval_variants import PLAIN, calibrated_row, load_probe_params, parser, score_variants  # noqa: E402
 from wmcore.data.layout import HELDOUT_SPLIT  # noqa: E402
 from wmcore.evaluate.score import ProbabilityFn, build_probability_fn  # noqa: E402
+from wmcore.infer.enlarge import resize_image, shrink_map  # noqa: E402
 
 
 def rescaled(predict: ProbabilityFn, scale_of: Callable[[int, int], float]) -> ProbabilityFn:
     """`predict` run on each image resized (bicubic) by scale_of(height, width), its map brought back to the
-    image's size (area average); an image whose scale is 1 goes to `predict` as it is."""
+    image's size (area average), as `predict.enlarge_below` does in the library; an image whose scale is 1
+    goes to `predict` as it is."""
 
     def run(images: list[np.ndarray]) -> list[np.ndarray]:
         out = []
@@ -44,10 +45,8 @@ def rescaled(predict: ProbabilityFn, scale_of: Callable[[int, int], float]) -> P
             if scale == 1.0:
                 out.extend(predict([image]))
                 continue
-            big = Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
-            probs = predict([np.asarray(big)])[0]
-            back = Image.fromarray(probs.astype(np.float32), "F").resize((w, h), Image.Resampling.BOX)
-            out.append(np.clip(np.asarray(back, dtype=np.float32), 0.0, 1.0))
+            probs = predict([resize_image(image, (round(h * scale), round(w * scale)))])[0]
+            out.append(shrink_map(probs, (h, w)))
         return out
 
     return run

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.tool_marks import RECIPES, build_set, change, detector_row, enlarge_below
-from bench.upscale import rescaled
+from bench.tool_marks import RECIPES, build_set, change, detector_row
 from wmcore.evaluate.samples import EvalSample
 from wmcore.evaluate.score import score_maps
 
@@ -86,17 +85,3 @@ def test_detector_row_counts_found_marks_and_flagged_clean_photos(tmp_path):
                                      "screenshots and pages": "-", "other pictures": "0.75 of 4",
                                      "other pictures, short side < 400 px": "0.75 of 4",
                                      "other pictures, short side >= 400 px": "-"}  # fmt: skip
-
-
-def test_enlarge_below_enlarges_only_small_photos_and_maps_come_back_at_their_size():
-    seen = []
-
-    def predict(images: list[np.ndarray]) -> list[np.ndarray]:
-        seen.extend(im.shape[:2] for im in images)
-        return [np.full(im.shape[:2], 0.25, np.float32) for im in images]
-
-    small, large = photo(200, 300), photo(500, 400)
-    maps = rescaled(predict, enlarge_below(400))([small, large])
-    assert seen == [(400, 600), (500, 400)]  # the small photo's short side brought to 400, the large one untouched
-    assert [m.shape for m in maps] == [(200, 300), (500, 400)]
-    assert all(m.dtype == np.float32 and np.allclose(m, 0.25) for m in maps)

@@ -469,6 +469,15 @@ class PredictParams(Group):
         description="Working side: images with a longer side are run as a view downscaled to it, px (>= 32); "
         "0 = native tiles only.",
     )
+    enlarge_below: int = Field(
+        0,
+        ge=0,
+        le=8192,
+        description="Images whose short side is under this run enlarged (bicubic) until it reaches it, never past "
+        "global_side on their long side; their maps come back to the image's size by area average, px; 0 = off. "
+        "Models trained on 512-1024 px samples miss marks on smaller photos (bench/results/tool_marks). The "
+        "thresholds `wm evaluate` calibrates hold for the value it ran with (model meta enlarge_below).",
+    )
     fusion: Literal["tiles", "global", "refine", "refine_mean", "max", "mean", "auto"] = Field(
         "auto",
         description="How the working view and native resolution combine: global = working view only; refine = "
@@ -538,6 +547,8 @@ class PredictParams(Group):
             raise ValueError("min_batch_size must be <= max_batch_size")
         if 0 < self.global_side < 32:
             raise ValueError(f"global_side ({self.global_side}) must be 0 (off) or >= 32 px")
+        if self.enlarge_below > 0 and 0 < self.global_side < self.enlarge_below:
+            raise ValueError(f"enlarge_below ({self.enlarge_below}) must be <= global_side ({self.global_side}) or 0 (off)")
         if self.global_side == 0 and self.fusion in ("global", "refine", "refine_mean", "max", "mean"):
             raise ValueError(f"fusion {self.fusion!r} needs a global view: set global_side > 0, or fusion tiles/auto")
         if self.tile_overlap * 2 >= self.tile_size:

@@ -54,6 +54,7 @@ def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str
         "image_threshold": test["image_threshold"],
         "fusion": metrics["fusion"]["rule"],  # read by predict.fusion "auto"
         "fusion_global_side": metrics["fusion"]["global_side"],
+        "enlarge_below": metrics.get("enlarge_below", 0),  # predict.enlarge_below the thresholds hold for
         "test_f1": test["f1"],
         "test_iou": test["iou"],
         "test_auroc": test["auroc"],

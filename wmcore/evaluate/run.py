@@ -91,6 +91,7 @@ def run_evaluation(
             metrics, scored, source = rival_metrics, rival_scored, pretrained
         metrics["promotion"] = promotion
     metrics["source"] = str(source)  # the weights exported to model.pt
+    metrics["enlarge_below"] = params.predict.enlarge_below  # the thresholds hold for this value
     out_dir = Path(params.paths.evaluate_dir)
     files = write_reports(out_dir, metrics, scored, params)
     export_model(source, out_dir / "model.pt", metrics, backend)

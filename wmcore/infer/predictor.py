@@ -11,7 +11,8 @@ band by band from its file and writes its maps as rows finish (very large
 images: memory flat in the image size). Images larger than `predict.global_side`
 also get a downscaled global view fused with the native pass (see
 wmcore.infer.working_scale; rule `predict.fusion`, "auto" = the calibrated one in
-the model meta). In the native path, images that fit one tile are batched
+the model meta). Images whose short side is under `predict.enlarge_below` run enlarged (see
+wmcore.infer.enlarge). In the native path, images that fit one tile are batched
 together (grouped by shape); larger images are tiled (see wmcore.infer.tiling)
 and their tiles batched. `predict.tta_flip` averages every pass with its mirror
 image. Batch sizes come from one AdaptiveBatchSizer per predictor, so the size
@@ -36,6 +37,7 @@ from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.hashing import file_sha256
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
+from wmcore.infer.enlarge import enlarged_shape, resize_image, shrink_passes, with_enlarged
 from wmcore.infer.flip_tta import flip_averaged
 from wmcore.infer.images import DraftedImage
 from wmcore.infer.onnx_backend import build_onnx_backend
@@ -140,10 +142,17 @@ class Predictor:
         """
         for i, im in enumerate(images):
             _check_image(im, i)
+        pp = self.params.predict
+        shapes = [
+            enlarged_shape(*im.shape[:2], pp.enlarge_below, pp.global_side) if isinstance(im, np.ndarray) else None
+            for im in images
+        ]
+        run = [im if shape is None else resize_image(im, shape) for im, shape in zip(images, shapes, strict=True)]
         with self._lock:
-            maps = native_and_global_maps(images, self._run_native, self.params.predict.global_side, self.refine)
+            maps = native_and_global_maps(run, self._run_native, pp.global_side, self.refine)
             self.sizer.save()
-        return maps
+        return [m if shape is None else shrink_passes(m, im.shape[:2])
+                for m, im, shape in zip(maps, images, shapes, strict=True)]  # fmt: skip
 
     def with_thresholds(self, threshold: float | None = None, image_threshold: float | None = None) -> Predictor:
         """This predictor (same model, backend and batch sizer) with the given thresholds instead of the
@@ -187,10 +196,12 @@ class Predictor:
 
     def _run(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink], fusion: str | None = None) -> None:
         pp = self.params.predict
+        images, sinks, finish = with_enlarged(images, sinks, pp.enlarge_below, pp.global_side)
         with self._lock:
             run_working_scale(images, sinks, self._run_native, fusion or self.fusion, pp.global_side, pp.tile_size,
                               self.refine)  # fmt: skip
             self.sizer.save()
+        finish()
 
     def _run_native(self, images: Sequence[np.ndarray], sinks: Sequence[StripSink]) -> None:
         """Native resolution: images that fit one tile batched whole, larger ones tiled (caller holds the lock)."""
@@ -382,6 +393,7 @@ def _build(
     image_threshold = _meta_float(meta, "image_threshold", 0.5)
     pp = params.predict
     fusion = resolve_rule(pp.fusion, meta.get("fusion"), pp.global_side)
+    _warn_uncalibrated(model.path, meta, pp.enlarge_below)
     if backend == "torch":
         engine: Backend = TorchBackend(
             net, device, pp.channels_last, pp.amp, params.base.precision, pp.non_blocking, pp.host_memory_budget_mb
@@ -390,6 +402,16 @@ def _build(
         engine = build_onnx_backend(net, model.path, params, backend == "onnx-int8", device, threads, int8_calibration)
     log.info("model %s loaded (%s backend on %s, %d threads, fusion %s)", model.path, backend, device, threads, fusion)
     return Predictor(engine, params, threshold, image_threshold, model.identity, device, fusion)
+
+
+def _warn_uncalibrated(path: Path, meta: dict[str, Any], enlarge_below: int) -> None:
+    """Log a warning when predict.enlarge_below differs from the value the model's thresholds were
+    calibrated with (meta "enlarge_below"; models exported before the switch existed ran with 0)."""
+    calibrated = meta.get("enlarge_below", 0) if "threshold" in meta else None
+    if isinstance(calibrated, int) and calibrated != enlarge_below:
+        log.warning("%s: thresholds calibrated with predict.enlarge_below=%d, running with %d: masks may be "
+                    "looser or stricter than calibrated; re-run `wm evaluate` with this value", path, calibrated,
+                    enlarge_below)  # fmt: skip
 
 
 def _meta_float(meta: dict[str, Any], key: str, default: float) -> float:
