@@ -203,6 +203,7 @@ def capped_predictor(args: argparse.Namespace, device: torch.device, cap: float,
         "predict.auto_batch": True, "predict.batch_size": start, "predict.max_batch_size": max_batch,
         "predict.tile_size": args.tile, "predict.tile_overlap": args.tile // 8, "predict.amp": True, "base.precision": "bf16",
         "paths.cache_dir": str(work / f"cache-{cap}-{start}"), "predict.memory_threshold": 0.85,
+        "predict.enlarge_below": 0,  # tiles run as given: the OOM check compares them with the backend's batch 1
     }  # fmt: skip
     return get_predictor(ckpt, load_params(ROOT / "params.yaml", overrides=overrides))
 

@@ -476,9 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.threads or device.available_cores()
         # int8 calibration: <prepared>/val/images next to a given test split, else generated images.
         prepared = Path(args.test_split).parent if args.test_split else work / "no-prepared"
+        # Engines are compared on the images as given (predict.enlarge_below off): the naive path is the model on them.
         common = {"base.threads": threads, "base.device": "cpu", "paths.cache_dir": str(work / "cache"),
                   "paths.prepared": str(prepared), "predict.tile_size": args.tile_size,
-                  "predict.tile_overlap": min(64, args.tile_size // 4), "predict.save_overlay": False}  # fmt: skip
+                  "predict.tile_overlap": min(64, args.tile_size // 4), "predict.save_overlay": False,
+                  "predict.enlarge_below": 0}  # fmt: skip
         configs = throughput_suite(args, work, ckpt, common)
         equal_work = equal_work_memory(args, work, ckpt, common) if args.mem_images else {}
         flat = {} if args.no_flatness else flatness_suite(args, work, ckpt, common)

@@ -327,7 +327,7 @@ def test_without_a_heldout_split_there_is_no_heldout_block(tmp_path, tiny_prepar
     write_random_checkpoint(tmp_path / "train" / "best.pt", epoch=1)
     logger = RecordingLogger()
     metrics = run_evaluation(evaluate_params(tmp_path, tiny_prepared, n_overlay=2), run_logger=logger)
-    assert set(metrics) == {"val", "test", "backend", "fusion", "calibration", "source"}
+    assert set(metrics) == {"val", "test", "backend", "fusion", "calibration", "source", "enlarge_below"}
     assert not any(k.startswith(HELDOUT_SPLIT) for k in logger.metrics)
     # the fixture's manifest has no background_kind: only the all-clean area is defined
     assert metrics["test"]["clean_fp_area"] is not None and metrics["test"]["clean_page_fp_area"] is None

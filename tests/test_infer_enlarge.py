@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tests.test_infer_fusion import make_model, params_for, photo, reference
-from wmcore.config import ConfigError
 from wmcore.evaluate.promote import export_model
 from wmcore.infer.enlarge import enlarge_scale, enlarged_shape, resize_image, shrink_map
 from wmcore.infer.predictor import get_predictor
+from wmcore.infer.tiling import ArrayRows
 from wmcore.metrics import image_score
 from wmcore.model.checkpoint import load_checkpoint
 
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("fresh_predictor_cache")
         (200, 300, 400, 768, 2.0),  # short side brought to 400
         (100, 700, 400, 768, 768 / 700),  # capped: the long side stops at the working side
         (100, 1000, 400, 768, 1.0),  # already past the working side: never shrunk
-        (100, 1000, 400, 0, 4.0),  # no working side: no cap
+        (100, 300, 400, 0, 4.0),  # no working side: the short side brought to 400 ...
+        (100, 1000, 400, 0, 1.6),  # ... but the long side stays <= 4 x 400
     ],
 )
 def test_scale_brings_the_short_side_up_never_past_the_working_side(h, w, below, global_side, scale):
@@ -77,10 +78,33 @@ def test_images_at_least_the_size_are_untouched_in_a_mixed_batch(tmp_path):
     assert np.allclose(got[1], on.predict([small])[0], atol=1e-6)
 
 
-def test_enlarge_below_past_the_working_side_fails_naming_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="enlarge_below"):
-        params_for(tmp_path, enlarge_below=300)  # global_side 256
-    assert params_for(tmp_path, enlarge_below=300, global_side=0).predict.enlarge_below == 300
+class RowsKept:
+    """A MaskWriter keeping the rows it is given."""
+
+    def __init__(self) -> None:
+        self.prob: list[np.ndarray] = []
+
+    def write_rows(self, prob_u8: np.ndarray, mask: np.ndarray) -> None:
+        self.prob.append(prob_u8)
+
+
+def test_an_image_read_band_by_band_is_enlarged_as_a_whole_one(tmp_path):
+    make_model(tmp_path / "m.pt")
+    image = photo(48, 72, seed=6)
+    predictor = get_predictor(str(tmp_path / "m.pt"), params_for(tmp_path, enlarge_below=128))
+    (whole,) = predictor.predict_masks([image])
+    writer = RowsKept()
+    streamed = predictor.predict_streamed(ArrayRows(image), writer)  # a RowSource, not an array
+    assert np.array_equal(np.concatenate(writer.prob), whole.prob_u8)
+    assert streamed.score == whole.score and streamed.area_fraction == whole.area_fraction
+
+
+def test_a_working_side_below_enlarge_below_caps_the_enlargement(tmp_path):
+    make_model(tmp_path / "m.pt")
+    predictor = get_predictor(str(tmp_path / "m.pt"), params_for(tmp_path, enlarge_below=300, global_side=96))
+    assert enlarged_shape(40, 64, 300, 96) == (60, 96)  # the long side stops at the working side
+    (probs,) = predictor.predict([photo(40, 64, seed=5)])
+    assert probs.shape == (40, 64)
 
 
 def test_thresholds_record_and_check_the_value_they_were_calibrated_with(tmp_path, caplog):
@@ -94,3 +118,8 @@ def test_thresholds_record_and_check_the_value_they_were_calibrated_with(tmp_pat
         assert "enlarge_below" not in caplog.text
         get_predictor(str(tmp_path / "model.pt"), params_for(tmp_path))
     assert "calibrated with predict.enlarge_below=128, running with 0" in caplog.text
+    caplog.clear()
+    make_model(tmp_path / "best.pt", meta={"threshold": None, "val_f1": 0.5})  # a training checkpoint
+    with caplog.at_level(logging.WARNING, logger="wmcore.infer.predictor"):
+        get_predictor(str(tmp_path / "best.pt"), params_for(tmp_path, enlarge_below=128))
+    assert "enlarge_below" not in caplog.text

@@ -40,6 +40,7 @@ def params_for(tmp_path: Path, **extra):
         "predict.tile_overlap": 16,
         "base.threads": 1,
         "paths.pretrained": None,
+        "predict.enlarge_below": 0,  # the model on the image as given (enlarging: tests/test_infer_enlarge.py)
         **extra,
     }  # fmt: skip  (the shipped model: tests/test_pretrained.py)
     return load_params(overrides=overrides)

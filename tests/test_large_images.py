@@ -130,8 +130,9 @@ def test_streamed_predict_writes_what_the_whole_image_path_writes(tmp_path, glob
     _save(inbox / "large.jpg", "RGB", 250, 190)
     Image.fromarray(_textured(40, 50)).save(inbox / "small.png")  # under the threshold: decoded whole either way
     # draft_decode off: the whole path must decode the same pixels the streamed one reads
+    # enlarge_below off: these images at their own size (streamed small images enlarged: tests/test_infer_enlarge.py)
     common = ("predict.draft_decode=false", "predict.save_overlay=true", "predict.save_probability=true",
-              f"predict.global_side={global_side}",
+              f"predict.global_side={global_side}", "predict.enlarge_below=0",
               "predict.max_batch_megapixels=0.01",
               "predict.tile_size=128", "predict.tile_overlap=16", "predict.fusion=max" if global_side else "predict.fusion=tiles")  # fmt: skip
     runs = {}

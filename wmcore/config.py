@@ -547,8 +547,6 @@ class PredictParams(Group):
             raise ValueError("min_batch_size must be <= max_batch_size")
         if 0 < self.global_side < 32:
             raise ValueError(f"global_side ({self.global_side}) must be 0 (off) or >= 32 px")
-        if self.enlarge_below > 0 and 0 < self.global_side < self.enlarge_below:
-            raise ValueError(f"enlarge_below ({self.enlarge_below}) must be <= global_side ({self.global_side}) or 0 (off)")
         if self.global_side == 0 and self.fusion in ("global", "refine", "refine_mean", "max", "mean"):
             raise ValueError(f"fusion {self.fusion!r} needs a global view: set global_side > 0, or fusion tiles/auto")
         if self.tile_overlap * 2 >= self.tile_size:

@@ -5,10 +5,11 @@ is a few hundred pixels shows its marks smaller than any the model learnt; on re
 other tools, such photos were found half as often as larger ones (bench/results/tool_marks). With
 `predict.enlarge_below` = N > 0, an image whose short side is under N px runs enlarged (PIL
 bicubic) until its short side reaches N, never past `predict.global_side` on its long side (the
-working side: enlarging further would only be shrunk again) and never shrunk; its probability map
-comes back to the image's own size by area average (PIL box filter), so masks, scores and regions
-are those of the image the caller gave. Images read on demand (large files) are never small, and
-are left as they are.
+working side: enlarging further would only be shrunk again; with no working side, never past 4N) and
+never shrunk; its probability map comes back to the image's own size by area average (PIL box
+filter), so masks, scores and regions are those of the image the caller gave. An image read on demand
+(a streamed or drafted file) that is to be enlarged is read whole first: it is at most the working
+side's square, so the streamed and the whole-image paths give the same masks.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ import numpy as np
 from PIL import Image
 
 from wmcore.infer.sinks import ProbabilityMapSink
-from wmcore.infer.tiling import StripSink
+from wmcore.infer.tiling import RowSource, StripSink
+
+NO_WORKING_SIDE_CAP = 4  # with global_side 0, the long side stays <= this x below
 
 
 def enlarge_scale(height: int, width: int, below: int, global_side: int) -> float:
     """How much an image of height x width px is enlarged: 1 when its short side is at least `below`
-    (or below is 0 = off); else below / short side, capped so the long side stays <= global_side (> 0)."""
+    (or below is 0 = off); else below / short side, capped so the long side stays <= global_side (or
+    <= NO_WORKING_SIDE_CAP x below when global_side is 0)."""
     short, long = min(height, width), max(height, width)
     if below <= 0 or short >= below:
         return 1.0
-    scale = below / short
-    if global_side > 0:
-        scale = min(scale, global_side / long)
-    return max(1.0, scale)
+    cap = global_side if global_side > 0 else NO_WORKING_SIDE_CAP * below
+    return max(1.0, min(below / short, cap / long))
 
 
 def enlarged_shape(height: int, width: int, below: int, global_side: int) -> tuple[int, int] | None:
@@ -41,9 +43,10 @@ def enlarged_shape(height: int, width: int, below: int, global_side: int) -> tup
     return None if shape == (height, width) else shape
 
 
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (h, w, 3) with shape = (h, w), PIL bicubic."""
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
+def resize_image(image: np.ndarray | RowSource, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (h, w, 3) with shape = (h, w), PIL bicubic (an image read on demand is read whole)."""
+    pixels = image if isinstance(image, np.ndarray) else np.asarray(image.rows(0, image.shape[0]))
+    return np.asarray(Image.fromarray(pixels).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
 
 
 def shrink_map(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -62,8 +65,6 @@ def with_enlarged(
     pending: list[tuple[StripSink, ProbabilityMapSink, tuple[int, int]]] = []
     if below > 0:
         for i, image in enumerate(images):
-            if not isinstance(image, np.ndarray):
-                continue  # read on demand from a large file: never small
             shape = enlarged_shape(image.shape[0], image.shape[1], below, global_side)
             if shape is not None:
                 run_images[i] = resize_image(image, shape)

@@ -143,10 +143,7 @@ class Predictor:
         for i, im in enumerate(images):
             _check_image(im, i)
         pp = self.params.predict
-        shapes = [
-            enlarged_shape(*im.shape[:2], pp.enlarge_below, pp.global_side) if isinstance(im, np.ndarray) else None
-            for im in images
-        ]
+        shapes = [enlarged_shape(*im.shape[:2], pp.enlarge_below, pp.global_side) for im in images]
         run = [im if shape is None else resize_image(im, shape) for im, shape in zip(images, shapes, strict=True)]
         with self._lock:
             maps = native_and_global_maps(run, self._run_native, pp.global_side, self.refine)
@@ -407,7 +404,9 @@ def _build(
 def _warn_uncalibrated(path: Path, meta: dict[str, Any], enlarge_below: int) -> None:
     """Log a warning when predict.enlarge_below differs from the value the model's thresholds were
     calibrated with (meta "enlarge_below"; models exported before the switch existed ran with 0)."""
-    calibrated = meta.get("enlarge_below", 0) if "threshold" in meta else None
+    if not isinstance(meta.get("threshold"), (int, float)):
+        return  # no calibrated thresholds (a training checkpoint): nothing to hold for
+    calibrated = meta.get("enlarge_below", 0)
     if isinstance(calibrated, int) and calibrated != enlarge_below:
         log.warning("%s: thresholds calibrated with predict.enlarge_below=%d, running with %d: masks may be "
                     "looser or stricter than calibrated; re-run `wm evaluate` with this value", path, calibrated,
