@@ -236,12 +236,13 @@ def change(photo: np.ndarray, marked: np.ndarray, mask: np.ndarray) -> float:
 
 
 def build_set(photos: list[EvalSample], out: Path, mask_alpha: float, min_contrast: float, seed: int = 0,
-              draws: int = 8) -> tuple[list[EvalSample], int]:  # fmt: skip
-    """Each photo saved clean and marked (recipe i mod 5) as JPEG, with the truth mask: (the samples, marks dropped).
+              draws: int = 8, every_recipe: bool = False) -> tuple[list[EvalSample], int]:  # fmt: skip
+    """Each photo saved clean and marked (recipe i mod 5; every recipe with `every_recipe`) as JPEG, with the
+    truth mask: (the samples, marks dropped).
 
     A mark that changes its mask pixels by less than `min_contrast` on average (white on a white page) is
     label noise, as the generator treats it (wmcore.data.compose.strengthen): it is drawn again, and after
-    `draws` faint draws the photo stays clean only.
+    `draws` faint draws that copy is left out.
     """
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -249,28 +250,43 @@ def build_set(photos: list[EvalSample], out: Path, mask_alpha: float, min_contra
     samples, dropped = [], 0
     for i, photo_sample in enumerate(photos):
         photo, _ = read_sample(photo_sample)
-        name = list(RECIPES)[i % len(RECIPES)]
+        names = list(RECIPES) if every_recipe else [list(RECIPES)[i % len(RECIPES)]]
         quality = int(rng.integers(88, 96))
         clean_path = out / "images" / f"{i:04d}-clean.jpg"
         Image.fromarray(photo).save(clean_path, quality=quality)
         kind = photo_sample.background_kind
         samples.append(EvalSample(f"{i:04d}-clean", clean_path, None, False, background_kind=kind, tags=("clean",)))
-        for _ in range(draws):
-            marked, opacity = RECIPES[name](rng, photo)
-            mask = opacity > mask_alpha
-            if change(photo, marked, mask) >= min_contrast:
-                break
-        else:
-            dropped += 1
-            continue
-        marked_path, mask_path = out / "images" / f"{i:04d}-{name}.jpg", out / "masks" / f"{i:04d}-{name}.png"
-        Image.fromarray(marked).save(marked_path, quality=quality)
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(mask_path)
-        samples.append(EvalSample(f"{i:04d}-{name}", marked_path, mask_path, True, background_kind=kind, tags=(name,)))
+        for name in names:
+            for _ in range(draws):
+                marked, opacity = RECIPES[name](rng, photo)
+                mask = opacity > mask_alpha
+                if change(photo, marked, mask) >= min_contrast:
+                    break
+            else:
+                dropped += 1
+                continue
+            marked_path, mask_path = out / "images" / f"{i:04d}-{name}.jpg", out / "masks" / f"{i:04d}-{name}.png"
+            Image.fromarray(marked).save(marked_path, quality=quality)
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(mask_path)
+            samples.append(EvalSample(f"{i:04d}-{name}", marked_path, mask_path, True, background_kind=kind,
+                                      tags=(name,)))  # fmt: skip
     return samples, dropped
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def folder_photos(folder: Path) -> list[EvalSample]:
+    """Every image under `folder` (sorted) as a clean sample; its corpus category from a sibling
+    `<folder>.index.json` (bench/real_fullres's index: rows with "original" and "category") when there is one."""
+    index = folder.with_name(folder.name + ".index.json")
+    kinds = {row["original"]: row.get("category") for row in json.loads(index.read_text())} if index.is_file() else {}
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    return [EvalSample(f"{folder.name}:{f.name}", f, None, False, background_kind=kinds.get(f.name)) for f in files]
+
+
 SMALL = 400  # short side (px) under which a photo counts as small (a quarter of real_test's are under 340)
+LARGE = 1536  # long side (px) over which a photo counts as large: its working view (768 px) halves it or more
 SCREENS = {"screenshot", "document"}  # corpus categories whose pictures are mostly UI or page text
 
 
@@ -291,10 +307,12 @@ def detector_row(split: SplitScores, threshold: float, image_threshold: float, b
     row["clean_flagged"] = f"{int(flagged.sum())} of {int(clean.sum())}"
     marked = ~clean
     short = torch.tensor([min(hw) for hw in split.sizes])
+    long = torch.tensor([max(hw) for hw in split.sizes])
     screens = torch.tensor([s.background_kind in SCREENS for s in split.samples])
     row["found_by_photo"] = {
         f"short side < {SMALL} px": _share(found, marked & (short < SMALL)),
         f"short side >= {SMALL} px": _share(found, marked & (short >= SMALL)),
+        f"long side > {LARGE} px": _share(found, marked & (long > LARGE)),
         "screenshots and pages": _share(found, marked & screens),
         "other pictures": _share(found, marked & ~screens),
         f"other pictures, short side < {SMALL} px": _share(found, marked & ~screens & (short < SMALL)),
@@ -372,14 +390,25 @@ def main(argv: list[str] | None = None) -> int:
                          "enlarged to N first), at the model's thresholds")
     ap.add_argument("--photos", choices=("real_test", "real_val"), default="real_test",
                     help="real_val (the calibration split) to choose between models, real_test to report")  # fmt: skip
+    ap.add_argument("--photos-dir", type=Path, default=None,
+                    help="the clean photos are every image in this folder instead (e.g. bench/real_fullres's "
+                         "originals at their packages' size, data/real-fullres/val)")
+    ap.add_argument("--every-recipe", action="store_true", help="mark each photo once with every recipe")
     ap.add_argument("--work", type=Path, default=None, help="where the marked photos go (results/tool_marks/PHOTOS)")
     args = ap.parse_args(argv)
     params = load_probe_params(args)
-    args.work = args.work or Path("results/tool_marks") / args.photos
-    photos = real_clean_samples(params.paths.corpus, args.photos, params.paths.corpus_native)
+    if args.photos_dir is not None:
+        source = f"{args.photos_dir.parent.name}-{args.photos_dir.name}"
+        photos, described = folder_photos(args.photos_dir), f"pictures of {args.photos_dir}"
+    else:
+        source = args.photos
+        photos = real_clean_samples(params.paths.corpus, args.photos, params.paths.corpus_native)
+        described = f"{args.photos} photos of {params.paths.corpus} (+ native views)"
+    args.work = args.work or Path("results/tool_marks") / (source + ("-every" if args.every_recipe else ""))
     photos = photos[: args.limit] if args.limit else photos
     load = os.getloadavg()
-    samples, dropped = build_set(photos, args.work, params.prepare.mask_alpha_threshold, params.prepare.min_contrast)
+    samples, dropped = build_set(photos, args.work, params.prepare.mask_alpha_threshold, params.prepare.min_contrast,
+                                 every_recipe=args.every_recipe)  # fmt: skip
     detectors, timing = {}, {}
     ours, ungated, timing["ours"] = score_ours(params, args.model, samples)
     detectors[f"ours ({args.model})"], detectors["ours, no image gate"] = ours, ungated
@@ -388,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         detectors[name], _, timing["ours_upscaled"] = score_ours(params, args.model, samples, args.upscale_below)
     if not args.no_ocr:
         detectors["OCR boxes (PP-OCRv4 det)"], timing["ocr"] = score_ocr(params, samples)
-    setup = (f"{len(photos)} {args.photos} photos of {params.paths.corpus} (+ native views), each clean and marked once "
+    setup = (f"{len(photos)} {described}, each clean and marked {'by every recipe' if args.every_recipe else 'once'} "
              f"({len(samples)} JPEGs in {args.work}; {dropped} marks too faint in 8 draws left out); "
              f"{os.cpu_count()} cores, load {load[0]:.2f} before; "
              + ", ".join(f"{k} {v / len(samples):.3f} s per image" for k, v in timing.items())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from bench.tool_marks import RECIPES, build_set, change, detector_row
+from bench.tool_marks import RECIPES, build_set, change, detector_row, folder_photos
 from wmcore.evaluate.samples import EvalSample
 from wmcore.evaluate.score import score_maps
 
@@ -82,6 +84,24 @@ def test_detector_row_counts_found_marks_and_flagged_clean_photos(tmp_path):
     assert row["by_recipe"][list(RECIPES)[1]] == {"n_images": 1, "f1": 1.0, "precision": 1.0, "recall": 1.0, "found": 1.0}
     assert row["precision"] < 1.0 and row["clean_fp_area"] > 0
     assert row["found_by_photo"] == {"short side < 400 px": "0.75 of 4", "short side >= 400 px": "-",
-                                     "screenshots and pages": "-", "other pictures": "0.75 of 4",
+                                     "long side > 1536 px": "-", "screenshots and pages": "-", "other pictures": "0.75 of 4",
                                      "other pictures, short side < 400 px": "0.75 of 4",
                                      "other pictures, short side >= 400 px": "-"}  # fmt: skip
+
+
+def test_every_recipe_marks_each_photo_once_per_recipe_from_a_folder_with_its_index(tmp_path):
+    folder = tmp_path / "fullres" / "val"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(photo(seed=1, grey=170)).save(folder / "b.png")
+    Image.fromarray(photo(seed=2, grey=170)).save(folder / "sub" / "a.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "fullres" / "val.index.json").write_text(json.dumps([{"original": "a.jpg", "category": "animal"}]))
+    photos = folder_photos(folder)
+    assert [(p.image.name, p.background_kind, p.mask) for p in photos] == [("b.png", None, None),
+                                                                           ("a.jpg", "animal", None)]  # fmt: skip
+    samples, dropped = build_set(photos, tmp_path / "set", 0.05, 0.04, every_recipe=True)
+    assert dropped == 0 and len(samples) == 2 * (1 + len(RECIPES))
+    assert [s.tags[0] for s in samples[: 1 + len(RECIPES)]] == ["clean", *RECIPES]
+    assert all(s.background_kind == "animal" for s in samples[1 + len(RECIPES) :])
+    masks = [np.asarray(Image.open(s.mask)) > 0 for s in samples if s.mask]
+    assert all(m.any() for m in masks) and not np.array_equal(masks[0], masks[1])  # each copy its own mark
