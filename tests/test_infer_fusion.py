@@ -174,6 +174,24 @@ def test_refine_windows_are_the_native_tiles_where_the_working_map_fires():
     assert only[0] == 0 and only[1] == 0
 
 
+def test_refine_corners_adds_the_four_corner_tiles_first_even_where_nothing_fires():
+    settings = RefineSettings(threshold=0.3, max_tiles=8, tile=128, overlap=16, multiple=4, corners=True)
+    quiet = np.zeros((40, 60), np.float32)  # a 400x600 image where the working view sees nothing
+    windows = refine_windows(quiet, 400, 600, settings)
+    assert len(windows) == 4
+    assert {(y == 0, x == 0, y + h == 400, x + w == 600) for y, x, h, w in windows} == {
+        (True, True, False, False), (True, False, False, True), (False, True, True, False), (False, False, True, True)}
+    working = quiet.copy()
+    working[20, 30] = 0.9  # the centre fires: the (overlapping) tiles over it join the corners
+    fired = refine_windows(working, 400, 600, settings)
+    extra = set(fired) - set(windows)
+    assert set(windows) < set(fired) and extra
+    assert all(y <= 205 and y + h >= 200 and x <= 305 and x + w >= 300 for y, x, h, w in extra)
+    capped = dataclasses.replace(settings, max_tiles=4)  # corners come first under the cap
+    assert refine_windows(working, 400, 600, capped) == windows
+    assert refine_windows(quiet, 400, 600, dataclasses.replace(settings, corners=False)) == []
+
+
 @pytest.mark.parametrize(("scale", "min_scale", "refined"), [(10, 1.5, True), (1.25, 1.5, False), (1.5, 1.5, True),
                                                              (1.25, 1.0, True)])  # fmt: skip
 def test_refinement_runs_only_in_images_shrunk_at_least_min_scale_times(scale, min_scale, refined):

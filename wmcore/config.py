@@ -498,6 +498,12 @@ class PredictParams(Group):
         description="Rules refine/refine_mean: only images at least this many times the working side are refined; "
         "a photo shrunk by less keeps its marks' detail in the working view (1 = every larger image).",
     )
+    refine_corners: bool = Field(
+        False,
+        description="Rules refine/refine_mean: the four corner tiles of every refined image run at native "
+        "resolution too, whether or not the working map fires there, ahead of the others (credits and AI-generator "
+        "labels sit in corners, small enough for the working view to lose). Up to 4 more native tiles per image.",
+    )
     draft_decode: bool = Field(
         True,
         description="JPEGs at least twice global_side are decoded reduced (libjpeg DCT scaling) for their working "

@@ -112,7 +112,7 @@ class Predictor:
         )
         self._lock = threading.Lock()  # one batch at a time per predictor (threads share the cached one)
         self.refine = RefineSettings(pp.refine_threshold, pp.refine_max_tiles, pp.tile_size, pp.tile_overlap,
-                                     backend.multiple, pp.refine_min_scale)  # fmt: skip
+                                     backend.multiple, pp.refine_min_scale, pp.refine_corners)  # fmt: skip
 
     def _memory_ok(self, batch: int) -> bool:
         pp = self.params.predict

@@ -166,7 +166,9 @@ def stream_upsampled(global_probs: np.ndarray, height: int, width: int, sink: St
 class RefineSettings:
     """Where native refinement runs: tiles of at most `tile` px (rounded to `multiple`) whose part of the
     working map reaches `threshold`; at most `max_tiles` of them, highest working probability first;
-    only in images at least `min_scale` times their working view (long side)."""
+    only in images at least `min_scale` times their working view (long side). `corners`: the four corner
+    tiles are refined too, whatever the working map says, ahead of the others (where credits and
+    AI-generator labels sit, small enough for the working view to lose)."""
 
     threshold: float
     max_tiles: int
@@ -174,6 +176,7 @@ class RefineSettings:
     overlap: int
     multiple: int
     min_scale: float = 1.0
+    corners: bool = False
 
 
 def refine_windows(global_probs: np.ndarray, height: int, width: int, s: RefineSettings) -> list[tuple[int, int, int, int]]:
@@ -183,19 +186,20 @@ def refine_windows(global_probs: np.ndarray, height: int, width: int, s: RefineS
     gh, gw = global_probs.shape
     if max(height, width) < s.min_scale * max(gh, gw):
         return []
-    if s.max_tiles <= 0 or float(global_probs.max(initial=0.0)) < s.threshold:
+    if s.max_tiles <= 0 or (not s.corners and float(global_probs.max(initial=0.0)) < s.threshold):
         return []
     th, ys = tile_layout(height, s.tile, s.overlap, s.multiple)
     tw, xs = tile_layout(width, s.tile, s.overlap, s.multiple)
+    corners = {(y, x) for y in (ys[0], ys[-1]) for x in (xs[0], xs[-1])} if s.corners else set()
     scored = []
     for y in ys:
         for x in xs:
             area = global_probs[y * gh // height : -(-(y + th) * gh // height), x * gw // width : -(-(x + tw) * gw // width)]
             peak = float(area.max(initial=0.0))
-            if peak >= s.threshold:
-                scored.append((peak, y, x))
+            if peak >= s.threshold or (y, x) in corners:
+                scored.append(((y, x) in corners, peak, y, x))
     kept = sorted(scored, reverse=True)[: s.max_tiles]
-    return sorted((y, x, th, tw) for _, y, x in kept)
+    return sorted((y, x, th, tw) for _, _, y, x in kept)
 
 
 class RefinedStripSink:
