@@ -114,15 +114,16 @@ def _blend(photo: np.ndarray, colour: np.ndarray, opacity: np.ndarray) -> np.nda
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def opencv_centre(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """putText on a copy, addWeighted back: out = a * overlay + (1 - a) * photo."""
+def opencv_centre(rng: np.random.Generator, photo: np.ndarray, colours: tuple = COLOURS,
+                  alpha: tuple[float, float] = (0.25, 0.6)) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """putText on a copy, addWeighted back: out = a * overlay + (1 - a) * photo, a drawn from `alpha`."""
     import cv2
 
     h, w = photo.shape[:2]
     text, font, thickness, scale, (tw, th), _ = _cv_line(rng, photo, CV_FONTS, (0.004, 0.012), (0.4, 0.8))
     origin = (int((w - tw) / 2 + rng.uniform(-0.1, 0.1) * w), int((h + th) / 2 + rng.uniform(-0.15, 0.15) * h))
-    colour = tuple(int(c) for c in COLOURS[rng.integers(len(COLOURS))])
-    a = float(rng.uniform(0.25, 0.6))
+    colour = tuple(int(c) for c in colours[rng.integers(len(colours))])
+    a = float(rng.uniform(*alpha))
     overlay = photo.copy()
     _cv_text(overlay, text, origin, font, scale, colour, thickness)
     out = cv2.addWeighted(overlay, a, photo, 1.0 - a, 0)
@@ -219,6 +220,11 @@ def matplotlib_corner(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.n
     return _mpl_recipe(photo, draw)
 
 
+def opencv_faint_centre(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A listing site's logo line: white or light grey putText in the centre, addWeighted at 8-20% (barely there)."""
+    return opencv_centre(rng, photo, COLOURS[::3], (0.08, 0.2))
+
+
 RECIPES: dict[str, Recipe] = {
     "opencv_centre": opencv_centre,
     "opencv_corner": opencv_corner,
@@ -226,6 +232,9 @@ RECIPES: dict[str, Recipe] = {
     "matplotlib_gallery": matplotlib_gallery,
     "matplotlib_corner": matplotlib_corner,
 }
+# Drawn only when asked (--recipes): the default set and its figures stay those of the five above.
+EXTRA_RECIPES: dict[str, Recipe] = {"opencv_faint_centre": opencv_faint_centre}
+ALL_RECIPES = {**RECIPES, **EXTRA_RECIPES}
 
 
 def change(photo: np.ndarray, marked: np.ndarray, mask: np.ndarray) -> float:
@@ -236,21 +245,23 @@ def change(photo: np.ndarray, marked: np.ndarray, mask: np.ndarray) -> float:
 
 
 def build_set(photos: list[EvalSample], out: Path, mask_alpha: float, min_contrast: float, seed: int = 0,
-              draws: int = 8, every_recipe: bool = False) -> tuple[list[EvalSample], int]:  # fmt: skip
-    """Each photo saved clean and marked (recipe i mod 5; every recipe with `every_recipe`) as JPEG, with the
-    truth mask: (the samples, marks dropped).
+              draws: int = 8, every_recipe: bool = False, recipes: list[str] | None = None
+              ) -> tuple[list[EvalSample], int]:  # fmt: skip
+    """Each photo saved clean and marked (recipe i mod n of `recipes`, default the five of RECIPES; every one
+    with `every_recipe`) as JPEG, with the truth mask: (the samples, marks dropped).
 
     A mark that changes its mask pixels by less than `min_contrast` on average (white on a white page) is
     label noise, as the generator treats it (wmcore.data.compose.strengthen): it is drawn again, and after
     `draws` faint draws that copy is left out.
     """
     rng = np.random.default_rng(seed)
+    cycle = recipes or list(RECIPES)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     samples, dropped = [], 0
     for i, photo_sample in enumerate(photos):
         photo, _ = read_sample(photo_sample)
-        names = list(RECIPES) if every_recipe else [list(RECIPES)[i % len(RECIPES)]]
+        names = list(cycle) if every_recipe else [cycle[i % len(cycle)]]
         quality = int(rng.integers(88, 96))
         clean_path = out / "images" / f"{i:04d}-clean.jpg"
         Image.fromarray(photo).save(clean_path, quality=quality)
@@ -258,7 +269,7 @@ def build_set(photos: list[EvalSample], out: Path, mask_alpha: float, min_contra
         samples.append(EvalSample(f"{i:04d}-clean", clean_path, None, False, background_kind=kind, tags=("clean",)))
         for name in names:
             for _ in range(draws):
-                marked, opacity = RECIPES[name](rng, photo)
+                marked, opacity = ALL_RECIPES[name](rng, photo)
                 mask = opacity > mask_alpha
                 if change(photo, marked, mask) >= min_contrast:
                     break
@@ -319,7 +330,7 @@ def detector_row(split: SplitScores, threshold: float, image_threshold: float, b
         f"other pictures, short side >= {SMALL} px": _share(found, marked & ~screens & (short >= SMALL)),
     }
     row["by_recipe"] = {}
-    for name in RECIPES:
+    for name in ALL_RECIPES:
         which = torch.tensor([t == name for t in tags])
         if which.any():
             row["by_recipe"][name] = {**{k: v for k, v in m["by_tag"][name].items()},
@@ -365,7 +376,9 @@ def markdown(result: dict[str, Any]) -> str:
     names = list(result["detectors"])
     lines += ["", "Per recipe: pixel F1 (P / R), found", "",
               "| recipe (photos) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
-    for recipe in RECIPES:
+    for recipe in ALL_RECIPES:
+        if all(recipe not in r["by_recipe"] for r in result["detectors"].values()):
+            continue
         cells, n = [], 0
         for name in names:
             r = result["detectors"][name]["by_recipe"].get(recipe)
@@ -394,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the clean photos are every image in this folder instead (e.g. bench/real_fullres's "
                          "originals at their packages' size, data/real-fullres/val)")
     ap.add_argument("--every-recipe", action="store_true", help="mark each photo once with every recipe")
+    ap.add_argument("--recipes", nargs="+", choices=list(ALL_RECIPES), default=None,
+                    help=f"the recipes drawn (default: the five of RECIPES; extra: {', '.join(EXTRA_RECIPES)})")
     ap.add_argument("--work", type=Path, default=None, help="where the marked photos go (results/tool_marks/PHOTOS)")
     args = ap.parse_args(argv)
     params = load_probe_params(args)
@@ -404,11 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         source = args.photos
         photos = real_clean_samples(params.paths.corpus, args.photos, params.paths.corpus_native)
         described = f"{args.photos} photos of {params.paths.corpus} (+ native views)"
-    args.work = args.work or Path("results/tool_marks") / (source + ("-every" if args.every_recipe else ""))
+    suffix = ("-every" if args.every_recipe else "") + "".join(f"-{r}" for r in args.recipes or ())
+    args.work = args.work or Path("results/tool_marks") / (source + suffix)
     photos = photos[: args.limit] if args.limit else photos
     load = os.getloadavg()
     samples, dropped = build_set(photos, args.work, params.prepare.mask_alpha_threshold, params.prepare.min_contrast,
-                                 every_recipe=args.every_recipe)  # fmt: skip
+                                 every_recipe=args.every_recipe, recipes=args.recipes)  # fmt: skip
     detectors, timing = {}, {}
     ours, ungated, timing["ours"] = score_ours(params, args.model, samples)
     detectors[f"ours ({args.model})"], detectors["ours, no image gate"] = ours, ungated

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.tool_marks import RECIPES, build_set, change, detector_row, folder_photos
+from bench.tool_marks import EXTRA_RECIPES, RECIPES, build_set, change, detector_row, folder_photos
 from wmcore.evaluate.samples import EvalSample
 from wmcore.evaluate.score import score_maps
 
@@ -105,3 +105,16 @@ def test_every_recipe_marks_each_photo_once_per_recipe_from_a_folder_with_its_in
     assert all(s.background_kind == "animal" for s in samples[1 + len(RECIPES) :])
     masks = [np.asarray(Image.open(s.mask)) > 0 for s in samples if s.mask]
     assert all(m.any() for m in masks) and not np.array_equal(masks[0], masks[1])  # each copy its own mark
+
+
+def test_faint_centre_is_a_light_barely_opaque_line_drawn_only_when_asked(tmp_path):
+    clean = photo(grey=60)  # a dark photo: a light mark at 8-20% still changes its pixels by ~0.04 or more
+    marked, opacity = EXTRA_RECIPES["opencv_faint_centre"](np.random.default_rng(3), clean)
+    assert 0.08 <= opacity.max() <= 0.2 and (opacity > 0.05).mean() > 0.001
+    on = opacity > 0.05
+    assert (marked[on].astype(int) - clean[on].astype(int)).mean() > 0  # lighter, never darker
+    Image.fromarray(clean).save(tmp_path / "p.png")
+    sources = [EvalSample("p", tmp_path / "p.png", None, False)]
+    samples, dropped = build_set(sources, tmp_path / "set", 0.05, 0.02, recipes=["opencv_faint_centre"])
+    assert dropped == 0 and [s.tags[0] for s in samples] == ["clean", "opencv_faint_centre"]
+    assert "opencv_faint_centre" not in RECIPES  # the default set is drawn as before
