@@ -474,7 +474,8 @@ class PredictParams(Group):
         ge=0,
         le=8192,
         description="Images whose short side is under this run enlarged (bicubic) until it reaches it, never past "
-        "global_side on their long side; their maps come back to the image's size by area average, px; 0 = off. "
+        "global_side on their long side (4x this with global_side 0); their maps come back to the image's size by "
+        "area average, px; 0 = off. "
         "Models trained on 512-1024 px samples miss marks on smaller photos (bench/results/tool_marks). The "
         "thresholds `wm evaluate` calibrates hold for the value it ran with (model meta enlarge_below).",
     )
