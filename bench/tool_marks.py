@@ -24,7 +24,9 @@ thresholds (no re-calibration: these photos are a test), the OCR detector (PP-OC
 rapidocr-onnxruntime's defaults) its text boxes filled, as the hidden real set scored it. `--photos real_val` builds
 the same from the calibration split's photos, to choose between models without touching real_test. Reported:
 pooled pixel F1 / precision / recall, the share of marked photos with any mark pixel found, and on the
-clean copies the false-positive area and photos flagged; per recipe.
+clean copies the false-positive area and photos flagged; per recipe. `--photos-dir DIR` takes the clean photos
+from a folder instead (bench/real_fullres's originals at their packages' size), `--every-recipe` marks each photo
+once per recipe, and `--recipes` picks the recipes drawn (the opt-in opencv_faint_centre: a light line at 8-20%).
 
     .venv/bin/python bench/tool_marks.py --params-extra params-full.yaml --params-extra bench/ship-cpu.yaml \
         --model models/wmdetect.pt --out bench/results/tool_marks
