@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +31,21 @@ from wmcore.evaluate.score import ProbabilityFn, build_probability_fn  # noqa: E
 from wmcore.infer.enlarge import resize_image, shrink_map  # noqa: E402
 
 
-def rescaled(predict: ProbabilityFn, scale_of: Callable[[int, int], float]) -> ProbabilityFn:
-    """`predict` run on each image resized (bicubic) by scale_of(height, width), its map brought back to the
-    image's size (area average), as `predict.enlarge_below` does in the library; an image whose scale is 1
-    goes to `predict` as it is."""
+def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
+    """`predict` run on each image upscaled by `scale` (bicubic), its map brought back to the image's size (area
+    average), as `predict.enlarge_below` does in the library; scale 1 is `predict` itself."""
+    if scale == 1.0:
+        return predict
 
     def run(images: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for image in images:  # one at a time: sizes differ after scaling
             h, w = image.shape[:2]
-            scale = scale_of(h, w)
-            if scale == 1.0:
-                out.extend(predict([image]))
-                continue
             probs = predict([resize_image(image, (round(h * scale), round(w * scale)))])[0]
             out.append(shrink_map(probs, (h, w)))
         return out
 
     return run
-
-
-def upscaled(predict: ProbabilityFn, scale: float) -> ProbabilityFn:
-    """`predict` run on each image upscaled by `scale`, its map brought back to the image's size."""
-    return predict if scale == 1.0 else rescaled(predict, lambda h, w: scale)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,21 +55,27 @@ def shrink_map(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(back, dtype=np.float32), 0.0, 1.0)
 
 
+def enlarged_inputs(
+    images: Sequence[np.ndarray], below: int, global_side: int
+) -> tuple[list[np.ndarray], list[tuple[int, int] | None]]:
+    """(images to run, the enlarged shape of each or None): the small images replaced by their enlargements."""
+    shapes = [enlarged_shape(im.shape[0], im.shape[1], below, global_side) for im in images]
+    return [im if shape is None else resize_image(im, shape) for im, shape in zip(images, shapes, strict=True)], shapes
+
+
 def with_enlarged(
     images: Sequence[np.ndarray], sinks: Sequence[StripSink], below: int, global_side: int
 ) -> tuple[list[np.ndarray], list[StripSink], Callable[[], None]]:
     """(images to run, their sinks, finish): the small images replaced by their enlargements, whose maps go
     to float32 sinks of the enlarged size; `finish()`, called once the run is over, hands each of them,
     brought back to its image's size, to the caller's sink in one strip."""
-    run_images, run_sinks = list(images), list(sinks)
+    run_images, shapes = enlarged_inputs(images, below, global_side)
+    run_sinks = list(sinks)
     pending: list[tuple[StripSink, ProbabilityMapSink, tuple[int, int]]] = []
-    if below > 0:
-        for i, image in enumerate(images):
-            shape = enlarged_shape(image.shape[0], image.shape[1], below, global_side)
-            if shape is not None:
-                run_images[i] = resize_image(image, shape)
-                run_sinks[i] = ProbabilityMapSink(*shape)
-                pending.append((sinks[i], run_sinks[i], image.shape[:2]))
+    for i, shape in enumerate(shapes):
+        if shape is not None:
+            run_sinks[i] = ProbabilityMapSink(*shape)
+            pending.append((sinks[i], run_sinks[i], images[i].shape[:2]))
 
     def finish() -> None:
         for sink, big, size in pending:

@@ -37,7 +37,7 @@ from wmcore.config import Params
 from wmcore.errors import WmError
 from wmcore.hashing import file_sha256
 from wmcore.infer.batching import AdaptiveBatchSizer, BatchSizeCache
-from wmcore.infer.enlarge import enlarged_shape, resize_image, shrink_passes, with_enlarged
+from wmcore.infer.enlarge import enlarged_inputs, shrink_passes, with_enlarged
 from wmcore.infer.flip_tta import flip_averaged
 from wmcore.infer.images import DraftedImage
 from wmcore.infer.onnx_backend import build_onnx_backend
@@ -143,8 +143,7 @@ class Predictor:
         for i, im in enumerate(images):
             _check_image(im, i)
         pp = self.params.predict
-        shapes = [enlarged_shape(*im.shape[:2], pp.enlarge_below, pp.global_side) for im in images]
-        run = [im if shape is None else resize_image(im, shape) for im, shape in zip(images, shapes, strict=True)]
+        run, shapes = enlarged_inputs(images, pp.enlarge_below, pp.global_side)
         with self._lock:
             maps = native_and_global_maps(run, self._run_native, pp.global_side, self.refine)
             self.sizer.save()
