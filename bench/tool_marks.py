@@ -26,7 +26,9 @@ the same from the calibration split's photos, to choose between models without t
 pooled pixel F1 / precision / recall, the share of marked photos with any mark pixel found, and on the
 clean copies the false-positive area and photos flagged; per recipe. `--photos-dir DIR` takes the clean photos
 from a folder instead (bench/real_fullres's originals at their packages' size), `--every-recipe` marks each photo
-once per recipe, and `--recipes` picks the recipes drawn (the opt-in opencv_faint_centre: a light line at 8-20%).
+once per recipe, and `--recipes` picks the recipes drawn. Opt-in recipes: opencv_faint_centre (a light line at
+8-20%, the listing photos' faint logo) and matplotlib_ai_label (an AI generator's label, "豆包AI生成", "即梦AI",
+"Made with AI", ..., white at 2-4% of the short side near a corner, Noto Sans CJK through Agg).
 
     .venv/bin/python bench/tool_marks.py --params-extra params-full.yaml --params-extra bench/ship-cpu.yaml \
         --model models/wmdetect.pt --out bench/results/tool_marks
@@ -222,6 +224,41 @@ def matplotlib_corner(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.n
     return _mpl_recipe(photo, draw)
 
 
+AI_LABELS = ("AI生成", "豆包AI生成", "即梦AI", "元宝 AI生成", "百度 AI生成", "LibLibAI", "通义万相 AI生成", "由AI生成",
+             "AI-generated", "Made with AI", "Imagined with AI", "可灵AI 生成")  # fmt: skip
+
+
+def _cjk_font() -> Any:
+    """Noto Sans CJK (the noto-cjk-sans-otc wheel) for matplotlib, which rasterises it through Agg, not Pillow."""
+    import noto_cjk_sans_otc
+    from matplotlib.font_manager import FontProperties
+
+    return FontProperties(fname=str(noto_cjk_sans_otc.FONT_PATH))
+
+
+def matplotlib_ai_label(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An AI generator's content label: small white CJK or Latin text (2-4% of the short side) near a corner,
+    mostly bottom right, alpha 0.5-0.9, half with a soft dark shadow (patheffects)."""
+    from matplotlib import patheffects
+
+    text, alpha = str(rng.choice(AI_LABELS)), float(rng.uniform(0.5, 0.9))
+    points = max(min(photo.shape[:2]) * rng.uniform(0.02, 0.04) * 0.72, MIN_POINTS)
+    h, w = photo.shape[:2]
+    mx, my = (float(rng.uniform(0.015, 0.04)) * min(h, w) / side for side in (w, h))
+    corner = str(rng.choice(["bottom right", "bottom left", "top left", "top right"], p=[0.7, 0.1, 0.1, 0.1]))
+    right, top = "right" in corner, "top" in corner
+    effects = [patheffects.withSimplePatchShadow(offset=(1, -1), shadow_rgbFace="black", alpha=0.35)]
+    shadow = bool(rng.random() < 0.5)
+    font = _cjk_font()
+
+    def draw(fig: Any) -> None:
+        fig.text(1 - mx if right else mx, 1 - my if top else my, text, fontproperties=font, fontsize=points,
+                 color="white", alpha=alpha, ha="right" if right else "left", va="top" if top else "bottom",
+                 path_effects=effects if shadow else None)  # fmt: skip
+
+    return _mpl_recipe(photo, draw)
+
+
 def opencv_faint_centre(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A listing site's logo line: white or light grey putText in the centre, addWeighted at 8-20% (barely there)."""
     return opencv_centre(rng, photo, COLOURS[::3], (0.08, 0.2))
@@ -235,7 +272,7 @@ RECIPES: dict[str, Recipe] = {
     "matplotlib_corner": matplotlib_corner,
 }
 # Drawn only when asked (--recipes): the default set and its figures stay those of the five above.
-EXTRA_RECIPES: dict[str, Recipe] = {"opencv_faint_centre": opencv_faint_centre}
+EXTRA_RECIPES: dict[str, Recipe] = {"opencv_faint_centre": opencv_faint_centre, "matplotlib_ai_label": matplotlib_ai_label}
 ALL_RECIPES = {**RECIPES, **EXTRA_RECIPES}
 
 

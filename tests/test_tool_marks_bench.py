@@ -118,3 +118,24 @@ def test_faint_centre_is_a_light_barely_opaque_line_drawn_only_when_asked(tmp_pa
     samples, dropped = build_set(sources, tmp_path / "set", 0.05, 0.02, recipes=["opencv_faint_centre"])
     assert dropped == 0 and [s.tags[0] for s in samples] == ["clean", "opencv_faint_centre"]
     assert "opencv_faint_centre" not in RECIPES  # the default set is drawn as before
+
+
+def test_ai_label_is_small_light_text_near_a_corner_drawn_only_when_asked(tmp_path):
+    clean = photo(300, 400, grey=70)
+    for seed in range(6):
+        marked, opacity = EXTRA_RECIPES["matplotlib_ai_label"](np.random.default_rng(seed), clean)
+        on = opacity > 0.05
+        assert 0.0005 < on.mean() < 0.03  # a label, a few hundred pixels
+        ys, xs = np.nonzero(on)
+        near_x = xs.max() < 0.45 * clean.shape[1] or xs.min() > 0.55 * clean.shape[1]
+        near_y = ys.max() < 0.2 * clean.shape[0] or ys.min() > 0.8 * clean.shape[0]
+        assert near_x and near_y  # in a corner, not across the picture
+        text = opacity > 0.4  # the glyphs (a shadow stays under 0.35)
+        assert (marked[text].astype(int) - clean[text].astype(int)).mean() > 40  # white on a dark photo
+        diff = np.abs(marked.astype(int) - clean.astype(int)).max(-1)
+        assert (diff[opacity == 0] <= 1).all()
+    Image.fromarray(clean).save(tmp_path / "p.png")
+    sources = [EvalSample("p", tmp_path / "p.png", None, False)]
+    samples, dropped = build_set(sources, tmp_path / "set", 0.05, 0.02, recipes=["matplotlib_ai_label"])
+    assert dropped == 0 and [s.tags[0] for s in samples] == ["clean", "matplotlib_ai_label"]
+    assert "matplotlib_ai_label" not in RECIPES
