@@ -28,7 +28,8 @@ clean copies the false-positive area and photos flagged; per recipe. `--photos-d
 from a folder instead (bench/real_fullres's originals at their packages' size), `--every-recipe` marks each photo
 once per recipe, and `--recipes` picks the recipes drawn. Opt-in recipes: opencv_faint_centre (a light line at
 8-20%, the listing photos' faint logo) and matplotlib_ai_label (an AI generator's label, "豆包AI生成", "即梦AI",
-"Made with AI", ..., white at 2-4% of the short side near a corner, Noto Sans CJK through Agg).
+"Made with AI", ..., white at 2-4% of the short side near a corner, Noto Sans CJK through Agg) and
+matplotlib_opaque_credit (a credit line at full opacity, white or yellow with a black stroke or hard shadow).
 
     .venv/bin/python bench/tool_marks.py --params-extra params-full.yaml --params-extra bench/ship-cpu.yaml \
         --model models/wmdetect.pt --out bench/results/tool_marks
@@ -259,6 +260,29 @@ def matplotlib_ai_label(rng: np.random.Generator, photo: np.ndarray) -> tuple[np
     return _mpl_recipe(photo, draw)
 
 
+def matplotlib_opaque_credit(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A burned-in credit or handle: opaque white (or yellow) text with a black stroke or a hard drop shadow, in a
+    bottom corner or at the bottom centre (the meme-caption and Instagram-credit look)."""
+    from matplotlib import patheffects
+
+    text = str(rng.choice(PHRASES))
+    points = max(min(photo.shape[:2]) * rng.uniform(0.025, 0.05) * 0.72, MIN_POINTS)
+    place = str(rng.choice(["right", "left", "center"], p=[0.45, 0.25, 0.3]))
+    colour = "white" if rng.random() < 0.8 else "#ffe033"
+    if rng.random() < 0.5:
+        effects = [patheffects.withStroke(linewidth=max(1.5, points / 7), foreground="black")]
+    else:
+        shift = max(1.0, points / 12)
+        effects = [patheffects.withSimplePatchShadow(offset=(shift, -shift), shadow_rgbFace="black", alpha=0.8),
+                   patheffects.Normal()]  # fmt: skip
+    x = {"right": 0.97, "left": 0.03, "center": 0.5}[place]
+
+    def draw(fig: Any) -> None:
+        fig.text(x, 0.03, text, fontsize=points, color=colour, ha=place, va="bottom", path_effects=effects)
+
+    return _mpl_recipe(photo, draw)
+
+
 def opencv_faint_centre(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A listing site's logo line: white or light grey putText in the centre, addWeighted at 8-20% (barely there)."""
     return opencv_centre(rng, photo, COLOURS[::3], (0.08, 0.2))
@@ -272,7 +296,11 @@ RECIPES: dict[str, Recipe] = {
     "matplotlib_corner": matplotlib_corner,
 }
 # Drawn only when asked (--recipes): the default set and its figures stay those of the five above.
-EXTRA_RECIPES: dict[str, Recipe] = {"opencv_faint_centre": opencv_faint_centre, "matplotlib_ai_label": matplotlib_ai_label}
+EXTRA_RECIPES: dict[str, Recipe] = {
+    "opencv_faint_centre": opencv_faint_centre,
+    "matplotlib_ai_label": matplotlib_ai_label,
+    "matplotlib_opaque_credit": matplotlib_opaque_credit,
+}
 ALL_RECIPES = {**RECIPES, **EXTRA_RECIPES}
 
 

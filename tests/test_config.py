@@ -43,6 +43,8 @@ def _write(tmp_path: Path, tree: dict) -> Path:
         ({"predict": {"min_batch_size": 8, "max_batch_size": 2}}, "min_batch_size"),
         ({"predict": {"tile_size": 64, "tile_overlap": 40}}, "tile_overlap"),
         ({"prepare": {"min_side": 900, "max_side": 300}}, "min_side"),
+        ({"prepare": {"scene_text_kinds": ["sign", "billboard"]}}, "prepare.scene_text_kinds"),
+        ({"prepare": {"scene_text_kinds": []}}, "prepare.scene_text_kinds"),
         ({"unknown_group": {}}, "unknown_group"),
         ({"train": {"batch_size": "eight"}}, "train.batch_size"),
     ],

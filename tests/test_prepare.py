@@ -114,6 +114,17 @@ def test_scene_text_is_opaque():
     assert layer.alpha.max() > 0.99
 
 
+def test_scene_text_kinds_limit_what_is_drawn_and_all_of_them_is_the_default():
+    seen = set()
+    for seed in range(40):
+        _, kinds = render_scene_text(np.random.default_rng(seed), 200, 150, ["label", "sign"])
+        seen.update(kinds)
+    assert seen == {"label", "sign"}  # never a subtitle, a caption bar or a page block
+    a, kinds_a = render_scene_text(np.random.default_rng(5), 200, 150)
+    b, kinds_b = render_scene_text(np.random.default_rng(5), 200, 150, ["subtitle", "document", "sign", "label"])
+    assert kinds_a == kinds_b and np.array_equal(a.alpha, b.alpha)  # all kinds, in any order: the same draws
+
+
 @pytest.mark.parametrize(
     "maker", [make_phrase, make_ai_label, make_stamp_phrase, make_scene_phrase, lambda rng: make_block(rng, 3)]
 )

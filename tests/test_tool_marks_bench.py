@@ -139,3 +139,19 @@ def test_ai_label_is_small_light_text_near_a_corner_drawn_only_when_asked(tmp_pa
     samples, dropped = build_set(sources, tmp_path / "set", 0.05, 0.02, recipes=["matplotlib_ai_label"])
     assert dropped == 0 and [s.tags[0] for s in samples] == ["clean", "matplotlib_ai_label"]
     assert "matplotlib_ai_label" not in RECIPES
+
+
+def test_opaque_credit_is_fully_opaque_text_with_a_dark_edge_along_the_bottom():
+    clean = photo(300, 400, grey=128)
+    for seed in range(6):
+        marked, opacity = EXTRA_RECIPES["matplotlib_opaque_credit"](np.random.default_rng(seed), clean)
+        on = opacity > 0.05
+        assert 0.001 < on.mean() < 0.1
+        assert opacity.max() > 0.99  # opaque, unlike every other recipe
+        ys, _ = np.nonzero(on)
+        assert ys.min() > 0.75 * clean.shape[0]  # along the bottom
+        lum = marked.astype(int).mean(-1)
+        assert (lum[opacity > 0.99] > 170).any() and (lum[on] < 60).any()  # white or yellow glyphs, a dark edge
+        diff = np.abs(marked.astype(int) - clean.astype(int)).max(-1)
+        assert (diff[opacity == 0] <= 1).all()
+    assert "matplotlib_opaque_credit" not in RECIPES

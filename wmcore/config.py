@@ -79,6 +79,8 @@ class PathsParams(Group):
 WatermarkStyle = Literal[
     "centered", "corner", "corner_label", "tiled", "grid", "logo", "hollow", "stamp", "badge", "emboss", "multiline"
 ]
+SceneTextKind = Literal["sign", "subtitle", "label", "document"]  # wmcore.data.compose.SCENE_TEXT_KINDS
+
 DEFAULT_STYLE_WEIGHTS: dict[str, float] = {
     "centered": 1.5, "corner": 1.5, "corner_label": 1.0, "tiled": 1.2, "grid": 0.6, "logo": 1.0,
     "hollow": 0.6, "stamp": 0.7, "badge": 0.7, "emboss": 0.6, "multiline": 0.8,
@@ -108,6 +110,12 @@ class PrepareParams(Group):
     clean_share: float = Field(0.2, ge=0.0, le=1.0, description="Share of samples with no watermark at all.")
     scene_text_share: float = Field(
         0.35, ge=0.0, le=1.0, description="Share of samples that also carry opaque scene text (mask 0)."
+    )
+    scene_text_kinds: list[SceneTextKind] = Field(
+        default_factory=lambda: ["document", "label", "sign", "subtitle"],
+        min_length=1,
+        description="What scene text may be: sign (a plate with words), subtitle (outlined words or a caption bar "
+        "along the bottom), label (a price tag or product card), document (a block of page text).",
     )
     opacity_min: float = Field(0.1, ge=0.0, le=1.0, description="Lowest watermark opacity.")
     opacity_max: float = Field(0.9, ge=0.0, le=1.0, description="Highest watermark opacity.")

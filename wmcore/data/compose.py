@@ -9,6 +9,7 @@ before JPEG) is the ground truth. JPEG re-compression comes last, like an image 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageFont
@@ -143,18 +144,21 @@ def _spot(rng: np.random.Generator, width: int, height: int, size: tuple[int, in
 SCENE_TEXT_KINDS = {"sign": _sign, "subtitle": _subtitle, "label": _label, "document": _document}
 
 
-def render_scene_text(rng: np.random.Generator, width: int, height: int) -> tuple[MarkLayer, list[str]]:
+def render_scene_text(
+    rng: np.random.Generator, width: int, height: int, kinds: Sequence[str] | None = None
+) -> tuple[MarkLayer, list[str]]:
     """1-3 pieces of opaque scene text as a layer (alpha = where the scene text is) and their kinds.
 
-    Burned into the background with `composite` before the watermark; never part of the mask.
+    kinds: the SCENE_TEXT_KINDS drawn from (None: all). Burned into the background with `composite` before the
+    watermark; never part of the mask.
     """
     layer = MarkLayer(width, height)
-    names = sorted(SCENE_TEXT_KINDS)
+    names = sorted(kinds or SCENE_TEXT_KINDS)
     # Half the time as soft as a camera makes it: scene text is only as sharp as the rest of the photo.
     softness = float(rng.uniform(0.3, 0.8)) if rng.random() < 0.5 else 0.0
-    kinds = []
+    drawn = []
     for _ in range(int(rng.integers(1, 4))):
         kind, element, center, angle = SCENE_TEXT_KINDS[names[int(rng.integers(len(names)))]](rng, width, height)
         layer.stamp(element.blurred(softness), center, angle)
-        kinds.append(kind)
-    return layer, kinds
+        drawn.append(kind)
+    return layer, drawn

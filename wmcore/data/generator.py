@@ -287,7 +287,7 @@ def _compose_sample(p: PrepareParams, pool: DrawPool, streams: list[np.random.Ge
     scene_alpha = np.zeros((height, width), np.float32)
     scene = scene_rng.random() < p.scene_text_share
     if scene:
-        scene_layer, _ = render_scene_text(scene_rng, width, height)
+        scene_layer, _ = render_scene_text(scene_rng, width, height, p.scene_text_kinds)
         background = composite(background, scene_layer)
         scene_alpha = scene_layer.alpha
     styles: list[str] = []
