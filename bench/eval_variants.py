@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=0, help="first N images of each split (0 = all)")
     ap.add_argument("--out", type=Path, required=True)
     return ap
+
+
+def write_probe(out: Path, stem: str, result: dict, text: str) -> None:
+    """A probe's result as out/STEM.json and its table as out/STEM.md, the table printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(text)
+    print(text)
 
 
 def load_probe_params(args: argparse.Namespace) -> Params:

@@ -16,7 +16,6 @@ all true pixels and few false ones).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.eval_variants import EIGHT, load_probe_params, parser  # noqa: E402
+from bench.eval_variants import EIGHT, load_probe_params, parser, write_probe  # noqa: E402
 from bench.tool_marks import ALL_RECIPES, build_set  # noqa: E402
 from wmcore.evaluate.samples import EvalSample, read_sample  # noqa: E402
 from wmcore.evaluate.score import real_clean_samples  # noqa: E402
@@ -124,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{predictor.image_threshold:.5f}; {opened} of them pass the image gate with a region; "
              f"{time.perf_counter() - start:.0f} s on {os.cpu_count()} cores, load {load[0]:.2f} before")  # fmt: skip
     result = {"setup": setup, "summary": summarise(rows)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "marked_fp.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "marked_fp.md").write_text(markdown(result))
-    print(markdown(result))
+    write_probe(args.out, "marked_fp", result, markdown(result))
     return 0
 
 

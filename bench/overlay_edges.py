@@ -16,7 +16,6 @@ the photo count).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.eval_variants import load_probe_params, parser  # noqa: E402
+from bench.eval_variants import load_probe_params, parser, write_probe  # noqa: E402
 from bench.tool_marks import MIN_POINTS, PHRASES, _mpl_recipe, change  # noqa: E402
 from wmcore.evaluate.samples import read_sample  # noqa: E402
 from wmcore.evaluate.score import real_clean_samples  # noqa: E402
@@ -125,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{predictor.threshold:.4f} / {predictor.image_threshold:.5f}; {left_out} drawings too faint left out; "
              f"{time.perf_counter() - start:.0f} s on {os.cpu_count()} cores, load {load[0]:.2f} before")  # fmt: skip
     result = {"setup": setup, "variants": rows(counts)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overlay_edges.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "overlay_edges.md").write_text(markdown(result))
-    print(markdown(result))
+    write_probe(args.out, "overlay_edges", result, markdown(result))
     return 0
 
 

@@ -52,7 +52,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.eval_variants import load_probe_params, parser  # noqa: E402
+from bench.eval_variants import load_probe_params, parser, write_probe  # noqa: E402
 from bench.ocr_baseline import OcrDetector  # noqa: E402
 from wmcore.config import Params  # noqa: E402
 from wmcore.evaluate.report import image_counts, split_metrics  # noqa: E402
@@ -506,10 +506,7 @@ def main(argv: list[str] | None = None) -> int:
              + ", ".join(f"{k} {v / len(samples):.3f} s per image" for k, v in timing.items())
              + ". Ours at its calibrated thresholds, gated as `wm predict` writes masks; OCR boxes filled, ungated.")
     result = {"setup": setup, "faint_marks_left_out": dropped, "detectors": detectors}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tool_marks.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "tool_marks.md").write_text(markdown(result))
-    print((args.out / "tool_marks.md").read_text())
+    write_probe(args.out, "tool_marks", result, markdown(result))
     return 0
 
 
