@@ -109,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path("results/tool_marks") / (args.photos + "".join(f"-{r}" for r in args.recipes or ()))
     samples, _ = build_set(photos, work, params.prepare.mask_alpha_threshold, params.prepare.min_contrast,
                            recipes=args.recipes)  # fmt: skip
-    category = {s.id: photos[int(s.id[:4])].background_kind for s in samples}  # build_set names photo i "iiii-..."
     predictor = get_predictor(str(args.model), params, backend="torch")
     load, start, rows, opened, marked = os.getloadavg(), time.perf_counter(), [], 0, 0
     for sample in samples:
         if sample.mask is None:
             continue
         marked += 1
-        rows += photo_regions(predictor, sample, category[sample.id])
-        opened += bool(rows and rows[-1]["sample"] == sample.id)
+        regions_of_photo = photo_regions(predictor, sample)
+        rows += regions_of_photo
+        opened += bool(regions_of_photo)
     setup = (f"{marked} marked {args.photos} photos ({', '.join(args.recipes or ['the five default recipes'])}; "
              f"{work}); model {args.model} at pixel / image threshold {predictor.threshold:.4f} / "
              f"{predictor.image_threshold:.5f}; {opened} of them pass the image gate with a region; "
@@ -127,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def photo_regions(predictor, sample: EvalSample, category: str | None) -> list[dict]:
-    """The regions of one marked photo's mask, as `wm predict` writes it (none when the gate stays shut)."""
+def photo_regions(predictor, sample: EvalSample) -> list[dict]:
+    """The regions of one marked photo's mask, as `wm predict` writes it (none when the gate stays shut), each
+    with the photo's corpus category (build_set keeps it on the sample)."""
     image, truth = read_sample(sample)
     probs = predictor.predict([image])[0]
     if image_score(probs) < predictor.image_threshold:
         return []
-    return [{"sample": sample.id, "category": category, "pixels": a, "on_truth": t, "peak": p}
+    return [{"sample": sample.id, "category": sample.background_kind, "pixels": a, "on_truth": t, "peak": p}
             for a, t, p in regions(probs, truth, predictor.threshold)]  # fmt: skip
 
 

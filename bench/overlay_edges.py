@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.eval_variants import load_probe_params, parser, write_probe  # noqa: E402
-from bench.tool_marks import MIN_POINTS, PHRASES, _mpl_recipe, change  # noqa: E402
+from bench.tool_marks import BOTTOM_X, PHRASES, _mpl_recipe, bottom_place, change, mpl_points  # noqa: E402
 from wmcore.evaluate.samples import read_sample  # noqa: E402
 from wmcore.evaluate.score import real_clean_samples  # noqa: E402
 from wmcore.infer.predictor import get_predictor  # noqa: E402
@@ -44,9 +44,8 @@ def credit_draws(rng: np.random.Generator, shape: tuple[int, ...]) -> dict[str, 
     from matplotlib import patheffects
 
     text, alpha = str(rng.choice(PHRASES)), float(rng.uniform(0.6, 0.9))
-    points = max(min(shape[:2]) * rng.uniform(0.025, 0.05) * 0.72, MIN_POINTS)
-    place = str(rng.choice(["right", "left", "center"], p=[0.45, 0.25, 0.3]))
-    x = {"right": 0.97, "left": 0.03, "center": 0.5}[place]
+    points = mpl_points(rng, shape, (0.025, 0.05))
+    place = bottom_place(rng)
     effects = {
         "plain": None,
         "stroke": [patheffects.withStroke(linewidth=max(1.0, points / 8), foreground="black")],
@@ -56,7 +55,7 @@ def credit_draws(rng: np.random.Generator, shape: tuple[int, ...]) -> dict[str, 
 
     def make(edge: str, a: float) -> Callable[[Any], None]:
         def draw(fig: Any) -> None:
-            fig.text(x, 0.04, text, fontsize=points, color="white", alpha=a, ha=place, va="bottom",
+            fig.text(BOTTOM_X[place], 0.04, text, fontsize=points, color="white", alpha=a, ha=place, va="bottom",
                      path_effects=effects[edge])  # fmt: skip
 
         return draw

@@ -27,8 +27,8 @@ pooled pixel F1 / precision / recall, the share of marked photos with any mark p
 clean copies the false-positive area and photos flagged; per recipe. `--photos-dir DIR` takes the clean photos
 from a folder instead (bench/real_fullres's originals at their packages' size), `--every-recipe` marks each photo
 once per recipe, and `--recipes` picks the recipes drawn. Opt-in recipes: opencv_faint_centre (a light line at
-8-20%, the listing photos' faint logo) and matplotlib_ai_label (an AI generator's label, "豆包AI生成", "即梦AI",
-"Made with AI", ..., white at 2-4% of the short side near a corner, Noto Sans CJK through Agg) and
+8-20%, the listing photos' faint logo), matplotlib_ai_label (an AI generator's label, "豆包AI生成", "即梦AI",
+"Made with AI", ..., white at 2-4% of the short side near a corner, Noto Sans CJK through Agg), and
 matplotlib_opaque_credit (a credit line at full opacity, white or yellow with a black stroke or hard shadow).
 
     .venv/bin/python bench/tool_marks.py --params-extra params-full.yaml --params-extra bench/ship-cpu.yaml \
@@ -198,10 +198,24 @@ def _mpl_recipe(photo: np.ndarray, draw: Callable[[Any], None]) -> tuple[np.ndar
     return out, opacity
 
 
+def mpl_points(rng: np.random.Generator, shape: tuple[int, ...], share: tuple[float, float]) -> float:
+    """A text size in points for a share (drawn from `share`) of the photo's short side, never under matplotlib's
+    default (100 dpi: 1 pt = 100/72 px)."""
+    return max(min(shape[:2]) * rng.uniform(*share) * 0.72, MIN_POINTS)
+
+
+BOTTOM_X = {"right": 0.97, "left": 0.03, "center": 0.5}  # figure x of a bottom line's anchor, by its alignment
+
+
+def bottom_place(rng: np.random.Generator) -> str:
+    """Where a credit along the bottom sits: right (45%), left (25%) or centred (30%); its x is BOTTOM_X[place]."""
+    return str(rng.choice(list(BOTTOM_X), p=[0.45, 0.25, 0.3]))
+
+
 def matplotlib_gallery(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """matplotlib's gallery "Text watermark": centred gray text at alpha 0.5, turned 30 degrees."""
     text = str(rng.choice(PHRASES))
-    points = max(min(photo.shape[:2]) * rng.uniform(0.06, 0.12) * 0.72, MIN_POINTS)  # 100 dpi: 1 pt = 100/72 px
+    points = mpl_points(rng, photo.shape, (0.06, 0.12))
 
     def draw(fig: Any) -> None:
         fig.text(0.5, 0.5, text, fontsize=points, color="gray", alpha=0.5, ha="center", va="center", rotation=30)
@@ -214,7 +228,7 @@ def matplotlib_corner(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.n
     from matplotlib import patheffects
 
     text, alpha = str(rng.choice(PHRASES)), float(rng.uniform(0.6, 0.9))
-    points = max(min(photo.shape[:2]) * rng.uniform(0.025, 0.05) * 0.72, MIN_POINTS)
+    points = mpl_points(rng, photo.shape, (0.025, 0.05))
     right = bool(rng.random() < 0.7)
     stroke = [patheffects.withStroke(linewidth=max(1.0, points / 8), foreground="black")]
 
@@ -243,7 +257,7 @@ def matplotlib_ai_label(rng: np.random.Generator, photo: np.ndarray) -> tuple[np
     from matplotlib import patheffects
 
     text, alpha = str(rng.choice(AI_LABELS)), float(rng.uniform(0.5, 0.9))
-    points = max(min(photo.shape[:2]) * rng.uniform(0.02, 0.04) * 0.72, MIN_POINTS)
+    points = mpl_points(rng, photo.shape, (0.02, 0.04))
     h, w = photo.shape[:2]
     mx, my = (float(rng.uniform(0.015, 0.04)) * min(h, w) / side for side in (w, h))
     corner = str(rng.choice(["bottom right", "bottom left", "top left", "top right"], p=[0.7, 0.1, 0.1, 0.1]))
@@ -266,8 +280,8 @@ def matplotlib_opaque_credit(rng: np.random.Generator, photo: np.ndarray) -> tup
     from matplotlib import patheffects
 
     text = str(rng.choice(PHRASES))
-    points = max(min(photo.shape[:2]) * rng.uniform(0.025, 0.05) * 0.72, MIN_POINTS)
-    place = str(rng.choice(["right", "left", "center"], p=[0.45, 0.25, 0.3]))
+    points = mpl_points(rng, photo.shape, (0.025, 0.05))
+    place = bottom_place(rng)
     colour = "white" if rng.random() < 0.8 else "#ffe033"
     if rng.random() < 0.5:
         effects = [patheffects.withStroke(linewidth=max(1.5, points / 7), foreground="black")]
@@ -275,10 +289,8 @@ def matplotlib_opaque_credit(rng: np.random.Generator, photo: np.ndarray) -> tup
         shift = max(1.0, points / 12)
         effects = [patheffects.withSimplePatchShadow(offset=(shift, -shift), shadow_rgbFace="black", alpha=0.8),
                    patheffects.Normal()]  # fmt: skip
-    x = {"right": 0.97, "left": 0.03, "center": 0.5}[place]
-
     def draw(fig: Any) -> None:
-        fig.text(x, 0.03, text, fontsize=points, color=colour, ha=place, va="bottom", path_effects=effects)
+        fig.text(BOTTOM_X[place], 0.03, text, fontsize=points, color=colour, ha=place, va="bottom", path_effects=effects)
 
     return _mpl_recipe(photo, draw)
 
