@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,14 +19,17 @@ from wmcore.config import Params, PrepareParams, validate
 from wmcore.data.backgrounds import PAGE_BACKGROUNDS, BackgroundCatalog, discover_backgrounds
 from wmcore.data.fonts import available_faces, face_scope, faces_for, load_font
 from wmcore.data.generator import ALWAYS_NEEDED_SCRIPTS, hold_out, plan_heldout
+from wmcore.data.kept_out import REGISTRIES
 from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.data.phrases import NO_HOLDOUT, PHRASE_KINDS, PhrasePolicy, make_block, make_phrase
 from wmcore.data.prepare import run_prepare
 from wmcore.data.render import STYLES
+from wmcore.errors import WmError
 from wmcore.evaluate import run as evaluate_run
 from wmcore.evaluate import score as evaluate_score
 from wmcore.evaluate.run import run_evaluation
 from wmcore.infer.working_scale import FUSION_RULES
+from wmcore.model.checkpoint import load_checkpoint, save_checkpoint
 
 FACES = {f.name: f for f in available_faces()}
 
@@ -78,6 +82,17 @@ def _background_held(row: dict, held: dict) -> bool:
     )
 
 
+def assert_none_drawn(rows: list[dict], held: dict) -> None:
+    """No row draws a held-out font, phrase kind, style or background; the rows do record what they draw."""
+    for row in rows:
+        assert not set(row["fonts"]) & set(held["fonts"]), row
+        assert not set(row["phrase_kinds"]) & set(held["phrase_kinds"]), row
+        assert not mark_styles(row) & set(held["styles"]), row
+        assert not _background_held(row, held), row
+    # the check has teeth: the rows do record fonts, phrase kinds and styles
+    assert any(r["fonts"] for r in rows) and any(r["phrase_kinds"] for r in rows)
+
+
 # --------------------------------------------------------------------------- prepare
 
 
@@ -87,13 +102,7 @@ def test_heldout_names_never_reach_train_val_or_test(prepared):
     assert held["fonts"] and held["phrase_kinds"] and held["styles"] and held["photos"] and held["procedural"]
     seen_rows = [r for r in read_manifest(root) if r["split"] != HELDOUT_SPLIT]
     assert len(seen_rows) == 32
-    for row in seen_rows:
-        assert not set(row["fonts"]) & set(held["fonts"]), row
-        assert not set(row["phrase_kinds"]) & set(held["phrase_kinds"]), row
-        assert not mark_styles(row) & set(held["styles"]), row
-        assert not _background_held(row, held), row
-    # the check has teeth: the seen splits do record fonts, phrase kinds and styles
-    assert any(r["fonts"] for r in seen_rows) and any(r["phrase_kinds"] for r in seen_rows)
+    assert_none_drawn(seen_rows, held)
 
 
 def test_heldout_split_has_the_requested_size_and_draws_only_heldout_names(prepared):
@@ -128,6 +137,33 @@ def test_same_params_give_the_same_plan_and_bytes_in_a_pool(prepared, tmp_path):
     assert again["heldout"] == stats["heldout"]
     for name in ("manifest.jsonl", *(r["image"] for r in read_manifest(root) if r["split"] == HELDOUT_SPLIT)):
         assert (tmp_path / "prepared" / name).read_bytes() == (root / name).read_bytes(), name
+
+
+def test_a_fine_tune_on_another_seed_keeps_out_what_the_evaluation_set_holds_out(prepared, catalog, tmp_path):
+    """prepare.heldout_from: a dataset drawn on another seed (and style weights) keeps the named dataset's plan,
+    where its own seed would train on some of the names that dataset's test_heldout holds out."""
+    root, stats = prepared
+    held = stats["heldout"]
+    params = prepare_params(tmp_path / "pinned", n_train=32, n_test_heldout=0, heldout_from=str(root))
+    own = plan_heldout(prepare_params(tmp_path).prepare, 7, catalog)  # what seed 7 alone would keep out
+    assert own.fonts != tuple(held["fonts"]) and own.photos != tuple(held["photos"])
+    pinned = run_prepare(params.model_copy(update={"base": Params().base.model_copy(update={"seed": 7})}))
+    for name in ("fonts", "phrase_kinds", "styles", "photos", "procedural"):
+        assert pinned["heldout"][name] == held[name]
+    rows = read_manifest(tmp_path / "pinned" / "prepared")
+    assert len(rows) == 40 and HELDOUT_SPLIT not in {r["split"] for r in rows}
+    assert_none_drawn(rows, held)
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"counts": {}}', '{"heldout": {"share": 0.2}}'])
+def test_heldout_from_without_a_plan_fails_naming_the_key(tmp_path, content):
+    source = tmp_path / "source"
+    source.mkdir()
+    if content is not None:
+        (source / "stats.json").write_text(content)
+    with pytest.raises(WmError, match=r"^prepare\.heldout_from: .*stats\.json"):
+        run_prepare(prepare_params(tmp_path, heldout_from=str(source)))
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_an_interrupted_run_resumes_the_heldout_split_too(tmp_path, monkeypatch):
@@ -307,7 +343,7 @@ def test_evaluation_reports_heldout_and_separate_fp_areas(tmp_path, monkeypatch)
     logger = RecordingLogger()
     metrics = run_evaluation(evaluate_params(tmp_path, prepared, n_overlay=2), run_logger=logger)
     test, heldout = metrics["test"], metrics[HELDOUT_SPLIT]
-    assert set(heldout) == set(test) and heldout["n_images"] == 6 and heldout["n_clean"] == 2
+    assert set(heldout) == set(test) | {"trained_on"} and heldout["n_images"] == 6 and heldout["n_clean"] == 2
     assert heldout["threshold"] == test["threshold"] == metrics["val"]["threshold"]  # chosen on val
     assert (test["clean_page_fp_area"], test["clean_photo_fp_area"], test["clean_fp_area"]) == (1.0, 0.0, 0.5)
     assert (test["n_clean_page"], test["n_clean_photo"], heldout["n_clean_page"], heldout["n_clean_photo"]) == (
@@ -339,4 +375,37 @@ def test_prepare_then_evaluate_reports_the_heldout_split(prepared, tmp_path):
     metrics = run_evaluation(evaluate_params(tmp_path, root, n_overlay=2))
     assert metrics[HELDOUT_SPLIT]["n_images"] == stats["counts"][HELDOUT_SPLIT] == 8
     assert metrics[HELDOUT_SPLIT]["n_clean"] == stats["clean"][HELDOUT_SPLIT]
+
+
+def _recording(path: Path, kept_out: dict | None) -> None:
+    """The checkpoint at `path` with meta["kept_out"] = `kept_out` (what its training never drew)."""
+    ckpt = load_checkpoint(path)
+    ckpt["meta"]["kept_out"] = kept_out
+    save_checkpoint(path, ckpt)
+
+
+def test_evaluation_says_how_many_heldout_names_the_model_trained_on(prepared, tmp_path, caplog):
+    """test_heldout's "trained_on": per registry, the split's held-out names the checkpoint's lineage drew;
+    None (with a warning) when the checkpoint does not record it; the exported model keeps the record."""
+    root, stats = prepared
+    held = {r: stats["heldout"][r] for r in REGISTRIES}
+    best = write_random_checkpoint(tmp_path / "train" / "best.pt", epoch=1)
+    params = evaluate_params(tmp_path, root, n_overlay=0)
+    with caplog.at_level(logging.WARNING):
+        assert run_evaluation(params)[HELDOUT_SPLIT]["trained_on"] is None
+    assert "does not record what its training kept out" in caplog.text
+    _recording(best, held)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert run_evaluation(params)[HELDOUT_SPLIT]["trained_on"] == dict.fromkeys(REGISTRIES, 0)
+    assert HELDOUT_SPLIT not in caplog.text
+    exported = load_checkpoint(tmp_path / "evaluate" / "model.pt")
+    assert exported["meta"]["kept_out"] == held
+    _recording(best, {**held, "fonts": held["fonts"][1:], "photos": []})  # trained on one font and every photo
+    logger = RecordingLogger()
+    with caplog.at_level(logging.WARNING):
+        seen = run_evaluation(params, run_logger=logger)[HELDOUT_SPLIT]["trained_on"]
+    assert logger.metrics[f"{HELDOUT_SPLIT}/trained_on/fonts"] == 1.0
+    assert seen == {**dict.fromkeys(REGISTRIES, 0), "fonts": 1, "photos": len(held["photos"])} and seen["photos"] > 0
+    assert "is not a held-out figure" in caplog.text
 

@@ -159,6 +159,24 @@ def test_every_style_draws_a_visible_tagged_mark(tmp_path, style):
         assert sample.mask.any() and (sample.mask > 0).mean() < 0.95
 
 
+def test_credit_lines_are_opaque_edged_and_at_an_edge_whatever_the_opacity_range(tmp_path):
+    """The credit style draws at full strength even where prepare.opacity_max is low, with a dark edge
+    (stroke or shadow) around light text, in a band along the bottom or the top; other styles keep the range."""
+    params = tiny_params(tmp_path, clean_share=0.0, multi_mark_share=0.0, opacity_min=0.1, opacity_max=0.3,
+                         style_weights={"credit": 1.0}, background_sources=["procedural"], jpeg_share=0.0,
+                         min_side=480, max_side=640)
+    ctx = _context(params)
+    for index in range(6):
+        sample = generate_sample(ctx, "train", index)
+        assert sample.styles[0] == "credit"
+        assert sample.alpha.max() >= round(0.85 * 255 * 0.8), sample.styles  # 0.3 would cap it at 77
+        rows = np.flatnonzero(sample.mask.any(axis=1)) / sample.mask.shape[0]
+        assert rows.max() - rows.min() < 0.25 and (rows.min() > 0.6 or rows.max() < 0.4), (rows.min(), rows.max())
+    params = tiny_params(tmp_path, clean_share=0.0, multi_mark_share=0.0, opacity_min=0.1, opacity_max=0.3,
+                         style_weights={"corner": 1.0}, background_sources=["procedural"], jpeg_share=0.0)
+    assert all(generate_sample(_context(params), "train", i).alpha.max() <= 0.3 * 255 + 1 for i in range(4))
+
+
 def test_mark_sizes_are_relative_to_the_image(tmp_path):
     """A corner mark covers a similar share of a small and a large image (not a fixed pixel size)."""
     shares = []

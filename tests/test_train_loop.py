@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 
 import pytest
 import torch
@@ -284,6 +285,37 @@ def test_warm_start_in_the_loop(tiny_prepared, tmp_path):
     assert summary["steps"] == 2
     with pytest.raises(WmError, match="checkpoint not found"):
         loop.run_training(tiny_params(tiny_prepared, tmp_path, "third", train={"warm_start": str(tmp_path / "x.pt")}))
+
+
+def _with_heldout(prepared, target, **names):
+    """A copy of `prepared` whose stats.json says its train/val/test splits kept `names` out."""
+    shutil.copytree(prepared, target)
+    plan = {r: [] for r in ("fonts", "phrase_kinds", "styles", "photos", "procedural")} | names
+    (target / "stats.json").write_text(json.dumps({"heldout": {"share": 0.2, "samples": 0, **plan}}))
+    return target
+
+
+def test_checkpoints_record_what_the_lineage_never_drew(tiny_prepared, tmp_path, caplog):
+    """meta["kept_out"]: the dataset's held-out names, narrowed by each warm start; unknown (None) when a
+    start or the dataset does not say. `wm evaluate` checks test_heldout against it."""
+    first = _with_heldout(tiny_prepared, tmp_path / "p1", fonts=["a", "b"], styles=["tiled"], photos=["x"])
+    second = _with_heldout(tiny_prepared, tmp_path / "p2", fonts=["b", "c"], styles=["tiled", "emboss"])
+    loop.run_training(tiny_params(first, tmp_path, "first", train={"epochs": 1}))
+    kept = _load(tmp_path / "first/best.pt")["meta"]["kept_out"]
+    assert kept == {"fonts": ["a", "b"], "phrase_kinds": [], "styles": ["tiled"], "photos": ["x"], "procedural": []}
+    assert _load(tmp_path / "first/last.pt")["meta"]["kept_out"] == kept
+    loop.run_training(tiny_params(second, tmp_path, "second",
+                                  train={"epochs": 1, "warm_start": str(tmp_path / "first/best.pt")}))
+    assert _load(tmp_path / "second/best.pt")["meta"]["kept_out"] == {
+        "fonts": ["b"], "phrase_kinds": [], "styles": ["tiled"], "photos": [], "procedural": []}
+    save_checkpoint(tmp_path / "unrecorded.pt", checkpoint_dict(UNet(base_width=4, depth=2)))
+    with caplog.at_level(logging.WARNING):
+        loop.run_training(tiny_params(second, tmp_path, "third",
+                                      train={"epochs": 1, "warm_start": str(tmp_path / "unrecorded.pt")}))
+        loop.run_training(tiny_params(tiny_prepared, tmp_path, "fourth", train={"epochs": 1}))
+    assert _load(tmp_path / "third/best.pt")["meta"]["kept_out"] is None
+    assert _load(tmp_path / "fourth/best.pt")["meta"]["kept_out"] is None
+    assert "records no kept-out names" in caplog.text and "stats.json" in caplog.text
 
 
 def test_train_only_trains_the_named_part_and_leaves_the_rest_as_warm_started(tiny_prepared, tmp_path, caplog):

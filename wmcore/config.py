@@ -77,13 +77,14 @@ class PathsParams(Group):
 
 
 WatermarkStyle = Literal[
-    "centered", "corner", "corner_label", "tiled", "grid", "logo", "hollow", "stamp", "badge", "emboss", "multiline"
+    "centered", "corner", "corner_label", "tiled", "grid", "logo", "hollow", "stamp", "badge", "emboss", "multiline",
+    "credit",
 ]
 SceneTextKind = Literal["sign", "subtitle", "label", "document"]  # wmcore.data.compose.SCENE_TEXT_KINDS
 
 DEFAULT_STYLE_WEIGHTS: dict[str, float] = {
     "centered": 1.5, "corner": 1.5, "corner_label": 1.0, "tiled": 1.2, "grid": 0.6, "logo": 1.0,
-    "hollow": 0.6, "stamp": 0.7, "badge": 0.7, "emboss": 0.6, "multiline": 0.8,
+    "hollow": 0.6, "stamp": 0.7, "badge": 0.7, "emboss": 0.6, "multiline": 0.8, "credit": 0.0,
 }
 
 
@@ -133,6 +134,13 @@ class PrepareParams(Group):
     )
     n_test_heldout: int = Field(
         64, ge=0, le=100000, description="Samples of the style-held-out split test_heldout; 0 = no such split."
+    )
+    heldout_from: str | None = Field(
+        None,
+        description="A prepared dataset (its folder) whose held-out names (stats.json \"heldout\": fonts, phrase "
+        "kinds, styles, backgrounds) this one keeps out too, instead of drawing its own plan from base.seed. A "
+        "fine-tune that draws its samples on another seed names the dataset it is evaluated on, or it trains on "
+        "what that dataset's test_heldout holds out. null = the plan of base.seed.",
     )
     import_dir: str | None = Field(
         None, description="Existing dataset with images/ + masks/ (CLWD/LVW layout) imported into train/val/test."

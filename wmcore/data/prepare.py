@@ -44,6 +44,8 @@ from wmcore.data.fonts import FONT_LICENSES, FONT_PACK_DIR
 from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.data.generator import GeneratorContext, HeldoutPlan, generate_sample, plan_heldout
 from wmcore.data.importer import import_dataset, import_folders
+from wmcore.data.kept_out import REGISTRIES, read_dataset_kept_out
+from wmcore.errors import WmError
 from wmcore.runtime.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,8 @@ def fingerprint(params: Params) -> str:
     # native views: drawn for prepare.native_share, and hard negatives mined on them use them whatever the share
     views = [Path(params.paths.corpus_native_train) / "manifest.jsonl"] if (
         params.prepare.native_share > 0 or mined) else []  # fmt: skip
-    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl", *mined, *views):
+    plan = [Path(params.prepare.heldout_from) / "stats.json"] if params.prepare.heldout_from else []
+    for manifest in (Path(params.paths.corpus) / "manifest.jsonl", FONT_PACK_DIR / "manifest.jsonl", *mined, *views, *plan):
         h.update(manifest.read_bytes() if manifest.is_file() else b"-")  # rebuilt or re-mined inputs
     return h.hexdigest()[:12]
 
@@ -210,6 +213,21 @@ def swap_into_place(work: Path, target: Path) -> None:
 def write_manifest(path: Path, rows: list[dict]) -> None:
     lines = [json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, sort_keys=True, ensure_ascii=False) for r in rows]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def read_heldout_plan(prepared: str) -> HeldoutPlan:
+    """The held-out names another prepared dataset kept out (its stats.json), for prepare.heldout_from.
+
+    Raises WmError naming the key when the file is missing, unreadable or has no held-out plan.
+    """
+    kept, why = read_dataset_kept_out(prepared)
+    if kept is None:
+        raise WmError(f"prepare.heldout_from: {why}")
+    plan = HeldoutPlan(**{r: tuple(kept[r]) for r in REGISTRIES})
+    if not plan.active():
+        raise WmError(f"prepare.heldout_from: {Path(prepared) / 'stats.json'} holds nothing out (it was built "
+                      "without a test_heldout split)")
+    return plan
 
 
 def heldout_report(plan: HeldoutPlan, params: Params, n_samples: int) -> dict:
@@ -287,7 +305,7 @@ def run_prepare(params: Params) -> dict:
     if p.import_dir:
         import_folders(p)  # fail on a wrong import_dir before minutes of generation
     catalog = discover_backgrounds(p, params.paths.corpus, params.paths.corpus_native_train)
-    plan = plan_heldout(p, params.base.seed, catalog)
+    plan = plan_heldout(p, params.base.seed, catalog) if p.heldout_from is None else read_heldout_plan(p.heldout_from)
     if (p.heldout_style_share > 0) != (p.n_test_heldout > 0):
         log.info("no %s split: it needs prepare.heldout_style_share > 0 and prepare.n_test_heldout > 0", HELDOUT_SPLIT)
     t_discover = time.perf_counter() - t0

@@ -445,6 +445,49 @@ def style_multiline(ctx: MarkContext) -> None:
     ctx.layer.stamp(with_opacity(element, ctx.opacity(0.3, 1.0)), center, ctx.angle(0.25, 5, 35))
 
 
+_CREDIT_INKS: tuple[RGB, ...] = ((1.0, 1.0, 1.0), (1.0, 0.88, 0.2))
+
+
+def style_credit(ctx: MarkContext) -> None:
+    """A burned-in credit line: opaque white or yellow text with a black stroke or hard shadow along the bottom.
+
+    Its opacity (0.85-1) ignores prepare.opacity_min/max on purpose: a credit, handle or meme caption is
+    drawn at full strength, and raising opacity_max for it would make every other style stronger too
+    (phase 14 lost faint tiled grids that way, bench/results/phase14/)."""
+    phrase = ctx.phrase(("copyright", "handle", "url", "brand", "cjk_sc"))
+    face = pick_face(ctx, phrase, bold=0.6)
+    px = relative_px(ctx, face, phrase.text, 0.025, 0.06, max_width=0.85)
+    font = load_font(face, px)
+    if ctx.chance(0.8):
+        rgb = _CREDIT_INKS[0] if ctx.chance(0.8) else _CREDIT_INKS[1]
+        ctx.tags.append("white" if rgb == _CREDIT_INKS[0] else "colour")
+    else:
+        rgb = ctx.colour()
+    offset = max(1, round(px * ctx.uniform(0.05, 0.1)))
+    pad = 2 * offset + max(2, px // 6) + 4
+    fill = text_coverage(phrase.text, font, pad)
+    parts: list[Part] = []
+    edge = ctx.rng.random()
+    if edge < 0.5:
+        ctx.tags.append("outline")
+        stroke = max(1, round(px * ctx.uniform(0.06, 0.12)))
+        parts.append(Part(text_coverage(phrase.text, font, pad, stroke=stroke), _contrast_of(rgb), ctx.uniform(0.85, 1.0)))
+    elif edge < 0.85:
+        ctx.tags.append("shadow")
+        hard = fill if ctx.chance(0.6) else fill.filter(_gauss(offset * 0.4))
+        parts.append(Part(shifted(hard, offset, offset), _contrast_of(rgb), ctx.uniform(0.6, 1.0)))
+    parts.append(Part(fill, rgb, 1.0))
+    size = (max(p.coverage.width for p in parts), max(p.coverage.height for p in parts))
+    element = maybe_blur(ctx, Element([Part(pad_to(p.coverage, size), p.rgb, p.opacity) for p in parts]), px)
+    w, h = element.size
+    margin = ctx.short * ctx.uniform(0.01, 0.05)
+    bottom = ctx.chance(0.85)
+    y = ctx.layer.height - margin - h / 2 if bottom else margin + h / 2
+    where = ctx.rng.random()
+    x = margin + w / 2 if where < 0.35 else ctx.layer.width - margin - w / 2 if where < 0.7 else ctx.layer.width / 2
+    ctx.layer.stamp(with_opacity(element, ctx.uniform(0.85, 1.0)), (x, y), 0.0)
+
+
 STYLES: dict[str, Callable[[MarkContext], None]] = {
     "centered": style_centered,
     "corner": style_corner,
@@ -457,6 +500,7 @@ STYLES: dict[str, Callable[[MarkContext], None]] = {
     "badge": style_badge,
     "emboss": style_emboss,
     "multiline": style_multiline,
+    "credit": style_credit,
 }
 # Small marks that may join a first mark on the same image (e.g. a tiled mark plus a corner URL).
 SECOND_MARK_STYLES = ("corner", "corner_label", "logo", "badge")

@@ -65,6 +65,7 @@ def export_model(source: Path, path: Path, metrics: dict[str, Any], backend: str
         "source_checkpoint": str(source),
         "source_epoch": ckpt.get("epoch"),
         "source_step": ckpt.get("step"),
+        "kept_out": ckpt.get("meta", {}).get("kept_out"),  # what its training never drew (wmcore.data.kept_out)
     }
     save_checkpoint(path, checkpoint_dict(model, meta))
     return path

@@ -272,6 +272,8 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
                  for view, m in metrics[split].get("by_view", {}).items()
                  for key in ("fp_area", "n_flagged") if m[key] is not None})  # fmt: skip
     fusion = metrics.get("fusion", {})
+    trained_on = metrics.get(HELDOUT_SPLIT, {}).get("trained_on") or {}  # held-out names the model trained on
+    flat.update({f"{HELDOUT_SPLIT}/trained_on/{registry}": float(n) for registry, n in trained_on.items()})
     flat.update({f"val/fusion_f1_{rule}": float(v) for rule, v in fusion.get("val_f1", {}).items() if v is not None})
     promotion = metrics.get("promotion", {})  # both models' scores, the loser's too
     flat.update({f"promotion/{key}": float(value) for key, value in promotion.items()

@@ -12,7 +12,8 @@
 3. test, test_heldout (fonts, phrase kinds, styles and backgrounds training never saw) and the
    corpus's real clean test photos (never trained on, never calibrated on) are scored with both
    thresholds unchanged (wmcore.evaluate.report): pixel and image metrics, and the false-positive
-   area on synthetic clean images and on real photos.
+   area on synthetic clean images and on real photos. test_heldout also says how many of its held-out
+   names the model's training drew ("trained_on", from the checkpoint's meta["kept_out"]; null = unknown).
 4. The shipped model is scored on the same test splits with its own calibration; the better one
    is exported (wmcore.evaluate.promote).
 
@@ -29,6 +30,8 @@ from typing import Any
 
 from wmcore.config import Params
 from wmcore.data.fingerprint import DataFingerprint, split_fingerprint
+from wmcore.data.kept_out import read_dataset_kept_out, trained_on
+from wmcore.data.layout import HELDOUT_SPLIT
 from wmcore.errors import WmError
 from wmcore.evaluate.calibrate import calibrate_rule_and_thresholds
 from wmcore.evaluate.promote import export_model, promotion_record
@@ -47,6 +50,7 @@ from wmcore.evaluate.score import (
 from wmcore.infer.predictor import get_predictor
 from wmcore.infer.working_scale import FUSION_RULES
 from wmcore.metrics.promotion import Scores
+from wmcore.model.checkpoint import load_checkpoint
 from wmcore.runtime.device import configure_threads
 from wmcore.tracking.sink import NullLogger, RunLogger
 
@@ -122,6 +126,7 @@ def score_candidate(params: Params, source: Path, backend: str) -> tuple[dict[st
     real = {"real_val": real_val, "real_test": score_real_clean(params, predict, "real_test")}
     scored.update({name: split for name, split in real.items() if split is not None})
     metrics = metrics_at(scored, calibration.threshold, calibration.image_threshold, params)
+    note_heldout_lineage(metrics, params, source, "candidate")
     metrics["backend"] = backend
     metrics["fusion"] = {**fusion.as_metrics(), "applied": applied}
     metrics["calibration"] = calibration.as_metrics()
@@ -154,10 +159,30 @@ def score_pretrained(params: Params, source: Path, backend: str) -> tuple[dict[s
     if real_test is not None:
         scored["real_test"] = real_test
     metrics = metrics_at(scored, threshold, image_threshold, params)
+    note_heldout_lineage(metrics, params, source, "shipped model")
     metrics["backend"] = backend
     metrics["fusion"] = {"rule": rule, "applied": rule, "global_side": params.predict.global_side,
                          "reason": "stored with the pretrained weights (calibrated on their validation split)"}  # fmt: skip
     return metrics, scored
+
+
+def note_heldout_lineage(metrics: dict[str, Any], params: Params, source: Path, who: str) -> None:
+    """metrics["test_heldout"]["trained_on"]: per registry, how many of the split's held-out names the model's
+    training drew (wmcore.data.kept_out; None = its checkpoint does not say); logged when not all zero."""
+    if HELDOUT_SPLIT not in metrics:
+        return
+    heldout, why = read_dataset_kept_out(params.paths.prepared)
+    seen = trained_on(heldout, load_checkpoint(source).get("meta", {}).get("kept_out")) if heldout else None
+    metrics[HELDOUT_SPLIT]["trained_on"] = seen
+    if heldout is None:
+        log.warning("%s: %s; cannot tell whether %s is held out for the %s", HELDOUT_SPLIT, why, HELDOUT_SPLIT, who)
+    elif seen is None:
+        log.warning("%s: the %s's checkpoint does not record what its training kept out (trained before that was "
+                    "recorded, or warm-started from such weights): its %s F1 may count names it trained on",
+                    HELDOUT_SPLIT, who, HELDOUT_SPLIT)  # fmt: skip
+    elif any(seen.values()):
+        log.warning("%s: the %s trained on %s of the names this split holds out: its F1 there is not a held-out "
+                    "figure", HELDOUT_SPLIT, who, ", ".join(f"{n} {k}" for k, n in seen.items() if n))  # fmt: skip
 
 
 def evaluate_tracked(params: Params, backend: str | None = None, checkpoint: str | None = None) -> dict[str, Any]:

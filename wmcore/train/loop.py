@@ -81,7 +81,14 @@ from wmcore.train.setup import (
     stage_of,
     steps_in_epoch,
 )
-from wmcore.train.state import TrainState, checkpoint_payload, resume_from, save_training_checkpoint, warm_start
+from wmcore.train.state import (
+    TrainState,
+    checkpoint_payload,
+    resume_from,
+    run_kept_out,
+    save_training_checkpoint,
+    warm_start,
+)
 from wmcore.train.steps import StepTools, validation_step
 
 log = logging.getLogger(__name__)
@@ -184,14 +191,9 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
     if resume:
         state = resume_from(train_dir / LAST, eager, tools.optimizer, schedule, tools.scaler, params)
         log.info("resuming after epoch %d (step %d) from %s", state.epoch, state.step, train_dir / LAST)
-    elif params.train.warm_start:
-        fresh = warm_start(params.train.warm_start, eager)
-        if fresh:
-            log.info("warm start from %s; %d tensors start fresh (%s)", params.train.warm_start, len(fresh),
-                     ", ".join(sorted({n.rsplit(".", 1)[0] for n in fresh})))
-    elif isinstance(eager, TextUNet) and params.train.init_encoder == "ppocrv4":
-        counts = import_text_detector(eager, text_detector_onnx(params.paths.cache_dir))
-        log.info("text_unet encoder initialised from PP-OCRv4 det (%d tensors)", counts["tensors"])
+    else:
+        start_weights(params, eager)
+        state.kept_out = run_kept_out(params)
     # DDP after resume (it broadcasts rank 0's weights) and inside compile (dynamo then splits
     # the graph at gradient buckets, overlapping the all-reduce with the backward pass).
     eager_train = wrap_ddp(eager, device, params.train.sync_batchnorm) if world_size > 1 else eager
@@ -209,6 +211,18 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
     )  # fmt: skip
     announce(run, planned)
     return run
+
+
+def start_weights(params: Params, eager: nn.Module) -> None:
+    """A fresh run's first weights: train.warm_start's, else PP-OCRv4's encoder (text_unet), else the init."""
+    if params.train.warm_start:
+        fresh = warm_start(params.train.warm_start, eager)
+        if fresh:
+            log.info("warm start from %s; %d tensors start fresh (%s)", params.train.warm_start, len(fresh),
+                     ", ".join(sorted({n.rsplit(".", 1)[0] for n in fresh})))
+    elif isinstance(eager, TextUNet) and params.train.init_encoder == "ppocrv4":
+        counts = import_text_detector(eager, text_detector_onnx(params.paths.cache_dir))
+        log.info("text_unet encoder initialised from PP-OCRv4 det (%d tensors)", counts["tensors"])
 
 
 def announce(run: Run, planned: int) -> None:

@@ -13,6 +13,7 @@ A training checkpoint holds only tensors and plain Python values, so it loads wi
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +24,12 @@ import torch
 from torch import nn
 
 from wmcore.config import Params
+from wmcore.data.kept_out import lineage, read_dataset_kept_out
 from wmcore.errors import WmError, one_line
 from wmcore.model.checkpoint import checkpoint_dict, load_checkpoint, save_checkpoint
 from wmcore.runtime.atomic import remove_stale_temp_files
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +46,8 @@ class TrainState:
     elapsed_s: float = 0.0  # wall-clock seconds of all sessions of this run
     stop_reason: str | None = None  # "epochs", "time budget", "early stop" once the run is over
     history: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"epochs": [], "steps": []})
+    # names (per held-out registry) no sample of this run or of its warm start's lineage drew; None = unknown
+    kept_out: dict[str, list[str]] | None = None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -86,6 +92,7 @@ def checkpoint_payload(
         "epoch": state.epoch,
         "best_epoch": state.best_epoch,
         "val_f1": state.best_f1,
+        "kept_out": state.kept_out,  # wmcore.data.kept_out: what `wm evaluate` checks test_heldout against
     }
     return checkpoint_dict(
         model,
@@ -158,3 +165,17 @@ def warm_start(path: str | Path, model: nn.Module) -> list[str]:
             f"unexpected {result.unexpected_keys}"
         )
     return list(result.missing_keys)
+
+
+def run_kept_out(params: Params) -> dict[str, list[str]] | None:
+    """Held-out names a fresh run never draws (its dataset's, less what train.warm_start's lineage drew); None = unknown."""
+    own, why = read_dataset_kept_out(params.paths.prepared)
+    if own is None:
+        log.warning("%s: checkpoints will not say which held-out names training drew", why)
+        return None
+    start = params.train.warm_start
+    kept = lineage(own, load_checkpoint(start).get("meta", {}).get("kept_out") if start else None, bool(start))
+    if kept is None:
+        log.warning("train.warm_start: %s records no kept-out names (trained before they were recorded): "
+                    "checkpoints will not say which held-out names training drew", start)
+    return kept
