@@ -177,6 +177,24 @@ def test_credit_lines_are_opaque_edged_and_at_an_edge_whatever_the_opacity_range
     assert all(generate_sample(_context(params), "train", i).alpha.max() <= 0.3 * 255 + 1 for i in range(4))
 
 
+def test_ui_backgrounds_draw_each_word_in_a_face_that_has_its_glyphs(monkeypatch):
+    """A CJK scene word on a procedural UI panel gets a CJK face, not the Latin one (which draws empty boxes)."""
+    import wmcore.data.procedural as procedural
+    from wmcore.data.phrases import Phrase
+
+    words = iter([Phrase("停车场", "sc", "scene"), Phrase("EXIT", "latin", "scene")] * 20)
+    monkeypatch.setattr(procedural, "make_scene_phrase", lambda rng: next(words))
+    used: list[tuple[FontFace, str]] = []
+    load = procedural.load_font
+    monkeypatch.setattr(procedural, "load_font", lambda face, px: used.append(face) or load(face, px))
+    for seed in range(6):
+        procedural.render_procedural("ui", np.random.default_rng(seed), 400, 300)
+    drawn = list(zip(used, ["停车场", "EXIT"] * 20, strict=False))
+    assert {w for _, w in drawn} == {"停车场", "EXIT"}
+    for face, word in drawn:
+        assert set(word) <= face_chars(face), (face.name, word)
+
+
 def test_mark_sizes_are_relative_to_the_image(tmp_path):
     """A corner mark covers a similar share of a small and a large image (not a fixed pixel size)."""
     shares = []

@@ -141,9 +141,12 @@ def _ui_panels(rng: np.random.Generator, width: int, height: int) -> tuple[Array
         fill = tuple(int(c) for c in (bg + (25 if dark else -18)))
         draw.rounded_rectangle((x0, y0, x0 + w, y0 + h), radius=rng.uniform(2, 12), fill=fill)
         if face is not None and h > 14:
-            font = load_font(face, int(min(h * 0.35, 18)))
+            word = make_scene_phrase(rng)
+            # a CJK word in a Latin face would be drawn as empty boxes ("tofu"), which no real screen shows
+            script_face = (faces_for(word.script) or [face])[0]
+            font = load_font(script_face, int(min(h * 0.35, 18)))
             ink = (220, 220, 225) if dark else (40, 40, 48)
-            draw.text((x0 + 6, y0 + 4), make_scene_phrase(rng).text.split()[0], font=font, fill=ink)
+            draw.text((x0 + 6, y0 + 4), word.text.split()[0], font=font, fill=ink)
     return np.asarray(img, np.float32) / 255.0, face is not None
 
 
