@@ -178,7 +178,7 @@ def test_the_edge_head_starts_as_the_model_without_it_and_then_changes_only_the_
     save_checkpoint(tmp_path / "base.pt", checkpoint_dict(base))
     headed = TextUNet(width=16, edge=4).eval()
     assert headed.model_args() == {"arch": "text_unet", "in_channels": 3, "width": 16, "edge": 4}
-    fresh = warm_start(tmp_path / "base.pt", headed)
+    fresh, _ = warm_start(tmp_path / "base.pt", headed)
     assert fresh and all(name.startswith("edge.") for name in fresh)
     x = torch.rand(2, 3, 45, 70)
     with torch.inference_mode():

@@ -13,6 +13,7 @@ import torch
 import wmcore.train.loop as loop
 import wmcore.train.setup as setup
 from wmcore.config import Params, merge, validate
+from wmcore.data.kept_out import REGISTRIES
 from wmcore.errors import WmError
 from wmcore.model import UNet
 from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint
@@ -290,7 +291,7 @@ def test_warm_start_in_the_loop(tiny_prepared, tmp_path):
 def _with_heldout(prepared, target, **names):
     """A copy of `prepared` whose stats.json says its train/val/test splits kept `names` out."""
     shutil.copytree(prepared, target)
-    plan = {r: [] for r in ("fonts", "phrase_kinds", "styles", "photos", "procedural")} | names
+    plan = {r: [] for r in REGISTRIES} | names
     (target / "stats.json").write_text(json.dumps({"heldout": {"share": 0.2, "samples": 0, **plan}}))
     return target
 

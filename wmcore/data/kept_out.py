@@ -42,11 +42,12 @@ def read_dataset_kept_out(prepared: str | Path) -> tuple[KeptOut | None, str]:
     return kept, "" if kept is not None else f'{path} has no "heldout" plan (a dataset `wm prepare` wrote)'
 
 
-def lineage(own: KeptOut | None, start: Any, warm_started: bool) -> KeptOut | None:
-    """What a run never drew: its dataset's kept-out names, less what its warm start trained on (None = unknown)."""
-    if own is None or not warm_started:
+def lineage(own: KeptOut | None, start_meta: dict[str, Any] | None) -> KeptOut | None:
+    """What a run never drew: its dataset's kept-out names, less what its warm start trained on (`start_meta`: the
+    start checkpoint's meta; None = no warm start). None = unknown."""
+    if own is None or start_meta is None:
         return own
-    inherited = as_kept_out(start)
+    inherited = as_kept_out(start_meta.get("kept_out"))
     if inherited is None:
         return None
     return {r: sorted(set(own[r]) & set(inherited[r])) for r in REGISTRIES}

@@ -174,8 +174,13 @@ def decorated_text(ctx: MarkContext, text: str, font_px: int, face: FontFace, rg
         ring = text_coverage(text, font, pad, stroke=stroke)
         parts.append(Part(ring, _contrast_of(rgb), ctx.uniform(0.6, 1.0)))
     parts.append(Part(fill, rgb, 1.0))
+    return maybe_blur(ctx, stacked(parts), font_px)
+
+
+def stacked(parts: list[Part]) -> Element:
+    """`parts` (first drawn first) centred on one canvas as large as the largest of them."""
     size = (max(p.coverage.width for p in parts), max(p.coverage.height for p in parts))
-    return maybe_blur(ctx, Element([Part(pad_to(p.coverage, size), p.rgb, p.opacity) for p in parts]), font_px)
+    return Element([Part(pad_to(p.coverage, size), p.rgb, p.opacity) for p in parts])
 
 
 def _gauss(radius: float) -> ImageFilter.GaussianBlur:
@@ -477,8 +482,7 @@ def style_credit(ctx: MarkContext) -> None:
         hard = fill if ctx.chance(0.6) else fill.filter(_gauss(offset * 0.4))
         parts.append(Part(shifted(hard, offset, offset), _contrast_of(rgb), ctx.uniform(0.6, 1.0)))
     parts.append(Part(fill, rgb, 1.0))
-    size = (max(p.coverage.width for p in parts), max(p.coverage.height for p in parts))
-    element = maybe_blur(ctx, Element([Part(pad_to(p.coverage, size), p.rgb, p.opacity) for p in parts]), px)
+    element = maybe_blur(ctx, stacked(parts), px)
     w, h = element.size
     margin = ctx.short * ctx.uniform(0.01, 0.05)
     bottom = ctx.chance(0.85)

@@ -192,8 +192,7 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
         state = resume_from(train_dir / LAST, eager, tools.optimizer, schedule, tools.scaler, params)
         log.info("resuming after epoch %d (step %d) from %s", state.epoch, state.step, train_dir / LAST)
     else:
-        start_weights(params, eager)
-        state.kept_out = run_kept_out(params)
+        state.kept_out = run_kept_out(params, start_weights(params, eager))
     # DDP after resume (it broadcasts rank 0's weights) and inside compile (dynamo then splits
     # the graph at gradient buckets, overlapping the all-reduce with the backward pass).
     eager_train = wrap_ddp(eager, device, params.train.sync_batchnorm) if world_size > 1 else eager
@@ -213,16 +212,20 @@ def setup_run(params: Params, resume: bool, run_logger: RunLogger | None) -> Run
     return run
 
 
-def start_weights(params: Params, eager: nn.Module) -> None:
-    """A fresh run's first weights: train.warm_start's, else PP-OCRv4's encoder (text_unet), else the init."""
+def start_weights(params: Params, eager: nn.Module) -> dict[str, Any] | None:
+    """A fresh run's first weights: train.warm_start's, else PP-OCRv4's encoder (text_unet), else the init.
+
+    Returns the warm start's meta (its kept-out record), None without a warm start."""
     if params.train.warm_start:
-        fresh = warm_start(params.train.warm_start, eager)
+        fresh, meta = warm_start(params.train.warm_start, eager)
         if fresh:
             log.info("warm start from %s; %d tensors start fresh (%s)", params.train.warm_start, len(fresh),
                      ", ".join(sorted({n.rsplit(".", 1)[0] for n in fresh})))
-    elif isinstance(eager, TextUNet) and params.train.init_encoder == "ppocrv4":
+        return meta
+    if isinstance(eager, TextUNet) and params.train.init_encoder == "ppocrv4":
         counts = import_text_detector(eager, text_detector_onnx(params.paths.cache_dir))
         log.info("text_unet encoder initialised from PP-OCRv4 det (%d tensors)", counts["tensors"])
+    return None
 
 
 def announce(run: Run, planned: int) -> None:

@@ -140,12 +140,12 @@ def resume_from(path: Path, model: nn.Module, optimizer, schedule, scaler, param
     return TrainState(epoch=ckpt["epoch"], step=ckpt["step"], best_f1=ckpt["best_f1"], **ckpt["train_state"])
 
 
-def warm_start(path: str | Path, model: nn.Module) -> list[str]:
+def warm_start(path: str | Path, model: nn.Module) -> tuple[list[str], dict[str, Any]]:
     """Initialise `model` from a checkpoint or exported weights file with the same model_args.
 
     A text_unet checkpoint without the edge head (model.edge) also loads into one with it: the head
     keeps its zero start, so the model computes what the checkpoint did. Returns the names of the
-    parameters left at their start (empty when every weight came from the file).
+    parameters left at their start (empty when every weight came from the file) and the file's meta.
     """
     ckpt = load_checkpoint(path)
     wanted = model.model_args()
@@ -164,18 +164,18 @@ def warm_start(path: str | Path, model: nn.Module) -> list[str]:
             f"train.warm_start: {path}: weights do not fit: missing {result.missing_keys}, "
             f"unexpected {result.unexpected_keys}"
         )
-    return list(result.missing_keys)
+    return list(result.missing_keys), dict(ckpt.get("meta") or {})
 
 
-def run_kept_out(params: Params) -> dict[str, list[str]] | None:
-    """Held-out names a fresh run never draws (its dataset's, less what train.warm_start's lineage drew); None = unknown."""
+def run_kept_out(params: Params, start_meta: dict[str, Any] | None) -> dict[str, list[str]] | None:
+    """Held-out names a fresh run never draws: its dataset's, less what its warm start's lineage drew (`start_meta`:
+    that checkpoint's meta; None = no warm start). None = unknown."""
     own, why = read_dataset_kept_out(params.paths.prepared)
     if own is None:
         log.warning("%s: checkpoints will not say which held-out names training drew", why)
         return None
-    start = params.train.warm_start
-    kept = lineage(own, load_checkpoint(start).get("meta", {}).get("kept_out") if start else None, bool(start))
+    kept = lineage(own, start_meta)
     if kept is None:
         log.warning("train.warm_start: %s records no kept-out names (trained before they were recorded): "
-                    "checkpoints will not say which held-out names training drew", start)
+                    "checkpoints will not say which held-out names training drew", params.train.warm_start)
     return kept
