@@ -72,15 +72,16 @@ def loader_pass(loader: Any, epoch: int, device: Any) -> tuple[float, int, float
 
 
 def measure_loader(
-    prepared: Path, cache_dir: Path, cache: str, workers: int, pin: bool, sizes: dict, uint8: bool = False
+    prepared: Path, cache_dir: Path, cache: str, workers: int, pin: bool, sizes: dict, uint8: bool = False,
+    resize: str = "pil",
 ) -> dict:
-    """images/s of the training data path for one (cache, workers, pin_memory, uint8 batches): first pass and
-    steady pass."""
+    """images/s of the training data path for one (cache, workers, pin_memory, uint8 batches, multiscale resize):
+    first pass and steady pass."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    data = WatermarkDataset(prepared, "train", sizes["crop"], True, cache, cache_dir, 0.5, 0, uint8=uint8)
+    data = WatermarkDataset(prepared, "train", sizes["crop"], True, cache, cache_dir, 0.5, 0, uint8=uint8, resize=resize)
     build_s = time.perf_counter() - start  # mmap writes its cache file here
     lp = LoaderParams(workers=workers, prefetch_factor=2, pin_memory=pin, persistent_workers=False, cache=cache,
                       uint8_batches=uint8)  # fmt: skip
@@ -95,6 +96,7 @@ def measure_loader(
         "workers": workers,
         "pin_memory": pin,
         "uint8_batches": uint8,
+        "multiscale_resize": resize,
         "build_s": round(build_s, 2),
         "first_pass_images_per_s": round(n / first_s, 1),
         "images_per_s": round(n2 / steady_s, 1),

@@ -76,6 +76,37 @@ def test_multiscale_crop_shows_a_downscaled_view():
     assert len(np.unique(scaled)) > 2
 
 
+@pytest.mark.parametrize(("side", "crop"), [(97, 64), (128, 64), (200, 112), (63, 48)])
+def test_torch_resize_matches_pil_within_two_grey_levels(side, crop):
+    """loader.multiscale_resize: torch's uint8 antialiased bilinear against PIL's, on noise, stripes and a
+    mask; the same random draws (window and place), so only the resampled values may differ."""
+    rng = np.random.default_rng(side)
+    image = rng.integers(0, 256, (side, side + 9, 3), dtype=np.uint8)
+    image[:, ::5] = 255  # hard edges, where the two kernels' rounding differs most
+    mask = np.where(rng.random((side, side + 9)) < 0.3, 255, 0).astype(np.uint8)
+    pil = random_crop(image, mask, crop, np.random.default_rng(7), 1.0, 0.5, "pil")
+    fast = random_crop(image, mask, crop, np.random.default_rng(7), 1.0, 0.5, "torch")
+    assert fast[0].shape == pil[0].shape == (crop, crop, 3) and fast[0].dtype == np.uint8
+    assert np.abs(fast[0].astype(int) - pil[0]).max() <= 2
+    assert np.abs(fast[0].astype(int) - pil[0]).mean() < 0.5
+    assert set(np.unique(fast[1])) <= {0, 255}
+    assert (fast[1] != pil[1]).mean() < 0.01  # the 50 % cut moves only pixels the two put at 127 / 128
+    plain = random_crop(image, mask, crop, np.random.default_rng(7), 0.0, 0.5, "torch")
+    assert np.array_equal(plain[0], random_crop(image, mask, crop, np.random.default_rng(7), 0.0, 0.5, "pil")[0])
+
+
+def test_torch_resize_views_through_the_loader_are_deterministic(tiny_prepared, tmp_path):
+    """The same keys give the same torch-resized views in the main process and in worker processes."""
+    data = [WatermarkDataset(tiny_prepared, "train", 64, True, "none", tmp_path / "cache", multiscale_share=1.0,
+                             seed=3, resize="torch") for _ in range(2)]  # fmt: skip
+    here, workers = _batches(data[0]), _batches(data[1], workers=2)
+    pil = _batches(WatermarkDataset(tiny_prepared, "train", 64, True, "none", tmp_path / "cache",
+                                    multiscale_share=1.0, seed=3))  # fmt: skip
+    for (x0, y0), (x1, y1), (x2, _) in zip(here, workers, pil, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+        assert 0 < (x0 - x2).abs().max() <= 2 / 255 + 1e-6
+
+
 def test_flips_are_exact_mirrors():
     image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     mask = np.arange(4, dtype=np.uint8).reshape(2, 2)

@@ -232,6 +232,12 @@ class LoaderParams(Group):
         "(same values: tested). Off on the 2-core CPU, where the main process then converts alone: 1.02-1.06x with no "
         "workers, 0.65-0.97x with 2 (bench/results/loader-cpu); on in params-gpu.yaml."
     )
+    multiscale_resize: Literal["pil", "torch"] = Field(
+        "pil", description="Resize of a multiscale training view (train.multiscale_share): PIL's antialiased "
+        "bilinear, or torch's uint8 kernel of the same filter (within 2 grey levels of PIL's: tested; the same random "
+        "draws). The training data path on the 2-core CPU, half the views multiscale: 1.14-1.20x with no workers, "
+        "0.99-1.18x with 2 (bench/results/loader-resize); torch in params-gpu.yaml, where loader workers feed a GPU."
+    )
 
 
 class ProgressiveStage(Group):

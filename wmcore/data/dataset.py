@@ -140,6 +140,7 @@ class WatermarkDataset(Dataset):
         seed: base seed of every random view.
         multiscale_min_scale: smallest downscale factor of a multiscale view.
         uint8: serve uint8 tensors (image 0-255, mask 0/1) for `as_float` on the device (loader.uint8_batches).
+        resize: implementation of a multiscale view's resize, "pil" | "torch" (loader.multiscale_resize).
     """
 
     def __init__(
@@ -154,11 +155,13 @@ class WatermarkDataset(Dataset):
         seed: int = 0,
         multiscale_min_scale: float = 0.5,
         uint8: bool = False,
+        resize: str = "pil",
     ) -> None:
         if train and not crop:
             raise ValueError("a training dataset needs a crop size (train.crop or a progressive stage)")
         self.split, self.crop, self.train, self.seed = split, crop, train, seed
         self.multiscale_share, self.multiscale_min_scale, self.uint8 = multiscale_share, multiscale_min_scale, uint8
+        self.resize = resize
         self.samples, manifest_bytes = usable_samples(prepared_root, split)
         self.source = make_source(cache, self.samples, cache_dir, split, manifest_bytes)
         self._reported: set[int] = set()
@@ -171,7 +174,8 @@ class WatermarkDataset(Dataset):
         image, mask = self._decoded(int(index))
         if self.train:
             rng = np.random.default_rng([self.seed, int(epoch), int(repeat), int(index)])
-            image, mask = random_crop(image, mask, self.crop, rng, self.multiscale_share, self.multiscale_min_scale)
+            image, mask = random_crop(image, mask, self.crop, rng, self.multiscale_share, self.multiscale_min_scale,
+                                      self.resize)  # fmt: skip
             image, mask = random_flips(image, mask, rng)
         elif self.crop:
             image, mask = centre_crop(image, mask, self.crop)

@@ -94,6 +94,7 @@ def build_data(params: Params, switches: Switches, device: torch.device) -> tupl
         params.base.seed,
         t.multiscale_min_scale,
         params.loader.uint8_batches,
+        params.loader.multiscale_resize,
     )
     val_set = WatermarkDataset(p.prepared, "val", t.val_crop, False, switches.cache, p.cache_dir, seed=params.base.seed,
                                uint8=params.loader.uint8_batches)  # fmt: skip

@@ -202,7 +202,7 @@ def loader_step_rate(params: Params, model: nn.Module, workers: int, prefetch: i
     stage = t.progressive[0] if t.progressive else t
     data = WatermarkDataset(p.prepared, "train", stage.crop, True, params.loader.cache, p.cache_dir,
                             t.multiscale_share, params.base.seed, t.multiscale_min_scale,
-                            params.loader.uint8_batches)  # fmt: skip
+                            params.loader.uint8_batches, params.loader.multiscale_resize)  # fmt: skip
     if workers == 0 and params.loader.cache == "ram":
         # Steady state of the loop: after the first epoch every sample is decoded in this process.
         # (Workers keep no cache between epochs unless persistent, so for them the first pass is typical.)
