@@ -14,8 +14,13 @@ check of the script itself). Every figure goes through the project's own code pa
               the sizer grows towards the cap; sizes and back-offs are reported.
     oom       a real CUDA out-of-memory provoked (a start batch far above a small memory cap)
               and survived: every image finishes, outputs equal a small-batch reference.
+    recipe    the training loop's own model step: the model, precision, memory format, compile and
+              accumulation of the params files given with --recipe, at each progressive stage's crop
+              and micro-batch, batches already on the device. The ceiling the real loop is held to
+              (#14: at least 90% of it; bench/loop_efficiency.py compares the run's history.json).
 
-Writes one JSON file (--out). Usage: python bench/gpu.py --out gpu.json [--quick]
+Writes one JSON file (--out) and its tables beside it (.md; `--report` remakes them from the JSON alone).
+Usage: python bench/gpu.py --out gpu.json [--quick]
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         if ("compile" in name and args.no_compile) or (args.train_variants and name not in args.train_variants):
             continue
         params = load_params(ROOT / "params.yaml", overrides={**args.model_overrides, **overrides})
+        out["arch"] = params.model.arch
         switches = resolve_switches(params, device)
         reset_peak(device)
         torch.manual_seed(0)
@@ -127,6 +133,44 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         if naive and name in out:
             out[name]["speedup_vs_naive"] = round(out[name]["images_per_s"] / naive, 2)
             out[name]["memory_vs_naive"] = round(out[name]["peak_mb"] / out["naive"]["peak_mb"], 3)
+    return out
+
+
+def bench_recipe(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Images/s of `train_step` as the training loop runs it (its params files), per progressive stage."""
+    overrides = ["tracking.enabled=false", "base.device=auto", *args.set]  # --set: the run's own -S overrides
+    params = load_params(ROOT / "params.yaml", overrides=overrides, extra_files=args.recipe)
+    switches = resolve_switches(params, device)
+    t = params.train
+    stages = [(s.crop, s.batch_size) for s in t.progressive] if switches.progressive else [(t.crop, t.batch_size)]
+    out: dict[str, Any] = {"recipe": [str(f) for f in args.recipe], "arch": params.model.arch,
+                           "precision": switches.amp_dtype if switches.amp else "fp32",
+                           "channels_last": switches.channels_last, "compile": switches.compile,
+                           "grad_accum": switches.grad_accum, "steps": args.steps, "stages": []}  # fmt: skip
+    for crop, batch in stages:
+        reset_peak(device)
+        torch.manual_seed(0)
+        model = place_model(build_model(**params.model.model_dump()), switches, device)
+        tools, _ = build_optimization(params, switches, device, model)
+        tools.model = maybe_compile(model, switches)
+        gen = torch.Generator().manual_seed(crop)
+        x = torch.rand(batch, 3, crop, crop, generator=gen)
+        y = (torch.rand(batch, 1, crop, crop, generator=gen) > 0.9).float()
+        micro = [tools.to_device((x, y))] * switches.grad_accum
+        for _ in range(args.warmup):
+            train_step(tools, micro)
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(tools, micro)
+        sync(device)
+        seconds = time.perf_counter() - started
+        images = args.steps * batch * switches.grad_accum
+        row = {"crop": crop, "batch": batch, "images_per_s": round(images / seconds, 1),
+               "step_ms": round(1000 * seconds / args.steps, 2), "peak_mb": round(peak_mb(device), 1)}  # fmt: skip
+        out["stages"].append(row)
+        print(f"recipe step {row}", flush=True)
+        del model, tools, micro
     return out
 
 
@@ -261,7 +305,7 @@ def markdown_report(results: dict[str, Any]) -> str:
              "", f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, Python {env.get('python')}"]  # fmt: skip
     train = results.get("train", {})
     if any(isinstance(v, dict) for v in train.values()):
-        lines += ["", f"## Training step (UNet, batch {train.get('batch')}, crop {train.get('crop')} px, data on the device)",
+        lines += ["", f"## Training step ({train.get('arch', 'unet')}, batch {train.get('batch')}, crop {train.get('crop')} px, data on the device)",
                   "", "| variant | images/s | vs naive | peak MB | vs naive | warm-up s |", "|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in train.items():
             if isinstance(r, dict) and "images_per_s" in r:
@@ -280,6 +324,14 @@ def markdown_report(results: dict[str, Any]) -> str:
             if key in infer:
                 lines += ["", f"Batch sweep ({key}): " + ", ".join(
                     f"batch {b}: {r['images_per_s']} img/s, {r['peak_mb']} MB" for b, r in infer[key].items())]  # fmt: skip
+    recipe = results.get("recipe", {})
+    if recipe.get("stages"):
+        lines += ["", f"## The training loop's model step ({' + '.join(recipe['recipe']) or 'params.yaml'}: "
+                  f"{recipe['arch']}, {recipe['precision']}, channels_last {recipe['channels_last']}, "
+                  f"accumulation {recipe['grad_accum']}; data on the device)",
+                  "", "| crop | micro-batch | images/s | step ms | peak MB |", "|---|---|---|---|---|",
+                  *[f"| {r['crop']} | {r['batch']} | {r['images_per_s']} | {r['step_ms']} | {r['peak_mb']} |"
+                    for r in recipe["stages"]]]  # fmt: skip
     for name in ("adaptive", "oom"):
         r = results.get(name)
         if isinstance(r, dict) and "images" in r:
@@ -288,7 +340,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = {"train": bench_train, "infer": bench_infer, "adaptive": bench_adaptive, "oom": bench_oom}
+SECTIONS = {"train": bench_train, "infer": bench_infer, "adaptive": bench_adaptive, "oom": bench_oom,
+            "recipe": bench_recipe}  # fmt: skip
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -311,6 +364,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", default="/tmp/wm-gpu-bench", help="scratch folder")
     ap.add_argument("--no-compile", action="store_true", help="leave the torch.compile training variant out")
     ap.add_argument("--train-variants", nargs="+", choices=list(TRAIN_VARIANTS), default=None, help="subset")
+    ap.add_argument("--recipe", nargs="*", type=Path, default=[],
+                    help="recipe section: params files merged over params.yaml, as the training run merges them")
+    ap.add_argument("--report", action="store_true", help="only write --out's markdown tables from its JSON")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recipe section: overrides after the files, as the training run's -S")
     args = ap.parse_args(argv)
     big = not args.quick
     args.crop, args.train_batch = (256, 64) if big else (64, 2)
@@ -326,6 +384,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:  # the tables of an earlier run's JSON (bench/gpu.sh sends the markdown back in log.txt)
+        args.out.with_suffix(".md").write_text(markdown_report(json.loads(args.out.read_text())))
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     results: dict[str, Any] = {"environment": environment(device), "quick": args.quick}

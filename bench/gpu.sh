@@ -5,15 +5,19 @@
 #   QUICK=1 bash bench/gpu.sh         # smoke check of the script itself on a CPU (tiny sizes)
 #
 # Steps (each logs to $OUT/log.txt; a failed step does not stop the others):
-#   1. carried wheels (.whl/) installed if present; versions and the GPU printed
+#   1. carried wheels (.whl/) installed if present; versions and the GPU printed; the PP-OCRv4 text
+#      detector (text_unet's encoder init) found or the script stops (bench/gpu_kit.py prepares both)
 #   2. `wm prepare` of the full profile in the background (CPU workers) while
 #   3. bench/gpu.py measures the CUDA switches (AMP fp16/bf16, channels_last, pinned copies,
 #      batch sweep, adaptive batch under a memory cap, a real CUDA OOM survived) -> gpu.json
 #   4. `wm train` of the shipped recipe (params-full + params-gpu + bench/ship-gpu.yaml) for the
 #      minutes left before the deadline, `wm evaluate`, `wm export-weights` -> wmdetect.pt/.json
-#   5. the training data path with float32 and uint8 batches (bench/loader.py on the mmap cache the
+#   5. the training data path alone with PIL and torch resizes (bench/loader.py on the mmap cache the
 #      training run built; its table goes into log.txt)
-#   6. torch.compile's training benchmark with whatever time is left -> gpu_compile.json
+#   6. the training run's own model step at each crop stage (bench/gpu.py recipe), then the loop against
+#      it stage by stage (bench/loop_efficiency.py, into log.txt), then torch.compile's training
+#      benchmark with whatever time is left -> gpu_late.json (markdown tables go into log.txt: at most
+#      8 files come back from a device run)
 # The whole script ends before DEADLINE_S seconds (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +48,18 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
 print({m: getattr(importlib.import_module(m), "__version__", "?") for m in mods})
 EOF
 [ "${PIPESTATUS[0]}" = 0 ] || { say "imports failed: stopping"; exit 3; }
+# The recipe starts text_unet's encoder from PP-OCRv4's text detector, which the device cannot download:
+# bench/gpu_kit.py puts it (and the missing wheels) where this finds it, to be carried.
+$PY - <<'EOF' || { say "no PP-OCRv4 text detector: run bench/gpu_kit.py and carry .cache/wmdetect/text_detector"; exit 3; }
+import importlib.util, sys
+from pathlib import Path
+from wmcore.model.ocr_import import TEXT_DETECTOR
+name = Path(TEXT_DETECTOR["member"]).name
+spec = importlib.util.find_spec("rapidocr_onnxruntime")
+found = [p for p in [Path(".cache/wmdetect/text_detector") / name,
+                     Path(spec.origin).parent / "models" / name if spec and spec.origin else None] if p and p.is_file()]
+sys.exit(0 if found else 1)
+EOF
 
 CFG=(--params params.yaml --params-extra params-full.yaml --params-extra params-gpu.yaml --params-extra bench/ship-gpu.yaml)
 SET=(-S paths.prepared=data/prepared-full -S paths.train_dir=results/train-full -S paths.evaluate_dir=results/evaluate-full)
@@ -54,8 +70,10 @@ if [ "$QUICK" = 1 ]; then  # tiny everything: checks the script's wiring, not th
         -S "train.progressive=[{until_epoch: 2, crop: 64, batch_size: 4}, {until_epoch: 201, crop: 96, batch_size: 2}]")
   BENCH=(--quick --no-compile)
   PREP_WORKERS=2
+  EVAL_S=600  # real_val's 139 photos on a CPU
 else
   BENCH=()
+  EVAL_S=120
   PREP_WORKERS=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
 fi
 WM=($PY -m wmcore.cli "${CFG[@]}" "${SET[@]}")
@@ -67,14 +85,15 @@ PREP_PID=$!
 say "GPU benchmarks"
 timeout $(( DEADLINE_S / 3 )) $PY bench/gpu.py --out "$OUT/gpu.json" --no-compile "${BENCH[@]}" \
   --sections train infer adaptive oom >> "$LOG" 2>&1 || say "bench/gpu.py ended with $?"
+cat "$OUT/gpu.md" >> "$LOG" && rm -f "$OUT/gpu.md"  # at most 8 files come back: gpu.py --report remakes it
 
 wait $PREP_PID
 tail -4 "$OUT/prepare.txt" | tee -a "$LOG"
 cat "$OUT/prepare.txt" >> "$LOG" && rm -f "$OUT/prepare.txt"  # at most 8 files come back from $OUT
 
-# Training gets the time left minus evaluation/export (~70 s), the loader benchmark (~45 s) and the
-# compile benchmark (~60 s).
-LEFT=$(( DEADLINE_S - $(elapsed) - 175 ))
+# Training gets the time left minus evaluation/export (~70 s), the loader benchmark (~45 s), the model
+# step of each crop stage (~30 s) and the compile benchmark (~60 s).
+LEFT=$(( DEADLINE_S - $(elapsed) - 205 ))
 [ "$QUICK" = 1 ] && LEFT=30
 MINUTES=$(train_minutes "$LEFT")
 say "train for $MINUTES min"
@@ -91,23 +110,36 @@ fi
 cp results/train-full/train_summary.json results/train-full/history.json "$OUT/" 2>/dev/null
 
 say "evaluate"
-timeout 120 "${WM[@]}" evaluate >> "$LOG" 2>&1 || say "evaluate ended with $?"
+timeout $EVAL_S "${WM[@]}" evaluate >> "$LOG" 2>&1 || say "evaluate ended with $?"
 cp results/evaluate-full/metrics.json "$OUT/" 2>/dev/null
 "${WM[@]}" export-weights --out "$OUT/wmdetect.pt" --command-line "$TRAIN_CMD" >> "$LOG" 2>&1 \
   || say "export ended with $?"
 
-say "training data path: float32 vs uint8 batches"
+say "training data path alone (uint8 batches): PIL vs torch resize of the multiscale views"
 if [ "$QUICK" = 1 ]; then LOADER=(--crops 64 --batches 4 --workers 0 --passes 2 --repeats 1)
 else LOADER=(--crops 384 --batches 32 --workers 12 --pin --passes 2 --repeats 1); fi
 timeout 60 $PY bench/loader.py --prepared data/prepared-full --cache-dir .cache/wmdetect "${LOADER[@]}" \
-  --out /tmp/loader >> "$LOG" 2>&1 || say "loader benchmark ended with $?"
+  --compare resize --uint8 --out /tmp/loader >> "$LOG" 2>&1 || say "loader benchmark ended with $?"
 
+# The training run's own model step at each crop stage, on a quiet CPU (prepare ran beside the first
+# benchmarks), then torch.compile's training step with whatever time is left: one file, gpu_late.json.
+RECIPE=(params-full.yaml params-gpu.yaml bench/ship-gpu.yaml)  # the training run's files,
+RECIPE_SET=()                                                    # and its model / precision / stage overrides
+for ((i = 0; i < ${#SET[@]}; i += 2)); do
+  case "${SET[i+1]}" in base.*|train.*|model.*) RECIPE_SET+=("${SET[i+1]}");; esac
+done
+LATE=(recipe)
+WHAT="the training run's model step per crop stage"
 LEFT=$(( DEADLINE_S - $(elapsed) - 5 ))
-if [ "$LEFT" -gt 30 ] && [ "$QUICK" != 1 ]; then
-  say "torch.compile training benchmark ($LEFT s left)"
-  timeout "$LEFT" $PY bench/gpu.py --out "$OUT/gpu_compile.json" --sections train \
-    --train-variants amp_bf16_cl amp_bf16_cl_compile >> "$LOG" 2>&1 \
-    || say "compile benchmark ended with $?"
-fi
+if [ "$LEFT" -gt 90 ] && [ "$QUICK" != 1 ]; then LATE+=(train); WHAT="$WHAT, then the torch.compile training step"; fi
+say "$WHAT ($LEFT s left)"
+timeout "$LEFT" $PY bench/gpu.py --out "$OUT/gpu_late.json" "${BENCH[@]}" --sections "${LATE[@]}" \
+  --recipe "${RECIPE[@]}" --set "${RECIPE_SET[@]}" --train-variants amp_bf16_cl amp_bf16_cl_compile >> "$LOG" 2>&1 \
+  || say "late benchmarks ended with $?"
+cat "$OUT/gpu_late.md" >> "$LOG" 2>/dev/null; rm -f "$OUT/gpu_late.md"
+
+say "the training loop against its model step, stage by stage (#14: at least 0.9)"
+$PY bench/loop_efficiency.py --history results/train-full/history.json --gpu "$OUT/gpu_late.json" \
+  --loader /tmp/loader/loader.json >> "$LOG" 2>&1 || say "loop efficiency ended with $?"
 say "done"
 ls -la "$OUT" | tee -a "$LOG"

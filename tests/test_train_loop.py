@@ -32,6 +32,8 @@ EPOCH_KEYS = {
     "val_iou",
     "lr",
     "images_per_s",
+    "epoch_images",
+    "epoch_step_s",
     "seconds",
     "peak_mem_mb",
     "crop",
@@ -85,6 +87,10 @@ def test_outputs_history_and_checkpoint(tiny_prepared, tmp_path):
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert all(set(e) == EPOCH_KEYS for e in history["epochs"])
     assert [(e["crop"], e["batch_size"], e["step"]) for e in history["epochs"]] == [(32, 2, 2), (48, 2, 4)]
+    # each epoch's own images (2 steps of 2 x 2 accumulated) and step time; the run's totals are their sums
+    assert [e["epoch_images"] for e in history["epochs"]] == [8, 8]
+    assert all(0 < e["epoch_step_s"] <= e["seconds"] + 0.01 for e in history["epochs"])
+    assert sum(e["epoch_step_s"] for e in history["epochs"]) == pytest.approx(summary["train_step_seconds"], abs=0.01)
     assert [s["step"] for s in history["steps"]] == [1, 2, 3, 4]
     assert all(set(s) == {"step", "loss", "lr", "images_per_s"} for s in history["steps"])
     ckpt = _load(out / "last.pt")
@@ -141,7 +147,7 @@ def test_resume_reaches_the_same_weights(tiny_prepared, tmp_path, monkeypatch):
         assert torch.equal(a["model"][name], b["model"][name]), name
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
-    volatile = {"seconds", "images_per_s", "peak_mem_mb"}
+    volatile = {"seconds", "images_per_s", "epoch_step_s", "peak_mem_mb"}
     rows = [
         [{k: v for k, v in e.items() if k not in volatile} for e in ck["train_state"]["history"]["epochs"]]
         for ck in (a, b)

@@ -4,11 +4,12 @@ All files are written atomically into paths.train_dir; metrics.json holds the fe
 that experiments are compared on (METRICS_KEYS). history.json holds
 
     {"epochs": [{"epoch", "step", "train_loss", "val_loss", "val_f1", "val_f1_best",
-                 "val_threshold", "val_iou", "lr", "images_per_s", "seconds", "peak_mem_mb",
-                 "crop", "batch_size"}, ...],
+                 "val_threshold", "val_iou", "lr", "images_per_s", "epoch_images", "epoch_step_s",
+                 "seconds", "peak_mem_mb", "crop", "batch_size"}, ...],
      "steps":  [{"step", "loss", "lr", "images_per_s"}, ...]}
 
-(val_* are null for epochs without validation).
+(val_* are null for epochs without validation; images_per_s is the run's steady rate so far, and
+epoch_images / epoch_step_s the epoch's own images and step seconds: waits for data in, validation out).
 """
 
 from __future__ import annotations

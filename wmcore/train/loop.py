@@ -427,6 +427,7 @@ def on_epoch_end(run: Run, epoch: int, trained: dict[str, Any], validated: dict[
     """History row, best score and early stopping, then last.pt (+ best.pt) and history.json."""
     state, t = run.state, run.params.train
     keys = ("val_loss", "val_f1", "val_f1_best", "val_threshold", "val_iou")
+    step_s, images = run.monitor.take_epoch()
     row = {
         "epoch": epoch,
         "step": state.step,
@@ -434,6 +435,8 @@ def on_epoch_end(run: Run, epoch: int, trained: dict[str, Any], validated: dict[
         **{k: (validated or {}).get(k) for k in keys},
         "lr": trained["lr"],
         "images_per_s": round(run.monitor.images_per_s(), 3),
+        "epoch_images": images,
+        "epoch_step_s": round(step_s, 3),
         "seconds": round(trained["seconds"], 2),
         "peak_mem_mb": round(run.monitor.memory.peak_mb(), 1),
         "crop": run.stage.crop,

@@ -3,7 +3,8 @@
 A step's time runs from the end of the previous optimizer step to the end of this one, so
 it includes waiting for data. Throughput is reported twice: `images_per_s` over steady
 state (the first `warmup_steps` of the run left out: they pay for torch.compile, allocator
-growth and cache filling) and `images_per_s_all` over every step. Memory is the CUDA
+growth and cache filling) and `images_per_s_all` over every step; `take_epoch` gives one epoch's
+own step seconds and images (history.json's epoch rows: the loop's rate per crop stage). Memory is the CUDA
 allocator peak on GPU and the process peak RSS on CPU (`wmcore.runtime.memory`); cleanup
 runs only above the configured usage fraction.
 """
@@ -34,6 +35,7 @@ class StepMonitor:
     _window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # seconds, images, steps
     _steady: list[float] = field(default_factory=lambda: [0.0, 0.0])  # seconds, images
     _all: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    _epoch: list[float] = field(default_factory=lambda: [0.0, 0.0])  # seconds, images since take_epoch
 
     def __post_init__(self) -> None:
         self._process = psutil.Process()
@@ -48,7 +50,7 @@ class StepMonitor:
         now = time.perf_counter()
         seconds, self._last_end = now - self._last_end, now
         self.steps += 1
-        for acc in (self._window, self._all) + ((self._steady,) if self.steps > self.warmup_steps else ()):
+        for acc in (self._window, self._all, self._epoch) + ((self._steady,) if self.steps > self.warmup_steps else ()):
             acc[0] += seconds
             acc[1] += images
         self._window[2] += 1
@@ -68,6 +70,12 @@ class StepMonitor:
             "cpu_percent": self._process.cpu_percent(None),
             "cleanup": float(cleaned),
         }
+
+    def take_epoch(self) -> tuple[float, int]:
+        """Step seconds and images since the last call (one epoch's steps: data waits in, validation out)."""
+        seconds, images = self._epoch
+        self._epoch[:] = [0.0, 0.0]
+        return seconds, int(images)
 
     def images_per_s(self) -> float:
         """Steady-state throughput (all steps when the run was shorter than the warm-up)."""
