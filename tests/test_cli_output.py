@@ -61,3 +61,29 @@ def test_model_info_names_the_architecture_it_counts(sets: list[str], first: str
     assert main([*args, "-S", "tracking.enabled=false", "model-info", "--size", "64"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == first and lines[1].startswith("parameters: ") and lines[2].startswith("GFLOPs per 64x64")
+
+
+def test_a_prefect_server_that_does_not_start_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """`wm run` whose ephemeral Prefect server misses its start-up time: one error line naming the setting, exit 2."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "wmcore.cli", "run"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in done.stderr and "Nothing ran" in done.stderr
+
+
+def test_the_prefect_server_gets_more_start_up_time_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.delenv(key, raising=False)
+    configure_logging(0)
+    assert int(os.environ[key]) >= 60  # Prefect's own default is 20
+    monkeypatch.setenv(key, "7")
+    configure_logging(0)
+    assert os.environ[key] == "7"

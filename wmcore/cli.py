@@ -37,7 +37,10 @@ log = logging.getLogger("wmdetect")
 
 ENTRY_POINT_GROUP = "wmdetect.commands"  # commands whose code lies above wmcore: run, serve, screen (flows), bench
 # Offline and quiet outside `make` too (the Makefile exports the same); a value the user set wins.
-OFFLINE_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# The ephemeral Prefect server of `wm run` / `wm screen` gets 120 s to start instead of Prefect's 20: its first start
+# in a new PREFECT_HOME builds its database, and on a loaded 2-core machine that once took longer (wm run failed).
+OFFLINE_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}  # fmt: skip
 CHATTY_LOGGERS = ("httpx", "httpcore")  # one INFO line per HTTP request (Prefect and MLflow clients): -vv only
 
 
