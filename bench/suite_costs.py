@@ -25,7 +25,6 @@ from typing import Any
 from bench.suite_context import QUIET_ENV, ROOT, TARGETS, Figure, SuiteContext
 from wmcore.model.factory import build_model
 from wmcore.runtime import device
-from wmcore.tracking.mlflow_run import connect
 from wmcore.tune.workloads import forward_rate, torch_threads
 
 STAGES = ("prepare", "train", "evaluate", "predict")
@@ -64,6 +63,7 @@ def last_pipeline_seconds(params: Any) -> tuple[float | None, str]:
     unchanged takes seconds and says nothing about a default run), and where it came from."""
     if not params.tracking.enabled:
         return None, "tracking is off"
+    from wmcore.tracking.mlflow_run import connect  # mlflow only where it is used: bench/loader.py runs without it
 
     connection = connect(params)
     if isinstance(connection, str):
