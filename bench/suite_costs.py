@@ -63,7 +63,7 @@ def last_pipeline_seconds(params: Any) -> tuple[float | None, str]:
     unchanged takes seconds and says nothing about a default run), and where it came from."""
     if not params.tracking.enabled:
         return None, "tracking is off"
-    from wmcore.tracking.mlflow_run import connect  # mlflow only where it is used: bench/loader.py runs without it
+    from wmcore.tracking.mlflow_run import connect  # deferred: mlflow only here (bench/loader.py runs without it)
 
     connection = connect(params)
     if isinstance(connection, str):
