@@ -62,7 +62,10 @@ sys.exit(0 if found else 1)
 EOF
 
 CFG=(--params params.yaml --params-extra params-full.yaml --params-extra params-gpu.yaml --params-extra bench/ship-gpu.yaml)
-SET=(-S paths.prepared=data/prepared-full -S paths.train_dir=results/train-full -S paths.evaluate_dir=results/evaluate-full)
+# QUICK writes its own folders: its tiny data must never stand in for the full profile's evaluation splits
+SUFFIX=$([ "$QUICK" = 1 ] && echo quick || echo full)
+PREPARED=data/prepared-$SUFFIX TRAIN_DIR=results/train-$SUFFIX EVAL_DIR=results/evaluate-$SUFFIX
+SET=(-S paths.prepared=$PREPARED -S paths.train_dir=$TRAIN_DIR -S paths.evaluate_dir=$EVAL_DIR)
 if [ "$QUICK" = 1 ]; then  # tiny everything: checks the script's wiring, not the numbers
   SET+=(-S base.device=auto -S base.precision=fp32 -S train.amp=false -S prepare.n_train=12 -S prepare.n_val=4
         -S prepare.n_test=4 -S prepare.n_test_heldout=4 -S prepare.max_side=384 -S loader.workers=0
@@ -99,7 +102,7 @@ MINUTES=$(train_minutes "$LEFT")
 say "train for $MINUTES min"
 TRAIN_CMD="${WM[*]} -S train.max_minutes=$MINUTES train"
 timeout $(( LEFT + 60 )) "${WM[@]}" -S train.max_minutes="$MINUTES" train >> "$LOG" 2>&1 || say "train ended with $?"
-if [ ! -f results/train-full/best.pt ]; then  # a CUDA path never run before failed: once more, plainer
+if [ ! -f "$TRAIN_DIR/best.pt" ]; then  # a CUDA path never run before failed: once more, plainer
   LEFT=$(( DEADLINE_S - $(elapsed) - 90 ))
   MINUTES=$(train_minutes "$LEFT")
   say "no checkpoint: training again without pinned memory, persistent workers and AMP for $MINUTES min"
@@ -107,18 +110,18 @@ if [ ! -f results/train-full/best.pt ]; then  # a CUDA path never run before fai
   TRAIN_CMD="$TRAIN_CMD -S train.max_minutes=$MINUTES train"
   timeout $(( LEFT + 30 )) $TRAIN_CMD >> "$LOG" 2>&1 || say "train ended with $?"
 fi
-cp results/train-full/train_summary.json results/train-full/history.json "$OUT/" 2>/dev/null
+cp "$TRAIN_DIR/train_summary.json" "$TRAIN_DIR/history.json" "$OUT/" 2>/dev/null
 
 say "evaluate"
 timeout $EVAL_S "${WM[@]}" evaluate >> "$LOG" 2>&1 || say "evaluate ended with $?"
-cp results/evaluate-full/metrics.json "$OUT/" 2>/dev/null
+cp "$EVAL_DIR/metrics.json" "$OUT/" 2>/dev/null
 "${WM[@]}" export-weights --out "$OUT/wmdetect.pt" --command-line "$TRAIN_CMD" >> "$LOG" 2>&1 \
   || say "export ended with $?"
 
 say "training data path alone (uint8 batches): PIL vs torch resize of the multiscale views"
 if [ "$QUICK" = 1 ]; then LOADER=(--crops 64 --batches 4 --workers 0 --passes 2 --repeats 1)
 else LOADER=(--crops 384 --batches 32 --workers 12 --pin --passes 2 --repeats 1); fi
-timeout 60 $PY bench/loader.py --prepared data/prepared-full --cache-dir .cache/wmdetect "${LOADER[@]}" \
+timeout 60 $PY bench/loader.py --prepared "$PREPARED" --cache-dir .cache/wmdetect "${LOADER[@]}" \
   --compare resize --uint8 --out /tmp/loader >> "$LOG" 2>&1 || say "loader benchmark ended with $?"
 
 # The training run's own model step at each crop stage, on a quiet CPU (prepare ran beside the first
@@ -139,7 +142,7 @@ timeout "$LEFT" $PY bench/gpu.py --out "$OUT/gpu_late.json" "${BENCH[@]}" --sect
 cat "$OUT/gpu_late.md" >> "$LOG" 2>/dev/null; rm -f "$OUT/gpu_late.md"
 
 say "the training loop against its model step, stage by stage (#14: at least 0.9)"
-$PY bench/loop_efficiency.py --history results/train-full/history.json --gpu "$OUT/gpu_late.json" \
+$PY bench/loop_efficiency.py --history "$TRAIN_DIR/history.json" --gpu "$OUT/gpu_late.json" \
   --loader /tmp/loader/loader.json >> "$LOG" 2>&1 || say "loop efficiency ended with $?"
 say "done"
 ls -la "$OUT" | tee -a "$LOG"
