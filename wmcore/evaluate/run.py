@@ -50,7 +50,6 @@ from wmcore.evaluate.score import (
 from wmcore.infer.predictor import get_predictor
 from wmcore.infer.working_scale import FUSION_RULES
 from wmcore.metrics.promotion import Scores
-from wmcore.model.checkpoint import load_checkpoint
 from wmcore.runtime.device import configure_threads
 from wmcore.tracking.sink import NullLogger, RunLogger
 
@@ -126,7 +125,8 @@ def score_candidate(params: Params, source: Path, backend: str) -> tuple[dict[st
     real = {"real_val": real_val, "real_test": score_real_clean(params, predict, "real_test")}
     scored.update({name: split for name, split in real.items() if split is not None})
     metrics = metrics_at(scored, calibration.threshold, calibration.image_threshold, params)
-    note_heldout_lineage(metrics, params, source, "candidate")
+    # the predictor build_probability_fn used, from the cache: its meta without reading the checkpoint again
+    note_heldout_lineage(metrics, params, get_predictor(str(source), params, backend=backend).meta, "candidate")
     metrics["backend"] = backend
     metrics["fusion"] = {**fusion.as_metrics(), "applied": applied}
     metrics["calibration"] = calibration.as_metrics()
@@ -159,20 +159,21 @@ def score_pretrained(params: Params, source: Path, backend: str) -> tuple[dict[s
     if real_test is not None:
         scored["real_test"] = real_test
     metrics = metrics_at(scored, threshold, image_threshold, params)
-    note_heldout_lineage(metrics, params, source, "shipped model")
+    note_heldout_lineage(metrics, params, shipped.meta, "shipped model")
     metrics["backend"] = backend
     metrics["fusion"] = {"rule": rule, "applied": rule, "global_side": params.predict.global_side,
                          "reason": "stored with the pretrained weights (calibrated on their validation split)"}  # fmt: skip
     return metrics, scored
 
 
-def note_heldout_lineage(metrics: dict[str, Any], params: Params, source: Path, who: str) -> None:
+def note_heldout_lineage(metrics: dict[str, Any], params: Params, meta: dict[str, Any], who: str) -> None:
     """metrics["test_heldout"]["trained_on"]: per registry, how many of the split's held-out names the model's
-    training drew (wmcore.data.kept_out; None = its checkpoint does not say); logged when not all zero."""
+    training drew (wmcore.data.kept_out, from its checkpoint's `meta`; None = it does not say); logged when not all
+    zero."""
     if HELDOUT_SPLIT not in metrics:
         return
     heldout, why = read_dataset_kept_out(params.paths.prepared)
-    seen = trained_on(heldout, load_checkpoint(source).get("meta", {}).get("kept_out")) if heldout else None
+    seen = trained_on(heldout, meta.get("kept_out")) if heldout else None
     metrics[HELDOUT_SPLIT]["trained_on"] = seen
     if heldout is None:
         log.warning("%s: %s; cannot tell whether %s is held out for the %s", HELDOUT_SPLIT, why, HELDOUT_SPLIT, who)

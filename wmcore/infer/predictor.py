@@ -87,6 +87,7 @@ class Predictor:
         image_threshold: has-watermark score threshold (calibrated, else 0.5).
         identity: model identity (path + mtime/size + sha, or URI) used for caches.
         fusion: rule fusing native tiles and the global view (wmcore.infer.working_scale.FUSION_RULES).
+        meta: the checkpoint's meta as loaded (calibration, provenance, kept-out record); {} when built without one.
     """
 
     def __init__(
@@ -98,10 +99,11 @@ class Predictor:
         identity: str,
         device: torch.device,
         fusion: str = "tiles",
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.backend, self.params, self.device = backend, params, device
         self.threshold, self.image_threshold, self.identity = threshold, image_threshold, identity
-        self.fusion = fusion
+        self.fusion, self.meta = fusion, dict(meta or {})
         pp = params.predict
         self._run_tiles = flip_averaged(backend.run) if pp.tta_flip else backend.run
         self._monitor = MemoryMonitor(device, pp.memory_threshold)
@@ -397,7 +399,7 @@ def _build(
     else:
         engine = build_onnx_backend(net, model.path, params, backend == "onnx-int8", device, threads, int8_calibration)
     log.info("model %s loaded (%s backend on %s, %d threads, fusion %s)", model.path, backend, device, threads, fusion)
-    return Predictor(engine, params, threshold, image_threshold, model.identity, device, fusion)
+    return Predictor(engine, params, threshold, image_threshold, model.identity, device, fusion, meta)
 
 
 def _warn_uncalibrated(path: Path, meta: dict[str, Any], enlarge_below: int) -> None:
