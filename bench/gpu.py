@@ -39,14 +39,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wmcore.config import load_params  # noqa: E402
+from wmcore.config import Params, load_params  # noqa: E402
 from wmcore.infer.predictor import get_predictor  # noqa: E402
 from wmcore.infer.torch_backend import TorchBackend  # noqa: E402
 from wmcore.model import build_model  # noqa: E402
 from wmcore.model.checkpoint import checkpoint_dict, save_checkpoint  # noqa: E402
 from wmcore.runtime.machine import machine_info  # noqa: E402
 from wmcore.runtime.memory import MemoryMonitor  # noqa: E402
-from wmcore.train.setup import build_optimization, maybe_compile, place_model, resolve_switches  # noqa: E402
+from wmcore.train.setup import (  # noqa: E402
+    Switches,
+    build_optimization,
+    maybe_compile,
+    place_model,
+    resolve_switches,
+)
 from wmcore.train.steps import train_step  # noqa: E402
 
 TRAIN_VARIANTS = {  # name -> params overrides (train group + base.precision)
@@ -91,6 +97,35 @@ def reset_peak(device: torch.device) -> None:
         MemoryMonitor(device).reset_peak()
 
 
+def time_train_steps(params: Params, switches: Switches, device: torch.device, x: torch.Tensor, y: torch.Tensor,
+                     warmup: int, steps: int, micro: int = 1) -> dict[str, Any]:  # fmt: skip
+    """`train_step` on one batch (x, y) repeated as `micro` accumulated micro-batches, with the tools the training
+    loop builds from `params`: images/s and ms per step after `warmup` steps (compile, cuDNN autotuning), peak MB."""
+    reset_peak(device)
+    torch.manual_seed(0)
+    model = place_model(build_model(**params.model.model_dump()), switches, device)
+    tools, _ = build_optimization(params, switches, device, model)
+    tools.model = maybe_compile(model, switches)
+    batches = [tools.to_device((x, y))] * micro
+    started = time.perf_counter()
+    for _ in range(warmup):
+        train_step(tools, batches)
+    sync(device)
+    warm_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        result = train_step(tools, batches)
+    sync(device)
+    seconds = time.perf_counter() - started
+    return {
+        "images_per_s": round(steps * micro * x.shape[0] / seconds, 1),
+        "step_ms": round(1000 * seconds / steps, 2),
+        "warmup_s": round(warm_s, 2),
+        "peak_mb": round(peak_mb(device), 1),
+        "final_loss": round(float(result["loss"]), 4),
+    }
+
+
 def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Optimizer steps/s and peak memory per training variant, same model size, batch and crop."""
     out: dict[str, Any] = {"batch": args.train_batch, "crop": args.crop, "steps": args.steps}
@@ -102,32 +137,8 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             continue
         params = load_params(ROOT / "params.yaml", overrides={**args.model_overrides, **overrides})
         out["arch"] = params.model.arch
-        switches = resolve_switches(params, device)
-        reset_peak(device)
-        torch.manual_seed(0)
-        model = place_model(build_model(**params.model.model_dump()), switches, device)
-        tools, _ = build_optimization(params, switches, device, model)
-        tools.model = maybe_compile(model, switches)
-        batch = tools.to_device((x, y))
-        started = time.perf_counter()
-        for _ in range(args.warmup):  # compile and cuDNN autotuning happen here
-            train_step(tools, [batch])
-        sync(device)
-        warm_s = time.perf_counter() - started
-        started = time.perf_counter()
-        for _ in range(args.steps):
-            result = train_step(tools, [batch])
-        sync(device)
-        seconds = time.perf_counter() - started
-        out[name] = {
-            "images_per_s": round(args.steps * args.train_batch / seconds, 1),
-            "step_ms": round(1000 * seconds / args.steps, 2),
-            "warmup_s": round(warm_s, 2),
-            "peak_mb": round(peak_mb(device), 1),
-            "final_loss": round(float(result["loss"]), 4),
-        }
+        out[name] = time_train_steps(params, resolve_switches(params, device), device, x, y, args.warmup, args.steps)
         print(f"train {name}: {out[name]}", flush=True)
-        del model, tools, batch
     naive = out.get("naive", {}).get("images_per_s")
     for name in TRAIN_VARIANTS:
         if naive and name in out:
@@ -148,29 +159,13 @@ def bench_recipe(args: argparse.Namespace, device: torch.device) -> dict[str, An
                            "channels_last": switches.channels_last, "compile": switches.compile,
                            "grad_accum": switches.grad_accum, "steps": args.steps, "stages": []}  # fmt: skip
     for crop, batch in stages:
-        reset_peak(device)
-        torch.manual_seed(0)
-        model = place_model(build_model(**params.model.model_dump()), switches, device)
-        tools, _ = build_optimization(params, switches, device, model)
-        tools.model = maybe_compile(model, switches)
         gen = torch.Generator().manual_seed(crop)
         x = torch.rand(batch, 3, crop, crop, generator=gen)
         y = (torch.rand(batch, 1, crop, crop, generator=gen) > 0.9).float()
-        micro = [tools.to_device((x, y))] * switches.grad_accum
-        for _ in range(args.warmup):
-            train_step(tools, micro)
-        sync(device)
-        started = time.perf_counter()
-        for _ in range(args.steps):
-            train_step(tools, micro)
-        sync(device)
-        seconds = time.perf_counter() - started
-        images = args.steps * batch * switches.grad_accum
-        row = {"crop": crop, "batch": batch, "images_per_s": round(images / seconds, 1),
-               "step_ms": round(1000 * seconds / args.steps, 2), "peak_mb": round(peak_mb(device), 1)}  # fmt: skip
+        timed = time_train_steps(params, switches, device, x, y, args.warmup, args.steps, switches.grad_accum)
+        row = {"crop": crop, "batch": batch, **{k: timed[k] for k in ("images_per_s", "step_ms", "peak_mb")}}
         out["stages"].append(row)
         print(f"recipe step {row}", flush=True)
-        del model, tools, micro
     return out
 
 
